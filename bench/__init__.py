@@ -1,0 +1,1 @@
+"""The RingBench runner: suites, cells, the result store, leaderboards."""

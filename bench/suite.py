@@ -1,0 +1,131 @@
+"""What a suite is: the contract between the runner and the transfer tasks.
+
+A suite is a registered, declarative list of tasks. The runner expands it into cells
+(checkpoint x task x seed), submits each cell as a job, and stores what `Suite.run` returns
+as the cell's `result.json`. Suites never read each other's files.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad input found before submission; the message names the file, key or value and what was expected."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation of a checkpoint. `params` is JSON-serialisable and part of the cell identity."""
+
+    name: str  # unique within the suite, e.g. "omniglot" or "digits/mask_rcnn"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    profile: str = "eval"  # resource profile name in slurm/profiles.py
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything a job needs to evaluate one checkpoint on one task with one seed."""
+
+    suite: str
+    task: Task
+    checkpoint: Path
+    seed: int
+    options: Mapping[str, Any]  # the suite options after key=value overrides
+    data_root: Path | None
+    shared_dir: Path  # per-suite folder written by `Suite.prepare` (episodes, embedded data, caches)
+
+
+@dataclass
+class Metric:
+    """One reported number: mean over samples (episodes, images, seeds) with its 95% interval.
+
+    `samples` keeps the per-sample values (aligned with `sample_ids`) so paired statistics
+    (Ring vs NCE on the same episodes) can be computed later from the stored files alone.
+    """
+
+    mean: float
+    std: float = 0.0
+    n: int = 1
+    ci95: float = 0.0
+    samples: list[float] | None = None
+    sample_ids: list[str] | None = None
+    higher_is_better: bool = True
+
+    @classmethod
+    def from_samples(
+        cls, samples: Sequence[float], sample_ids: Sequence[str] | None = None, higher_is_better: bool = True
+    ) -> Metric:
+        """Mean and 1.96 * population std / sqrt(n), as Meta-Dataset papers report."""
+        values = np.asarray(samples, dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("a metric needs at least one sample")
+        std = float(values.std())  # population std (ddof=0)
+        return cls(
+            mean=float(values.mean()),
+            std=std,
+            n=int(values.size),
+            ci95=1.96 * std / math.sqrt(values.size),
+            samples=[float(v) for v in values],
+            sample_ids=None if sample_ids is None else [str(s) for s in sample_ids],
+            higher_is_better=higher_is_better,
+        )
+
+    @classmethod
+    def scalar(cls, value: float, higher_is_better: bool = True) -> Metric:
+        return cls(mean=float(value), higher_is_better=higher_is_better)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "n": self.n,
+            "ci95": self.ci95,
+            "samples": self.samples,
+            "sample_ids": self.sample_ids,
+            "higher_is_better": self.higher_is_better,
+        }
+
+
+@dataclass
+class CellOutput:
+    """What `Suite.run` returns: metrics keyed by name (e.g. "acc/ncc", "bbox/AP") plus free-form info."""
+
+    metrics: dict[str, Metric]
+    info: dict[str, Any] = field(default_factory=dict)  # engine, image size, timings...
+
+
+class Suite(ABC):
+    """Subclass, set the class attributes, and register the class path in bench/suites/__init__.py."""
+
+    name: ClassVar[str]
+    protocol_version: ClassVar[str] = "1"  # bump when results stop being comparable
+    options: ClassVar[dict[str, Any]] = {}  # valid key=value overrides and their defaults
+    default_seeds: ClassVar[tuple[int, ...]] = (0,)
+
+    def default_checkpoints(self) -> list[Path]:
+        """The embedded NCE and Ring encoders, trained once on the bundled digits and cached."""
+        from pretrain.embedded import default_encoders
+
+        return default_encoders()
+
+    @abstractmethod
+    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+        """The declarative task list for these options."""
+
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        """Validate data and checkpoints up front; raise InputError naming what is wrong."""
+
+    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
+        """One-time work before submission, shared by all cells (embedded data, episode lists)."""
+
+    @abstractmethod
+    def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        """Evaluate one cell inside the job. `workdir` is the cell's own folder (scratch, resume state)."""

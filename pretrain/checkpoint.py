@@ -1,0 +1,173 @@
+"""The encoder checkpoint format and `load_encoder`, the one way other suites read checkpoints.
+
+An encoder file is a `torch.save`d dict:
+    format          "ringbench-encoder"
+    format_version  1
+    state_dict      torchvision ResNet names (conv1, bn1, layer1..4), no fc, no projection head
+    metadata        see REQUIRED_METADATA
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain import __version__
+from pretrain.backbones import ARCHS, STEMS, build_backbone, feature_dim
+
+FORMAT = "ringbench-encoder"
+FORMAT_VERSION = 1
+REQUIRED_METADATA = {
+    "method": str,  # ir, cmc, moco, simclr (or "random" for an untrained control)
+    "sampler": str,  # nce, ring, ball, dcl, hcl, mochi
+    "sampler_params": dict,
+    "arch": str,
+    "stem": str,
+    "pretrain_dataset": str,
+    "epochs": int,
+    "image_size": int,
+    "mean": list,  # per-channel normalisation the encoder was trained with (0-1 pixel scale)
+    "std": list,
+    "config": dict,  # the full training config
+    "seed": int,
+    "code_version": str,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class LoadedEncoder:
+    model: nn.Module  # forward(images) -> pooled features (B, feature_dim)
+    metadata: dict[str, Any]
+    path: Path
+    sha256: str
+    feature_dim: int
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_metadata(metadata: dict, where: str) -> None:
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise CheckpointError(f"{where}: metadata lacks {', '.join(missing)}")
+    for key, kind in REQUIRED_METADATA.items():
+        if not isinstance(metadata[key], kind):
+            raise CheckpointError(
+                f"{where}: metadata[{key!r}] is {type(metadata[key]).__name__}, expected {kind.__name__}"
+            )
+    if metadata["arch"] not in ARCHS:
+        raise CheckpointError(f"{where}: arch {metadata['arch']!r} is not one of {', '.join(sorted(ARCHS))}")
+    if metadata["stem"] not in STEMS:
+        raise CheckpointError(f"{where}: stem {metadata['stem']!r} is not one of {', '.join(STEMS)}")
+    if len(metadata["mean"]) != 3 or len(metadata["std"]) != 3:
+        raise CheckpointError(f"{where}: mean and std must have 3 channels")
+
+
+def _check_state_dict(state_dict: dict, reference: dict, where: str) -> None:
+    missing = sorted(set(reference) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(reference))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
+        raise CheckpointError(f"{where}: state_dict does not match the architecture: " + "; ".join(parts))
+    for key, tensor in reference.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{where}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}"
+            )
+
+
+def save_encoder(path: str | os.PathLike, backbone: nn.Module, metadata: dict[str, Any]) -> Path:
+    """Validate and atomically write an encoder file from a `build_backbone` module."""
+    metadata = dict(metadata)
+    metadata.setdefault("code_version", code_version())
+    _check_metadata(metadata, str(path))
+    state_dict = {key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}
+    reference = build_backbone(metadata["arch"], metadata["stem"]).state_dict()
+    _check_state_dict(state_dict, reference, str(path))
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state_dict, "metadata": metadata}
+    return atomic_torch_save(payload, path)
+
+
+def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedEncoder:
+    """Load an encoder file; refuse anything that is not a complete RingBench encoder, naming why."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, pickle of foreign classes, not a torch file at all
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path}: not a RingBench encoder (expected format={FORMAT!r} with state_dict and metadata; found {found}). "
+            "Training-state files (*.state.pt) are resumed with `python -m pretrain.train --resume`; "
+            "export encoders with pretrain.checkpoint.save_encoder."
+        )
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {payload.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: no metadata")
+    _check_metadata(metadata, str(path))
+    model = build_backbone(metadata["arch"], metadata["stem"])
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: no state_dict")
+    _check_state_dict(state_dict, model.state_dict(), str(path))
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    return LoadedEncoder(model, metadata, path, file_sha256(path), feature_dim(metadata["arch"]))

@@ -1,0 +1,1 @@
+"""Everything a checkpoint is transferred to: Meta-Dataset probes, COCO detection, linear evaluation."""
