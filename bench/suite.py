@@ -36,7 +36,7 @@ class Cell:
 
     suite: str
     task: Task
-    checkpoint: Path
+    checkpoint: Path | None  # None for suites that evaluate no checkpoint (uses_checkpoints = False)
     seed: int
     options: Mapping[str, Any]  # the suite options after key=value overrides
     data_root: Path | None
@@ -109,6 +109,7 @@ class Suite(ABC):
     protocol_version: ClassVar[str] = "1"  # bump when results stop being comparable
     options: ClassVar[dict[str, Any]] = {}  # valid key=value overrides and their defaults
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
+    uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
 
     def default_checkpoints(self) -> list[Path]:
         """The embedded NCE and Ring encoders, trained once on the bundled digits and cached."""
