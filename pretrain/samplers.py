@@ -1,0 +1,226 @@
+"""Negative samplers as pure functions over an anchor x pool similarity matrix.
+
+Conventions: `similarity` is (B, M), row b = anchor b against the M pool candidates; rank 0 is the
+most similar candidate. The ring keeps ranks [floor(w_in * floor(w_out * M)), floor(w_out * M)):
+`w_out` is the outer (far) cut as a fraction of the pool, `w_in` the inner (near) cut as a fraction
+of the kept outer set (the official code's "dynamic inner" cut). The ball is the ring with w_in = 0.
+
+Thresholds come from `torch.topk` on the smaller side of each cut (never a full sort), so selection
+costs about one partial selection plus a comparison pass over the pool. Ties at a cut are resolved by
+value: candidates tied with the inner boundary value are dropped, tied with the outer one kept.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+SAMPLERS = ("nce", "ring", "ball", "dcl", "hcl", "mochi")
+BAND_SAMPLERS = ("ring", "ball")
+
+
+def check_sampler_name(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    return name
+
+
+def check_band(w_out: float, w_in: float = 0.0) -> None:
+    """Raise ValueError unless 0 <= w_in < 1 and 0 < w_out <= 1 (so the band's lower end < upper end)."""
+    for name, value in (("w_out", w_out), ("w_in", w_in)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    if w_out <= 0.0 or w_in >= 1.0:
+        raise ValueError(
+            f"ring band is empty: lower percentile w_in*w_out = {w_in * w_out:g} must be below "
+            f"upper percentile w_out = {w_out:g} (need w_out > 0 and w_in < 1)"
+        )
+
+
+def ring_bounds(pool_size: int, w_out: float, w_in: float = 0.0) -> tuple[int, int]:
+    """(lower, upper) rank bounds of the ring for a pool of `pool_size` candidates: ranks [lower, upper)."""
+    check_band(w_out, w_in)
+    upper = math.floor(w_out * pool_size)
+    lower = math.floor(w_in * upper)
+    return lower, upper
+
+
+def value_at_rank(similarity: torch.Tensor, rank: int) -> torch.Tensor:
+    """(B,) similarity of each row's candidate at `rank` (0 = most similar), via topk on the smaller side."""
+    pool_size = similarity.shape[1]
+    if not 0 <= rank < pool_size:
+        raise ValueError(f"rank {rank} outside a pool of {pool_size}")
+    if rank + 1 <= pool_size - rank:
+        return similarity.topk(rank + 1, dim=1, largest=True, sorted=False).values.min(dim=1).values
+    return similarity.topk(pool_size - rank, dim=1, largest=False, sorted=False).values.max(dim=1).values
+
+
+def ring_mask(similarity: torch.Tensor, w_out: float, w_in: float) -> torch.Tensor:
+    """Bool (B, M): True where the candidate's similarity rank lies in the ring [lower, upper)."""
+    if similarity.ndim != 2:
+        raise ValueError(f"similarity must be (anchors, pool), got shape {tuple(similarity.shape)}")
+    lower, upper = ring_bounds(similarity.shape[1], w_out, w_in)
+    similarity = similarity.detach()
+    if upper == 0:
+        return torch.zeros_like(similarity, dtype=torch.bool)
+    if upper < similarity.shape[1]:
+        mask = similarity >= value_at_rank(similarity, upper - 1).unsqueeze(1)
+    else:
+        mask = torch.ones_like(similarity, dtype=torch.bool)
+    if lower > 0:
+        mask &= similarity < value_at_rank(similarity, lower - 1).unsqueeze(1)
+    return mask
+
+
+def ball_mask(similarity: torch.Tensor, w_out: float) -> torch.Tensor:
+    """Bool (B, M): True for the `floor(w_out * M)` most similar candidates (the ring without inner cut)."""
+    return ring_mask(similarity, w_out, 0.0)
+
+
+def uniform_indices(num_anchors: int, pool_size: int, k: int, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, k) pool indices drawn uniformly with replacement (the NCE noise distribution for banks)."""
+    if pool_size < 1:
+        raise ValueError("cannot sample negatives from an empty pool")
+    return torch.randint(0, pool_size, (num_anchors, k), generator=generator, device=device)
+
+
+def sample_from_mask(mask: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, k) column indices drawn uniformly with replacement among each row's True entries."""
+    counts = mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        row = int((counts == 0).nonzero()[0])
+        raise ValueError(f"anchor {row} has an empty negative band; widen w_out or grow the pool")
+    columns = mask.nonzero()[:, 1]
+    offsets = torch.cumsum(counts, dim=0) - counts
+    uniform = torch.rand(mask.shape[0], k, generator=generator, device=mask.device)
+    position = (uniform * counts.unsqueeze(1)).long().clamp_max(counts.unsqueeze(1) - 1)
+    return columns[offsets.unsqueeze(1) + position]
+
+
+def mochi_negatives(
+    query: torch.Tensor,
+    pool: torch.Tensor,
+    similarity: torch.Tensor,
+    num_hardest: int,
+    num_mixed: int,
+    num_query_mixed: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MoCHi synthetic negatives (B, num_mixed + num_query_mixed, D), detached and L2-normalised.
+
+    Per query take the `num_hardest` most similar pool entries; type 1 mixes two of them with
+    alpha ~ U(0, 1), type 2 mixes the (detached) query into one with beta ~ U(0, 0.5).
+    """
+    if pool.shape[0] == 0:
+        raise ValueError("mochi needs a non-empty queue of negatives")
+    query = F.normalize(query.detach().float(), dim=1)
+    pool = pool.detach().float()
+    batch = query.shape[0]
+    num_hardest = max(1, min(num_hardest, pool.shape[0]))
+    hardest = similarity.detach().topk(num_hardest, dim=1).indices  # (B, N)
+    hard = pool[hardest]  # (B, N, D)
+    parts = []
+    if num_mixed > 0:
+        pick = torch.randint(0, num_hardest, (batch, num_mixed, 2), generator=generator, device=query.device)
+        first = torch.gather(hard, 1, pick[..., 0:1].expand(-1, -1, hard.shape[2]))
+        second = torch.gather(hard, 1, pick[..., 1:2].expand(-1, -1, hard.shape[2]))
+        alpha = torch.rand(batch, num_mixed, 1, generator=generator, device=query.device)
+        parts.append(F.normalize(alpha * first + (1 - alpha) * second, dim=2))
+    if num_query_mixed > 0:
+        pick = torch.randint(0, num_hardest, (batch, num_query_mixed, 1), generator=generator, device=query.device)
+        chosen = torch.gather(hard, 1, pick.expand(-1, -1, hard.shape[2]))
+        beta = 0.5 * torch.rand(batch, num_query_mixed, 1, generator=generator, device=query.device)
+        parts.append(F.normalize(beta * query.unsqueeze(1) + (1 - beta) * chosen, dim=2))
+    if not parts:
+        return query.new_zeros(batch, 0, query.shape[1])
+    return torch.cat(parts, dim=1)
+
+
+@dataclass
+class SamplerConfig:
+    """Which sampler and its parameters; w_out is the final (target) outer cut when annealing."""
+
+    name: str = "nce"
+    w_out: float = 0.1
+    w_in: float = 0.1
+    tau_plus: float = 0.1
+    beta: float = 1.0
+    mochi_hardest: int = 1024
+    mochi_mixed: int = 512
+    mochi_query_mixed: int = 256
+
+    def __post_init__(self) -> None:
+        check_sampler_name(self.name)
+        if self.name == "ring":
+            check_band(self.w_out, self.w_in)
+        elif self.name == "ball":
+            check_band(self.w_out, 0.0)
+        if self.name in ("dcl", "hcl") and not 0.0 <= self.tau_plus < 1.0:
+            raise ValueError(f"tau_plus must lie in [0, 1), got {self.tau_plus}")
+
+    def params(self) -> dict:
+        """The parameters that matter for this sampler (for checkpoint metadata)."""
+        if self.name == "ring":
+            return {"w_out": self.w_out, "w_in": self.w_in}
+        if self.name == "ball":
+            return {"w_out": self.w_out}
+        if self.name == "dcl":
+            return {"tau_plus": self.tau_plus}
+        if self.name == "hcl":
+            return {"tau_plus": self.tau_plus, "beta": self.beta}
+        if self.name == "mochi":
+            return {"hardest": self.mochi_hardest, "mixed": self.mochi_mixed, "query_mixed": self.mochi_query_mixed}
+        return {}
+
+
+class BandWarning(UserWarning):
+    """The ring holds fewer candidates than the number of negatives drawn from it."""
+
+
+class BankNegativeSampler:
+    """Draws K bank indices per anchor: uniform (nce, dcl, hcl) or uniform inside the ring/ball."""
+
+    def __init__(self, config: SamplerConfig, num_negatives: int):
+        if config.name == "mochi":
+            raise ValueError("sampler 'mochi' mixes hard negatives from a MoCo queue; it needs method=moco")
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+        self.config = config
+        self.num_negatives = num_negatives
+        self._warned_small_ring = False
+
+    def __call__(self, anchors: torch.Tensor, bank: torch.Tensor, w_out: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        batch, pool_size = anchors.shape[0], bank.shape[0]
+        if self.config.name not in BAND_SAMPLERS:
+            return uniform_indices(batch, pool_size, self.num_negatives, generator, anchors.device)
+        w_in = self.config.w_in if self.config.name == "ring" else 0.0
+        lower, upper = ring_bounds(pool_size, w_out, w_in)
+        if upper - lower < self.num_negatives and not self._warned_small_ring:
+            warnings.warn(
+                f"{self.config.name} band holds {upper - lower} of {pool_size} bank entries, fewer than "
+                f"K={self.num_negatives} negatives: sampling with replacement",
+                BandWarning,
+                stacklevel=2,
+            )
+            self._warned_small_ring = True
+        with torch.no_grad():
+            similarity = anchors.detach().float() @ bank.float().T
+            mask = ring_mask(similarity, w_out, w_in)
+        return sample_from_mask(mask, self.num_negatives, generator)
+
+
+def pool_negative_mask(config: SamplerConfig, similarity: torch.Tensor, w_out: float) -> torch.Tensor | None:
+    """For queue/batch pools (every candidate used): the ring/ball mask, or None to keep all."""
+    if config.name == "ring":
+        return ring_mask(similarity, w_out, config.w_in)
+    if config.name == "ball":
+        return ball_mask(similarity, w_out)
+    return None

@@ -1,0 +1,104 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from pretrain.samplers import (
+    BandWarning,
+    BankNegativeSampler,
+    SamplerConfig,
+    ball_mask,
+    check_band,
+    ring_bounds,
+    ring_mask,
+    sample_from_mask,
+    uniform_indices,
+)
+
+
+def exact_ranks(similarity: torch.Tensor) -> torch.Tensor:
+    order = similarity.argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(similarity.shape[1]).expand_as(order))
+    return ranks
+
+
+@pytest.mark.parametrize("pool_size", [37, 1000, 4096])
+@pytest.mark.parametrize("w_out,w_in", [(1.0, 0.1), (0.5, 0.1), (0.1, 0.1), (0.3, 0.0), (0.75, 0.5)])
+def test_ring_mask_is_exactly_the_rank_band(pool_size, w_out, w_in):
+    similarity = torch.randn(9, pool_size, generator=torch.Generator().manual_seed(pool_size))
+    mask = ring_mask(similarity, w_out, w_in)
+    upper = math.floor(w_out * pool_size)
+    lower = math.floor(w_in * upper)
+    ranks = exact_ranks(similarity)
+    assert torch.equal(mask, (ranks >= lower) & (ranks < upper))
+
+
+def test_ball_is_ring_without_inner_cut():
+    similarity = torch.randn(4, 300)
+    ranks = exact_ranks(similarity)
+    assert torch.equal(ball_mask(similarity, 0.2), ranks < 60)
+
+
+def test_every_ring_negative_lies_inside_the_band():
+    generator = torch.Generator().manual_seed(0)
+    anchors = torch.nn.functional.normalize(torch.randn(16, 32, generator=generator), dim=1)
+    bank = torch.nn.functional.normalize(torch.randn(5000, 32, generator=generator), dim=1)
+    sampler = BankNegativeSampler(SamplerConfig("ring", w_out=0.1, w_in=0.1), num_negatives=256)
+    indices = sampler(anchors, bank, w_out=0.1, generator=generator)
+    assert indices.shape == (16, 256)
+    ranks = torch.gather(exact_ranks(anchors @ bank.T), 1, indices)
+    lower, upper = ring_bounds(5000, 0.1, 0.1)
+    assert (lower, upper) == (50, 500)
+    assert int(ranks.min()) >= lower and int(ranks.max()) < upper
+    # the draw covers the band rather than a corner of it
+    assert int(ranks.max()) > upper - 50 and int(ranks.min()) < lower + 50
+
+
+def test_sample_from_mask_is_uniform_inside_each_row():
+    mask = torch.zeros(2, 50, dtype=torch.bool)
+    mask[0, [3, 7, 40]] = True
+    mask[1, 10:20] = True
+    draws = sample_from_mask(mask, 30000, torch.Generator().manual_seed(1))
+    assert bool(mask.gather(1, draws).all())
+    counts = np.bincount(draws[1].numpy(), minlength=50)[10:20]
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_nce_indices_are_uniform_goodness_of_fit():
+    draws = uniform_indices(8, 20, 5000, torch.Generator().manual_seed(3)).flatten().numpy()
+    counts = np.bincount(draws, minlength=20)
+    result = stats.chisquare(counts)
+    assert result.pvalue > 1e-3
+    assert draws.min() == 0 and draws.max() == 19
+
+
+def test_small_ring_warns_once_and_samples_with_replacement():
+    anchors = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    bank = torch.nn.functional.normalize(torch.randn(100, 8), dim=1)
+    sampler = BankNegativeSampler(SamplerConfig("ring", w_out=0.1, w_in=0.1), num_negatives=64)
+    with pytest.warns(BandWarning, match="fewer than"):
+        indices = sampler(anchors, bank, w_out=0.1)
+    assert indices.shape == (4, 64) and len(set(indices[0].tolist())) <= 10
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler(anchors, bank, w_out=0.1)
+
+
+@pytest.mark.parametrize(
+    "w_out,w_in", [(1.5, 0.1), (-0.1, 0.1), (0.5, 1.0), (0.0, 0.1), (0.5, -0.2), (float("nan"), 0.1)]
+)
+def test_bad_percentiles_raise(w_out, w_in):
+    with pytest.raises(ValueError, match="w_out|w_in|band"):
+        check_band(w_out, w_in)
+    with pytest.raises(ValueError):
+        ring_mask(torch.randn(2, 10), w_out, w_in)
+
+
+def test_unknown_sampler_lists_valid_names():
+    with pytest.raises(ValueError, match="valid samplers: nce, ring, ball, dcl, hcl, mochi"):
+        SamplerConfig("rings")
