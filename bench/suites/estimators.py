@@ -1,0 +1,177 @@
+"""estimators: is conditional NCE (Ring) a lower bound on MI, with more bias and less variance than NCE?
+
+Cells are task x seed (no checkpoint). A task is one sweep setting: critic (optimal closed form,
+or an MLP trained with the NCE or the Ring objective) x true MI x K. Each cell draws `batches`
+independent batches of correlated Gaussian pairs and reports, per estimator, the batch estimates as
+`mi/<estimator>` and `bias/<estimator>` (estimate minus the true MI) metrics; the true MI, rho and
+the band-condition rates go into the info. The experiment itself lives in `bench.estimators`.
+
+    python -m bench.run --suite estimators --executor local
+    python -m bench.run --suite estimators mi=1,4 k=64 critics=optimal batches=50
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+# Kept torch-free so planning and --dry-run stay instant; tests check both against bench.estimators
+# and pretrain.samplers.ring_bounds.
+CRITICS = ("optimal", "learned-nce", "learned-ring")
+
+
+def band_bounds(pool: int, w_out: float, w_in: float) -> tuple[int, int]:
+    """Ranks [lower, upper) of the ring in a pool, as pretrain.samplers.ring_bounds computes them."""
+    upper = math.floor(w_out * pool)
+    return math.floor(w_in * upper), upper
+
+
+def task_name(critic: str, mi: float, k: int) -> str:
+    """Same as bench.estimators.Setting.name."""
+    return f"{critic}/mi={mi:g}/K={k}"
+
+
+class EstimatorsSuite(Suite):
+    name = "estimators"
+    protocol_version = "1"
+    uses_checkpoints = False
+    default_seeds = (0,)
+    options = {
+        "dim": 20,  # dimensions of x and y
+        "mi": [2.0, 4.0, 6.0, 8.0, 10.0],  # true MI values in nats (rho = sqrt(1 - exp(-2 mi / dim)))
+        "k": [16, 64, 256],  # softmax sizes K (positive + K-1 negatives) for the optimal critic
+        "learned_k": [64],  # K values for the learned critics (training costs time)
+        "critics": ["optimal", "learned-nce", "learned-ring"],
+        "bands": ["0.1:0.1", "0.5:0.1", "1.0:0.1"],  # ring bands w_out:w_in (released config, SimCLR, anneal start)
+        "balls": [0.1],  # ball outer cuts w_out
+        "hcl_betas": [1.0],  # HCL concentration beta (tau+ = 0)
+        "batches": 100,  # independent batches per cell (the std is over these)
+        "batch_size": 64,  # anchors per batch (a batch estimate is their mean)
+        "pool": 2048,  # candidates from p(y) per batch, ranked for the ring
+        "train_steps": 400,  # learned critics: Adam steps
+        "train_pool": 1024,  # learned critics: pool per training step
+        "train_band": "0.1:0.1",  # band of the Ring training objective (annealed from w_out = 1)
+        "profile": "cpu",
+    }
+
+    # ----------------------------------------------------------------- options
+
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        if int(options["dim"]) < 1:
+            raise InputError(f"estimators dim={options['dim']}: expected a positive integer")
+        for mi in options["mi"]:
+            if not (isinstance(mi, int | float) and math.isfinite(mi) and mi > 0):
+                raise InputError(f"estimators mi={list(options['mi'])}: every value must be a positive number of nats")
+        for key in ("k", "learned_k"):
+            for k in options[key]:
+                if int(k) < 2:
+                    raise InputError(f"estimators {key}={list(options[key])}: K counts the positive, so K >= 2")
+        unknown = [c for c in options["critics"] if c not in CRITICS]
+        if unknown or not options["critics"]:
+            raise InputError(f"estimators critics={list(options['critics'])}: valid critics are {', '.join(CRITICS)}")
+        for key, minimum in (("batches", 2), ("batch_size", 1), ("pool", 2), ("train_steps", 1), ("train_pool", 2)):
+            if int(options[key]) < minimum:
+                raise InputError(f"estimators {key}={options[key]}: expected an integer >= {minimum}")
+        bands = [self.parse_band(text, "bands") for text in options["bands"]]
+        bands += [self.parse_band(f"{w_out}:0", "balls") for w_out in options["balls"]]
+        for beta in options["hcl_betas"]:
+            if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+                raise InputError(f"estimators hcl_betas={list(options['hcl_betas'])}: expected numbers >= 0")
+        for band in bands:
+            self._check_band_size(int(options["pool"]), band, "pool")
+        self._check_band_size(int(options["train_pool"]), self.parse_band(options["train_band"], "train_band"),
+                              "train_pool")
+
+    @staticmethod
+    def _check_band_size(pool: int, band: tuple[float, float], key: str) -> None:
+        lower, upper = band_bounds(pool, *band)
+        if upper <= lower:
+            raise InputError(f"estimators {key}={pool}: the band w_out:w_in={band[0]:g}:{band[1]:g} keeps ranks "
+                             f"[{lower}, {upper}), which is empty; grow {key} or widen the band")
+
+    @staticmethod
+    def parse_band(text: str, key: str) -> tuple[float, float]:
+        """"w_out:w_in" -> floats with 0 < w_out <= 1 and 0 <= w_in < 1 (pretrain.samplers.check_band's rule)."""
+        try:
+            w_out, w_in = (float(part) for part in str(text).split(":"))
+        except ValueError:
+            w_out = w_in = math.nan
+        if not (0.0 < w_out <= 1.0 and 0.0 <= w_in < 1.0):
+            raise InputError(f"estimators {key}: band {text!r} must be w_out:w_in with 0 < w_out <= 1 and "
+                             f"0 <= w_in < 1, e.g. 0.1:0.1")
+        return w_out, w_in
+
+    def estimator_specs(self, options: Mapping[str, Any]):
+        from bench.estimators import default_estimators
+
+        bands = [self.parse_band(text, "bands") for text in options["bands"]]
+        for w_out in options["balls"]:
+            self.parse_band(f"{w_out}:0", "balls")
+        return default_estimators(bands, [float(b) for b in options["balls"]], [float(b) for b in options["hcl_betas"]])
+
+    def train_objective(self, options: Mapping[str, Any]):
+        from bench.estimators import EstimatorSpec
+
+        w_out, w_in = self.parse_band(options["train_band"], "train_band")
+        return EstimatorSpec("ring", w_out=w_out, w_in=w_in)
+
+    # ----------------------------------------------------------------- tasks and cells
+
+    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+        tasks = []
+        for critic in options["critics"]:
+            ks = options["k"] if critic == "optimal" else options["learned_k"]
+            for mi in options["mi"]:
+                for k in ks:
+                    tasks.append(Task(name=task_name(critic, float(mi), int(k)), params={"critic": critic, "mi": float(mi), "k": int(k)},
+                                      profile=options["profile"]))
+        return tasks
+
+    def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        import torch
+
+        from bench.estimators import Setting, run_setting
+
+        torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
+        options = cell.options
+        params = cell.task.params
+        setting = Setting(params["critic"], float(params["mi"]), int(params["k"]))
+        result = run_setting(
+            setting,
+            self.estimator_specs(options),
+            dim=int(options["dim"]),
+            num_batches=int(options["batches"]),
+            batch_size=int(options["batch_size"]),
+            pool_size=int(options["pool"]),
+            train_steps=int(options["train_steps"]),
+            train_band=self.train_objective(options).band,
+            train_pool_size=int(options["train_pool"]),
+            seed=cell.seed,
+            progress=True,
+        )
+        metrics: dict[str, Metric] = {}
+        for name, values in result.estimates.values.items():
+            ids = [f"batch{i}" for i in range(len(values))]
+            metrics[f"mi/{name}"] = Metric.from_samples(values, ids)
+            metrics[f"bias/{name}"] = Metric.from_samples([v - result.true_mi for v in values], ids)
+        info: dict[str, Any] = {
+            "engine": "bench.estimators",
+            "critic": setting.critic,
+            "true_mi": result.true_mi,
+            "rho": result.rho,
+            "K": setting.k,
+            "log_K": math.log(setting.k),
+            "dim": int(options["dim"]),
+            "summary": result.summary(),
+            "seconds": result.seconds,
+            "threads": torch.get_num_threads(),
+        }
+        if result.train_history is not None:
+            tail = result.train_history[-max(1, len(result.train_history) // 10):]
+            info["train_final_estimate"] = sum(tail) / len(tail)
+        return CellOutput(metrics=metrics, info=info)
