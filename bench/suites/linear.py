@@ -1,0 +1,277 @@
+"""The linear suite: linear evaluation (the Ring paper's headline protocol) and kNN on frozen features.
+
+Tasks are datasets (CIFAR-10, CIFAR-100, STL-10, ImageNet from --data-root in their standard
+layouts; the embedded digits with no --data-root), each under the chosen protocol:
+  paper  per-epoch training with augmentation through the frozen encoder (the released code's
+         SGD recipe, 100 epochs by default);
+  fast   features extracted once without augmentation and cached, linear layer by L-BFGS.
+Per-image correctness is stored with the test image indices as sample ids, so the leaderboard
+pairs Ring and NCE checkpoints image by image.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+
+@dataclass(frozen=True)
+class LinearDataset:
+    name: str
+    train_split: str
+    test_split: str
+    num_classes: int
+    layout: str  # what --data-root must contain, for error messages and the README
+
+    def expected_classes(self, options: Mapping[str, Any]) -> int:
+        if self.name == "imagenet":
+            return int(options["imagenet_classes"])
+        return self.num_classes
+
+
+DATASETS: dict[str, LinearDataset] = {
+    "cifar10": LinearDataset("cifar10", "train", "test", 10,
+                             "DATA_ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"),
+    "cifar100": LinearDataset("cifar100", "train", "test", 100, "DATA_ROOT/cifar-100-python/{train,test,meta}"),
+    "stl10": LinearDataset("stl10", "train", "test", 10,
+                           "DATA_ROOT/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin}"),
+    "imagenet": LinearDataset("imagenet", "train", "val", 1000,
+                              "DATA_ROOT/imagenet/{train,val}/<class>/<image> (ImageFolder)"),
+    "digits": LinearDataset("digits", "train", "test", 10, "embedded (scikit-learn digits), no --data-root"),
+}
+REAL_DATASETS = ("cifar10", "cifar100", "stl10", "imagenet")
+METRIC_LINEAR = "top1/linear"
+METRIC_KNN = "top1/knn"
+
+
+def _as_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise InputError(f"option {key}={value!r}: expected on or off")
+
+
+def _as_int(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}") from None
+    if number < minimum:
+        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}")
+    return number
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    datasets: tuple[str, ...] | None  # None: auto
+    protocol: str
+    epochs: int
+    knn: bool
+    knn_k: int
+    fast_iters: int
+    workers: int  # -1: the job's CPUs
+    imagenet_classes: int
+    device: str | None
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> LinearOptions:
+        from transfer.linear.protocol import PROTOCOLS
+
+        merged = dict(LinearSuite.options) | dict(options)
+        unknown = sorted(set(merged) - set(LinearSuite.options))
+        if unknown:
+            raise InputError(f"unknown linear option(s) {', '.join(unknown)}; valid: {', '.join(LinearSuite.options)}")
+        protocol = str(merged["protocol"])
+        if protocol not in PROTOCOLS:
+            raise InputError(f"option protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        datasets_text = str(merged["datasets"]).strip()
+        datasets = None
+        if datasets_text != "auto":
+            datasets = tuple(name.strip() for name in datasets_text.split(",") if name.strip())
+            bad = [name for name in datasets if name not in DATASETS]
+            if bad or not datasets:
+                raise InputError(f"option datasets={datasets_text!r}: unknown {', '.join(bad) or '(empty)'}; "
+                                 f"valid: auto or a comma list of {', '.join(DATASETS)}")
+        device = str(merged["device"])
+        return cls(
+            datasets=datasets,
+            protocol=protocol,
+            epochs=_as_int(merged["epochs"], "epochs", 1),
+            knn=_as_bool(merged["knn"], "knn"),
+            knn_k=_as_int(merged["knn_k"], "knn_k", 1),
+            fast_iters=_as_int(merged["fast_iters"], "fast_iters", 1),
+            workers=_as_int(merged["workers"], "workers", -1),
+            imagenet_classes=_as_int(merged["imagenet_classes"], "imagenet_classes", 2),
+            device=None if device == "auto" else device,
+        )
+
+
+def found_datasets(data_root: Path) -> list[str]:
+    """The standard datasets whose top-level folder exists under `data_root`."""
+    return [name for name in REAL_DATASETS if (data_root / DATASETS[name].layout.split("/")[1]).exists()]
+
+
+def selected_datasets(opts: LinearOptions, data_root: Path | None) -> list[str]:
+    if opts.datasets is not None:
+        real = [name for name in opts.datasets if name != "digits"]
+        if real and data_root is None:
+            raise InputError(f"datasets {', '.join(real)} need --data-root (expected layout: "
+                             + "; ".join(DATASETS[name].layout for name in real) + ")")
+        return list(opts.datasets)
+    if data_root is None:
+        return ["digits"]
+    if not data_root.is_dir():
+        raise InputError(f"--data-root {data_root}: no such folder")
+    found = found_datasets(data_root)
+    if not found:
+        raise InputError(f"--data-root {data_root} holds none of the linear datasets; expected one or more of: "
+                         + "; ".join(DATASETS[name].layout for name in REAL_DATASETS))
+    absent = [name for name in REAL_DATASETS if name not in found]
+    if absent:
+        print(f"linear: datasets=auto evaluates {', '.join(found)}; not found under {data_root}: {', '.join(absent)}",
+              file=sys.stderr)
+    return found
+
+
+def open_split(dataset: str, data_root: Path | None, split: str):
+    """A LabelledImages split through pretrain.data (the one reader of the on-disk formats)."""
+    from pretrain.data import open_dataset
+
+    root = None if dataset == "digits" else data_root
+    return open_dataset(dataset, root, split)
+
+
+class LinearSuite(Suite):
+    name = "linear"
+    protocol_version = "1"
+    options = {
+        "datasets": "auto",  # auto: digits without --data-root, else every standard dataset found there
+        "protocol": "paper",  # paper | fast
+        "epochs": 100,  # paper protocol epochs
+        "knn": "on",  # kNN (k 200, t 0.07, cosine) from the cached features
+        "knn_k": 200,
+        "fast_iters": 500,  # L-BFGS iterations of the fast protocol
+        "workers": -1,  # data-loading processes; -1: the job's CPUs (at most 8)
+        "imagenet_classes": 1000,  # class folders expected under imagenet/train (e.g. 100 for a subset)
+        "device": "auto",
+    }
+    default_seeds = (0,)
+
+    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+        opts = LinearOptions.parse(options)
+        tasks = []
+        for name in selected_datasets(opts, data_root):
+            spec = DATASETS[name]
+            protocol_name = opts.protocol if opts.protocol == "fast" or opts.epochs == 100 else f"paper-{opts.epochs}ep"
+            params: dict[str, Any] = {
+                "dataset": name,
+                "protocol": opts.protocol,
+                "train_split": spec.train_split,
+                "test_split": spec.test_split,
+                "num_classes": spec.expected_classes(_raw(options)),
+                "knn": opts.knn,
+            }
+            if opts.protocol == "paper":
+                params["epochs"] = opts.epochs
+            tasks.append(Task(name=f"{name}/{protocol_name}", params=params, profile="linear"))
+        return tasks
+
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, load_encoder
+        from pretrain.data import DatasetError
+
+        opts = LinearOptions.parse(options)
+        for task in self.tasks(options, data_root):
+            name = task.params["dataset"]
+            spec = DATASETS[name]
+            expected = int(task.params["num_classes"])
+            splits = {}
+            for split in (spec.train_split, spec.test_split):
+                try:
+                    splits[split] = open_split(name, data_root, split)
+                except DatasetError as error:
+                    raise InputError(f"linear/{name}: {error} (expected layout: {spec.layout})") from None
+                if len(splits[split]) == 0:
+                    raise InputError(f"linear/{name}: the {split} split is empty (expected layout: {spec.layout})")
+            for split, images in splits.items():
+                if int(images.num_classes) != expected:
+                    hint = " (set imagenet_classes=N for a class subset)" if name == "imagenet" else ""
+                    raise InputError(f"linear/{name}: the {split} split has {images.num_classes} classes, "
+                                     f"expected {expected}{hint}")
+            if opts.knn and opts.knn_k > len(splits[spec.train_split]):
+                print(f"linear/{name}: knn_k={opts.knn_k} exceeds the {len(splits[spec.train_split])} training "
+                      "images; kNN uses all of them", file=sys.stderr)
+        for path in checkpoints:
+            try:
+                load_encoder(path)
+            except CheckpointError as error:
+                raise InputError(f"linear: checkpoint refused: {error}") from None
+
+    def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        from pretrain.checkpoint import load_encoder
+        from transfer.features import FeatureCache
+        from transfer.linear.evaluate import evaluate_encoder
+        from transfer.linear.protocol import FastRecipe, KnnRecipe, PaperRecipe, default_workers
+        from transfer.linear.sharded import shard_context, sharded_cached_features
+
+        if cell.checkpoint is None:
+            raise InputError("the linear suite evaluates a checkpoint; the cell has none")
+        opts = LinearOptions.parse(cell.options)
+        params = cell.task.params
+        name = params["dataset"]
+        encoder = load_encoder(cell.checkpoint)
+        train = open_split(name, cell.data_root, params["train_split"])
+        test = open_split(name, cell.data_root, params["test_split"])
+        num_classes = int(params["num_classes"])
+        for split, images in ((params["train_split"], train), (params["test_split"], test)):
+            if int(images.num_classes) != num_classes:
+                raise InputError(f"linear/{name}: the {split} split has {images.num_classes} classes, expected {num_classes}")
+        workers = default_workers() if opts.workers < 0 else opts.workers
+        cache = FeatureCache(Path(cell.shared_dir) / "features")
+        context = shard_context()
+        if context.world_size > 1:  # one task per GPU: every task extracts a slice, rank 0 goes on
+            for split, images in ((params["train_split"], train), (params["test_split"], test)):
+                sharded_cached_features(encoder, images, name, split, cache, context, workers=workers)
+            if not context.is_leader:
+                return CellOutput(metrics={}, info={"rank": context.rank, "role": "feature shard"})
+        evaluation = evaluate_encoder(
+            encoder, train, test,
+            dataset_name=name,
+            num_classes=num_classes,
+            cache=cache,
+            protocol=params["protocol"],
+            seed=cell.seed,
+            paper=PaperRecipe(epochs=int(params.get("epochs", PaperRecipe.epochs))),
+            fast=FastRecipe(max_iter=opts.fast_iters),
+            knn=KnnRecipe(k=opts.knn_k) if params["knn"] else None,
+            device=opts.device,
+            workers=workers,
+            state_path=Path(workdir) / "linear_state.pt",
+            train_split=params["train_split"],
+            test_split=params["test_split"],
+        )
+        ids = [str(index) for index in range(len(evaluation.test_labels))]
+        metrics = {METRIC_LINEAR: Metric.from_samples(evaluation.linear_correct * 100.0, ids)}
+        if evaluation.knn_correct is not None:
+            metrics[METRIC_KNN] = Metric.from_samples(evaluation.knn_correct * 100.0, ids)
+        info = dict(evaluation.info)
+        info |= {"engine": f"linear-{params['protocol']}", "dataset": name, "world_size": context.world_size,
+                 "image_size": encoder.metadata["image_size"], "checkpoint_method": encoder.metadata["method"],
+                 "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers,
+                 "feature_cache": {"hits": cache.hits, "misses": cache.misses}}
+        return CellOutput(metrics=metrics, info=info)
+
+
+def _raw(options: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(LinearSuite.options) | dict(options)

@@ -1,0 +1,458 @@
+"""Linear evaluation of a frozen encoder: the paper's per-epoch protocol, the fast cached protocol, kNN.
+
+paper  the released Ring code's protocol (ring.md section 3.1): frozen encoder in eval mode, pooled
+       features, one nn.Linear, cross-entropy, SGD lr 0.01 momentum 0.9 weight decay 1e-5, batch
+       256, 100 epochs, no schedule; every epoch re-augments the training images with the
+       pretraining augmentation and runs them through the encoder; top-1 on the test split with
+       the test transform.
+fast   features extracted once without augmentation and cached; the same linear layer fitted on
+       the cache by full-batch L-BFGS (standardised features, the same weight decay).
+knn    weighted kNN on the same cached features (k 200, temperature 0.07, cosine).
+
+Both linear protocols evaluate on the same cached test features, so per-image correctness lines
+up image by image with every other checkpoint evaluated on the same test split.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from transfer.features import FeatureCache, extract_features, pick_device
+
+PROTOCOLS = ("paper", "fast")
+FEATURES_VERSION = "linear-eval-transform-v1"  # bump when the evaluation transform changes
+
+
+@dataclass(frozen=True)
+class PaperRecipe:
+    """The released code's linear-evaluation hyperparameters (config/transfer.json)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    batch_size: int = 256
+    epochs: int = 100
+
+
+@dataclass(frozen=True)
+class FastRecipe:
+    """Full-batch L-BFGS on cached, standardised features."""
+
+    weight_decay: float = 1e-5
+    max_iter: int = 500
+    tolerance_grad: float = 1e-7
+
+
+@dataclass(frozen=True)
+class KnnRecipe:
+    k: int = 200
+    temperature: float = 0.07
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms
+
+
+def _resize_for_eval(image_size: int) -> int:
+    """The released code's Resize 256 / CenterCrop 224 ratio for large images; small images
+    (CIFAR, digits at <= 64 px) are resized to the crop size so no border is cut away."""
+    return image_size if image_size <= 64 else int(round(image_size * 256 / 224))
+
+
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Resize(_resize_for_eval(image_size)),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """The released configs' pretraining augmentation, which their linear evaluation trains with:
+    RandomResizedCrop (scale 0.2-1), grayscale p 0.2, ColorJitter 0.4 (always), horizontal flip."""
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(0.2, 1.0)),
+            T.RandomGrayscale(p=0.2),
+            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class TransformedImages(Dataset):
+    """(PIL image, label) items -> (tensor, label) through `transform`."""
+
+    def __init__(self, images: Dataset, transform: Callable):
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.images[index]
+        return self.transform(image), int(label)
+
+
+def default_workers() -> int:
+    """Data-loading processes: the job's CPU allocation, at most 8."""
+    for name in ("SLURM_CPUS_PER_TASK", "RINGBENCH_WORKERS"):
+        if os.environ.get(name, "").isdigit():
+            return min(8, int(os.environ[name]))
+    return min(8, len(os.sched_getaffinity(0)))
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+    )
+
+
+def _image_batches(loader: DataLoader) -> Iterator[torch.Tensor]:
+    for images, _ in loader:
+        yield images
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+
+
+def labels_of(dataset: Any) -> np.ndarray:
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = [dataset[i][1] for i in range(len(dataset))]
+    return np.asarray(labels, dtype=np.int64)
+
+
+def dataset_identity(dataset: Any) -> dict[str, Any]:
+    """What identifies a dataset split for the feature cache: its size, its labels and its origin."""
+    labels = labels_of(dataset)
+    return {
+        "n": int(len(dataset)),
+        "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()[:16],
+        "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1 if labels.size else 0)),
+        "origin": str(getattr(dataset, "root", None) or getattr(dataset, "path", None) or type(dataset).__name__),
+    }
+
+
+def feature_cache_parts(encoder: Any, dataset: Any, dataset_name: str, split: str) -> dict[str, Any]:
+    metadata = encoder.metadata
+    return {
+        "kind": "linear-features",
+        "version": FEATURES_VERSION,
+        "checkpoint_sha256": encoder.sha256,
+        "dataset": dataset_name,
+        "split": split,
+        "data": dataset_identity(dataset),
+        "image_size": int(metadata["image_size"]),
+        "mean": [float(v) for v in metadata["mean"]],
+        "std": [float(v) for v in metadata["std"]],
+    }
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Cells of the same checkpoint (seeds, protocols) run at once: one extracts, the others wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def compute_features(
+    encoder: Any,
+    dataset: Dataset,
+    device: torch.device | str | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    desc: str = "features",
+) -> np.ndarray:
+    """Pooled features of every image in `dataset` under the evaluation transform."""
+    metadata = encoder.metadata
+    transform = eval_transform(int(metadata["image_size"]), metadata["mean"], metadata["std"])
+    loader = _loader(TransformedImages(dataset, transform), batch_size, workers)
+    features = extract_features(encoder.model, _image_batches(loader), device, total=len(loader), desc=desc)
+    if len(dataset) == 0:
+        return np.zeros((0, encoder.feature_dim), dtype=np.float32)
+    return features
+
+
+def cached_features(
+    encoder: Any,
+    dataset: Dataset,
+    dataset_name: str,
+    split: str,
+    cache: FeatureCache,
+    device: torch.device | str | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+) -> np.ndarray:
+    """Evaluation-transform features from the cache, extracted on a miss (once, under a file lock)."""
+    parts = feature_cache_parts(encoder, dataset, dataset_name, split)
+    key_path = cache.path(_cache_key(parts))
+    with _file_lock(key_path.with_suffix(".lock")):
+        return cache.get_or_compute(
+            parts,
+            lambda: compute_features(encoder, dataset, device, batch_size, workers, desc=f"{dataset_name}/{split}"),
+        )
+
+
+def _cache_key(parts: dict[str, Any]) -> str:
+    from transfer.features import cache_key
+
+    return cache_key(**parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear heads
+
+
+@dataclass
+class LinearProbe:
+    """A linear classifier over features: logits = ((x - shift) / scale) @ weight.T + bias."""
+
+    weight: torch.Tensor  # (C, D)
+    bias: torch.Tensor  # (C,)
+    shift: torch.Tensor | None = None  # (D,)
+    scale: torch.Tensor | None = None  # (D,)
+
+    def logits(self, features: np.ndarray | torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+        x_all = torch.as_tensor(features)
+        out = []
+        for start in range(0, x_all.shape[0], batch_size):
+            x = x_all[start:start + batch_size].to(self.weight.device, torch.float32)
+            if self.shift is not None:
+                x = (x - self.shift) / self.scale
+            out.append((x @ self.weight.T + self.bias).cpu())
+        if not out:
+            return torch.zeros((0, self.weight.shape[0]))
+        return torch.cat(out)
+
+    def predict(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.logits(features).argmax(dim=1).numpy()
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{where}: labels span [{labels.min()}, {labels.max()}], expected [0, {num_classes - 1}]")
+
+
+def fit_linear_lbfgs(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    recipe: FastRecipe = FastRecipe(),
+    device: torch.device | str | None = None,
+) -> tuple[LinearProbe, dict[str, Any]]:
+    """Full-batch L-BFGS (strong Wolfe line search) on cross-entropy + weight_decay/2 * |W|^2.
+
+    Features are standardised with the training mean and std first (a reparametrisation of the
+    same linear layer that makes the problem well conditioned). Zero initialisation: the solution
+    does not depend on a seed.
+    """
+    device = pick_device(str(device) if device is not None else None)
+    check_labels(labels, num_classes, "training labels")
+    x = torch.as_tensor(features, dtype=torch.float32, device=device)
+    y = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    shift = x.mean(dim=0)
+    scale = x.std(dim=0, unbiased=False).clamp_min(1e-6)
+    x = (x - shift) / scale
+    weight = torch.zeros(num_classes, x.shape[1], device=device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=device, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=recipe.max_iter,
+        tolerance_grad=recipe.tolerance_grad,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + 0.5 * recipe.weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        logits = x @ weight.T + bias
+        final_loss = float(F.cross_entropy(logits, y) + 0.5 * recipe.weight_decay * weight.pow(2).sum())
+        train_top1 = float((logits.argmax(1) == y).float().mean() * 100)
+    probe = LinearProbe(weight.detach(), bias.detach(), shift, scale)
+    return probe, {"lbfgs_evaluations": evaluations, "train_loss": final_loss, "train_top1": train_top1}
+
+
+def _linear_layer(feature_dim: int, num_classes: int, seed: int) -> nn.Linear:
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    layer = nn.Linear(feature_dim, num_classes)
+    torch.random.set_rng_state(generator_state)
+    return layer
+
+
+@dataclass
+class PaperTrainingLog:
+    epochs_run: int = 0
+    resumed_from_epoch: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds_data: float = 0.0  # waiting for augmented batches
+    seconds_forward: float = 0.0  # frozen encoder forward passes
+    seconds_linear: float = 0.0  # linear layer forward, backward and SGD step
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    from pretrain.checkpoint import atomic_torch_save
+
+    atomic_torch_save(obj, path)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_linear_paper(
+    encoder: Any,
+    train_images: Dataset,
+    num_classes: int,
+    recipe: PaperRecipe = PaperRecipe(),
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    workers: int = 0,
+    state_path: Path | None = None,
+) -> tuple[LinearProbe, PaperTrainingLog]:
+    """The paper's protocol: every epoch augments the training images afresh and runs the frozen
+    encoder on them; only the linear layer learns. `state_path` keeps the layer, the optimiser and
+    the epoch after every epoch so a preempted job resumes where it stopped (the data order and
+    the augmentations of epoch e depend only on (seed, e), so a resumed run matches a straight one).
+    """
+    device = pick_device(str(device) if device is not None else None)
+    metadata = encoder.metadata
+    labels = labels_of(train_images)
+    check_labels(labels, num_classes, "training labels")
+    model = encoder.model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    layer = _linear_layer(encoder.feature_dim, num_classes, seed).to(device)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    log = PaperTrainingLog()
+    # epochs is left out: with no LR schedule, a longer run continues a shorter one exactly
+    recipe_id = {k: v for k, v in asdict(recipe).items() if k != "epochs"} | {"seed": seed, "checkpoint_sha256": encoder.sha256, "n_train": len(train_images)}
+    start_epoch = 0
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state.get("recipe") == recipe_id and int(state["epoch"]) <= recipe.epochs:
+            layer.load_state_dict(state["layer"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"])
+            log.epoch_losses = list(state["epoch_losses"])
+            log.resumed_from_epoch = start_epoch
+    augment = train_transform(int(metadata["image_size"]), metadata["mean"], metadata["std"])
+    dataset = TransformedImages(train_images, augment)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    progress = tqdm(range(start_epoch, recipe.epochs), desc="linear (paper)", unit="epoch", leave=False,
+                    disable=None, initial=start_epoch, total=recipe.epochs)
+    for epoch in progress:
+        torch.manual_seed(seed * 1_000_003 + epoch)  # augmentations in the main process (workers=0)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # order and worker seeds
+        loader = _loader(dataset, recipe.batch_size, workers, shuffle=True, generator=generator)
+        total_loss, seen = 0.0, 0
+        tick = time.perf_counter()
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            _sync(device)
+            fetched = time.perf_counter()
+            with torch.no_grad(), autocast:
+                features = model(images).float()
+            _sync(device)
+            forwarded = time.perf_counter()
+            loss = F.cross_entropy(layer(features), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(targets)
+            seen += len(targets)
+            _sync(device)
+            stepped = time.perf_counter()
+            log.seconds_data += fetched - tick
+            log.seconds_forward += forwarded - fetched
+            log.seconds_linear += stepped - forwarded
+            tick = time.perf_counter()
+        epoch_loss = total_loss / max(seen, 1)
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"linear evaluation diverged: loss {epoch_loss} in epoch {epoch + 1}")
+        log.epoch_losses.append(epoch_loss)
+        log.epochs_run += 1
+        progress.set_postfix(loss=f"{epoch_loss:.3f}")
+        if state_path is not None:
+            _atomic_torch_save(
+                {"recipe": recipe_id, "epoch": epoch + 1, "layer": layer.state_dict(),
+                 "optimizer": optimizer.state_dict(), "epoch_losses": log.epoch_losses},
+                state_path,
+            )
+    probe = LinearProbe(layer.weight.detach().float(), layer.bias.detach().float())
+    return probe, log
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN
+
+
+def knn_predictions(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    num_classes: int,
+    recipe: KnnRecipe = KnnRecipe(),
+) -> np.ndarray:
+    """Predicted class per test image of the temperature-weighted cosine kNN (pretrain.knn, the
+    same classifier as the pretraining monitor), so correctness can be paired image by image."""
+    from pretrain.knn import knn_predict
+
+    predictions = knn_predict(train_features, train_labels, test_features, k=recipe.k,
+                              temperature=recipe.temperature, num_classes=num_classes)
+    return predictions.cpu().numpy().astype(np.int64)
