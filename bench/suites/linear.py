@@ -35,14 +35,12 @@ class LinearDataset:
 
 
 DATASETS: dict[str, LinearDataset] = {
-    "cifar10": LinearDataset("cifar10", "train", "test", 10,
-                             "DATA_ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"),
-    "cifar100": LinearDataset("cifar100", "train", "test", 100, "DATA_ROOT/cifar-100-python/{train,test,meta}"),
+    "cifar10": LinearDataset("cifar10", "train", "test", 10, "DATA_ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"),
+    "cifar100": LinearDataset("cifar100", "train", "test", 100, "DATA_ROOT/cifar-100-python/{train, test, meta}"),
     "stl10": LinearDataset("stl10", "train", "test", 10,
-                           "DATA_ROOT/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin}"),
-    "imagenet": LinearDataset("imagenet", "train", "val", 1000,
-                              "DATA_ROOT/imagenet/{train,val}/<class>/<image> (ImageFolder)"),
-    "digits": LinearDataset("digits", "train", "test", 10, "embedded (scikit-learn digits), no --data-root"),
+                           "DATA_ROOT/stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, class_names.txt}"),
+    "imagenet": LinearDataset("imagenet", "train", "val", 1000, "DATA_ROOT/imagenet/{train,val}/<class>/<image> (ImageFolder)"),
+    "digits": LinearDataset("digits", "train", "test", 10, "embedded (scikit-learn's bundled digits), no --data-root"),
 }
 REAL_DATASETS = ("cifar10", "cifar100", "stl10", "imagenet")
 METRIC_LINEAR = "top1/linear"
@@ -118,8 +116,10 @@ class LinearOptions:
 
 
 def found_datasets(data_root: Path) -> list[str]:
-    """The standard datasets whose top-level folder exists under `data_root`."""
-    return [name for name in REAL_DATASETS if (data_root / DATASETS[name].layout.split("/")[1]).exists()]
+    """The standard datasets whose folder (pretrain.data's layout) exists under `data_root`."""
+    from pretrain.data import FOLDER
+
+    return [name for name in REAL_DATASETS if (data_root / FOLDER[name]).is_dir() or data_root.name == FOLDER[name]]
 
 
 def selected_datasets(opts: LinearOptions, data_root: Path | None) -> list[str]:
@@ -144,12 +144,14 @@ def selected_datasets(opts: LinearOptions, data_root: Path | None) -> list[str]:
     return found
 
 
-def open_split(dataset: str, data_root: Path | None, split: str):
-    """A LabelledImages split through pretrain.data (the one reader of the on-disk formats)."""
+def open_split(dataset: str, data_root: Path | None, split: str, image_size: int | None = None):
+    """A LabelledImages split through pretrain.data (the one reader of the on-disk formats).
+    The embedded digits are rendered at the checkpoint's image size when it is given."""
     from pretrain.data import open_dataset
 
-    root = None if dataset == "digits" else data_root
-    return open_dataset(dataset, root, split)
+    if dataset == "digits":
+        return open_dataset("digits", None, split, image_size=image_size)
+    return open_dataset(dataset, data_root, split)
 
 
 class LinearSuite(Suite):
@@ -231,8 +233,10 @@ class LinearSuite(Suite):
         params = cell.task.params
         name = params["dataset"]
         encoder = load_encoder(cell.checkpoint)
-        train = open_split(name, cell.data_root, params["train_split"])
-        test = open_split(name, cell.data_root, params["test_split"])
+        image_size = int(encoder.metadata["image_size"])
+        train = open_split(name, cell.data_root, params["train_split"], image_size)
+        test = open_split(name, cell.data_root, params["test_split"], image_size)
+        source = "embedded" if name == "digits" else str(Path(cell.data_root).resolve())
         num_classes = int(params["num_classes"])
         for split, images in ((params["train_split"], train), (params["test_split"], test)):
             if int(images.num_classes) != num_classes:
@@ -242,7 +246,7 @@ class LinearSuite(Suite):
         context = shard_context()
         if context.world_size > 1:  # one task per GPU: every task extracts a slice, rank 0 goes on
             for split, images in ((params["train_split"], train), (params["test_split"], test)):
-                sharded_cached_features(encoder, images, name, split, cache, context, workers=workers)
+                sharded_cached_features(encoder, images, name, split, cache, context, workers=workers, source=source)
             if not context.is_leader:
                 return CellOutput(metrics={}, info={"rank": context.rank, "role": "feature shard"})
         evaluation = evaluate_encoder(
@@ -260,6 +264,7 @@ class LinearSuite(Suite):
             state_path=Path(workdir) / "linear_state.pt",
             train_split=params["train_split"],
             test_split=params["test_split"],
+            source=source,
         )
         ids = [str(index) for index in range(len(evaluation.test_labels))]
         metrics = {METRIC_LINEAR: Metric.from_samples(evaluation.linear_correct * 100.0, ids)}

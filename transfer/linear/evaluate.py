@@ -74,6 +74,7 @@ def evaluate_encoder(
     state_path: Path | None = None,
     train_split: str = "train",
     test_split: str = "test",
+    source: str | None = None,
 ) -> LinearEvaluation:
     """Evaluate `encoder` (a pretrain.checkpoint.LoadedEncoder) with `protocol` ("paper" or "fast").
 
@@ -94,7 +95,7 @@ def evaluate_encoder(
     def features(images: Dataset, split: str) -> np.ndarray:
         misses_before = cache.misses
         start = time.perf_counter()
-        array = cached_features(encoder, images, dataset_name, split, cache, device, workers=workers)
+        array = cached_features(encoder, images, dataset_name, split, cache, device, workers=workers, source=source)
         timings[f"features_{split}_s"] = time.perf_counter() - start
         info[f"features_{split}_cached"] = cache.misses == misses_before
         return array

@@ -69,40 +69,19 @@ class KnnRecipe:
 # Transforms
 
 
-def _resize_for_eval(image_size: int) -> int:
-    """The released code's Resize 256 / CenterCrop 224 ratio for large images; small images
-    (CIFAR, digits at <= 64 px) are resized to the crop size so no border is cut away."""
-    return image_size if image_size <= 64 else int(round(image_size * 256 / 224))
-
-
 def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    from torchvision import transforms as T
+    """The project's evaluation transform (pretrain.data): resize and centre crop, 256/224 at 224 px."""
+    from pretrain import data
 
-    return T.Compose(
-        [
-            T.Resize(_resize_for_eval(image_size)),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(list(mean), list(std)),
-        ]
-    )
+    return data.eval_transform(image_size, list(mean), list(std))
 
 
 def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """The released configs' pretraining augmentation, which their linear evaluation trains with:
-    RandomResizedCrop (scale 0.2-1), grayscale p 0.2, ColorJitter 0.4 (always), horizontal flip."""
-    from torchvision import transforms as T
+    """The pretraining augmentation at the checkpoint's image size (pretrain.data's MoCo-v2 pipeline):
+    the released code trains its linear layer with the augmentation the encoder was pretrained with."""
+    from pretrain import data
 
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=(0.2, 1.0)),
-            T.RandomGrayscale(p=0.2),
-            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(list(mean), list(std)),
-        ]
-    )
+    return data.pretrain_transform(image_size, list(mean), list(std))
 
 
 class TransformedImages(Dataset):
@@ -158,23 +137,25 @@ def labels_of(dataset: Any) -> np.ndarray:
 
 
 def dataset_identity(dataset: Any) -> dict[str, Any]:
-    """What identifies a dataset split for the feature cache: its size, its labels and its origin."""
+    """What identifies a dataset split for the feature cache besides its name: its size and labels."""
     labels = labels_of(dataset)
     return {
         "n": int(len(dataset)),
         "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()[:16],
         "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1 if labels.size else 0)),
-        "origin": str(getattr(dataset, "root", None) or getattr(dataset, "path", None) or type(dataset).__name__),
     }
 
 
-def feature_cache_parts(encoder: Any, dataset: Any, dataset_name: str, split: str) -> dict[str, Any]:
+def feature_cache_parts(encoder: Any, dataset: Any, dataset_name: str, split: str,
+                        source: str | None = None) -> dict[str, Any]:
+    """The feature-cache key: checkpoint content, dataset (name, origin, size, labels), preprocessing."""
     metadata = encoder.metadata
     return {
         "kind": "linear-features",
         "version": FEATURES_VERSION,
         "checkpoint_sha256": encoder.sha256,
         "dataset": dataset_name,
+        "source": source,
         "split": split,
         "data": dataset_identity(dataset),
         "image_size": int(metadata["image_size"]),
@@ -222,9 +203,11 @@ def cached_features(
     device: torch.device | str | None = None,
     batch_size: int = 256,
     workers: int = 0,
+    source: str | None = None,
 ) -> np.ndarray:
-    """Evaluation-transform features from the cache, extracted on a miss (once, under a file lock)."""
-    parts = feature_cache_parts(encoder, dataset, dataset_name, split)
+    """Evaluation-transform features from the cache, extracted on a miss (once, under a file lock).
+    `source` (e.g. the data root) keeps equally named datasets from different folders apart."""
+    parts = feature_cache_parts(encoder, dataset, dataset_name, split, source)
     key_path = cache.path(_cache_key(parts))
     with _file_lock(key_path.with_suffix(".lock")):
         return cache.get_or_compute(

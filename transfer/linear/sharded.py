@@ -94,10 +94,11 @@ def sharded_cached_features(
     workers: int = 0,
     timeout_s: float = 24 * 3600,
     poll_s: float = 0.5,
+    source: str | None = None,
 ) -> np.ndarray | None:
     """Extract this task's shard; rank 0 merges and returns the full (N, D) array, others return None."""
     context = context or shard_context()
-    parts = feature_cache_parts(encoder, dataset, dataset_name, split)
+    parts = feature_cache_parts(encoder, dataset, dataset_name, split, source)
     key = cache_key(**parts)
     if cache.path(key).is_file():
         return cache.get_or_compute(parts, lambda: np.zeros(0)) if context.is_leader else None
