@@ -121,10 +121,10 @@ class Suite(ABC):
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         """The declarative task list for these options."""
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:  # noqa: B027
         """Validate data and checkpoints up front; raise InputError naming what is wrong."""
 
-    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
+    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:  # noqa: B027
         """One-time work before submission, shared by all cells (embedded data, episode lists)."""
 
     @abstractmethod

@@ -1,0 +1,145 @@
+"""python -m bench.run --suite NAME: plan a suite's cells, submit them, watch them, tabulate.
+
+    python -m bench.run --suite knn                          # embedded NCE/Ring pair, auto executor
+    python -m bench.run --suite meta_dataset --checkpoints 'ckpts/*.pt' --executor slurm n_episodes=600
+    python -m bench.run --suite knn --dry-run                # the plan, nothing submitted
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.suite import InputError
+from slurm.executors import EXECUTORS
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Run a suite's cells (checkpoint x task x seed) as jobs and store one result.json per cell.",
+        epilog="Extra key=value arguments override the suite's options; an unknown key lists the valid ones.",
+    )
+    parser.add_argument("--suite", required=True, help="registered suite name (see bench/suites/__init__.py) "
+                        "or an import path module:Class")
+    parser.add_argument("--checkpoints", action="append", default=[], metavar="PATHS|GLOB",
+                        help="encoder files: paths, comma lists, globs or folders; repeatable "
+                             "(default: the embedded NCE and Ring pair)")
+    parser.add_argument("--data-root", type=Path, default=None, help="dataset folder for suites that read one")
+    parser.add_argument("--executor", choices=EXECUTORS, default="auto",
+                        help="auto: SLURM when a controller answers, else local; debug runs in-process")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, resources, executor) and exit")
+    parser.add_argument("--force", action="store_true", help="recompute cells that already have a result")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="cells running at once (SLURM: slurm_array_parallelism; local: processes)")
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
+    parser.add_argument("--seeds", default=None, help="comma list of seeds (default: the suite's default_seeds)")
+    parser.add_argument("--resource", action="append", default=[], metavar="[PROFILE.]KEY=VALUE",
+                        help="override a resource profile, e.g. eval.gpus=2, pretrain.partition=big, timeout_min=30")
+    parser.add_argument("--then", default="", metavar="SUITES",
+                        help="with --suite pretrain: evaluation suites to run on the trained encoders "
+                             "(SLURM: submitted at once with afterok dependencies)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="SLURM only: submit and return; watch with python -m bench.status")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    parser.add_argument("--no-leaderboard", action="store_true", help="do not rebuild results/<suite>.csv at the end")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="suite option overrides")
+    return parser
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """ValueError covers InputError, CheckpointError and DatasetError (all ValueError subclasses)."""
+    return (ValueError, FileNotFoundError, NotADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stream = sys.stderr
+    try:
+        from bench.plan import build_plan
+        from bench.runner import results_root_default
+        from bench.suites import load_suite
+        from slurm.executors import resolve_executor
+        from slurm.profiles import PROFILES, apply_overrides
+
+        if args.max_parallel is not None and args.max_parallel < 1:
+            raise InputError(f"--max-parallel {args.max_parallel}: expected a positive integer")
+        results_root = args.results or results_root_default()
+        profiles = apply_overrides(PROFILES, args.resource)
+        executor = resolve_executor(args.executor)
+        if args.no_wait and executor != "slurm":
+            raise InputError(f"--no-wait needs the slurm executor (local and debug jobs live with the runner); got {executor}")
+        then = [s for s in args.then.split(",") if s.strip()]
+        if then and args.suite != "pretrain":
+            raise InputError("--then chains evaluation suites after --suite pretrain only")
+        suite = load_suite(args.suite)
+        then_suites = [load_suite(name) for name in then]
+        for later in then_suites:
+            if not later.uses_checkpoints:
+                raise InputError(f"--then {later.name}: that suite evaluates no checkpoint")
+        plan_start = time.time()
+        plan = build_plan(args.suite, suite, results_root=results_root, option_pairs=args.overrides,
+                          checkpoint_specs=args.checkpoints, data_root=args.data_root, seeds=parse_seeds(args.seeds))
+        plan_seconds = time.time() - plan_start
+        if args.dry_run:
+            from bench.runner import describe_plan
+
+            describe_plan(plan, executor, profiles, args.max_parallel, sys.stdout)
+            if then:
+                print(f"then: {', '.join(then)} on the encoders these cells produce", file=sys.stdout)
+            return 0
+        plan.store.shared_dir.mkdir(parents=True, exist_ok=True)
+        suite.prepare(plan.options, plan.data_root, plan.store.shared_dir)
+    except user_error_types() as error:
+        if os.environ.get("RINGBENCH_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=stream)
+        return EXIT_USER_ERROR
+
+    from bench.runner import Runner
+
+    runner = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
+                    wait=not args.no_wait, progress=not args.no_progress, stream=stream)
+    summary = runner.run()
+    print(f"{plan.suite.name}: {summary.total} cells: kept {summary.skipped_done}, submitted {summary.submitted}, "
+          f"watched {summary.adopted}; planning {plan_seconds:.2f}s, submission {summary.submit_seconds:.2f}s",
+          file=stream)
+    if args.no_wait:
+        print(f"submitted; follow with: python -m bench.status --suite {plan.suite.name} --results {plan.store.root}",
+              file=stream)
+        return 0
+    print("states: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.states.items())), file=stream)
+    if then:
+        from bench.chain import run_then
+
+        code = run_then(args, plan, then, executor, profiles, stream)
+        if code:
+            return code
+    if not args.no_leaderboard and summary.states.get("done"):
+        try:
+            from bench.leaderboard import write_suite_tables
+        except ImportError:
+            pass
+        else:
+            written = write_suite_tables(plan.store.root, plan.suite.name)
+            for path in written:
+                print(f"wrote {path}", file=stream)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Submit a plan's cells through an executor and watch them until every cell is done or failed.
+
+The cell folders are the only truth: a cell with a valid result.json is never recomputed (unless
+forced), a cell owned by a job that is still alive (an earlier runner's, killed or detached) is
+watched rather than submitted again, and everything else is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from bench.job import CellJob
+from bench.plan import Plan, PlannedCell
+from bench.progress import ProgressView
+from bench.store import CellFolder, CellState, append_event, atomic_write_json
+from slurm.executors import fit_profile, make_executor, pid_alive, slurm_live_jobs
+from slurm.profiles import ResourceProfile, get_profile
+
+TERMINAL = ("done", "failed")
+
+
+@dataclass
+class Tracked:
+    planned: PlannedCell
+    folder: CellFolder
+    job: Any = None  # the submitit Job when this runner submitted it
+    owner: dict[str, Any] | None = None  # submitted.json of an earlier runner's job we adopted
+    state: str = "queued"
+    lost_checks: int = 0
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    skipped_done: int = 0
+    submitted: int = 0
+    adopted: int = 0
+    recomputed_corrupt: int = 0
+    states: Counter = field(default_factory=Counter)
+    job_ids: list[str] = field(default_factory=list)
+    submit_seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return self.states.get("failed", 0)
+
+
+def owner_alive(owner: dict[str, Any], live_slurm: set[str] | None) -> bool:
+    """Is the job recorded in submitted.json still queued or running?"""
+    executor, job_id = owner.get("executor"), str(owner.get("job_id") or "")
+    if executor == "local":
+        return owner.get("host") == socket.gethostname() and job_id.isdigit() and pid_alive(int(job_id))
+    if executor == "slurm":
+        return live_slurm is None or job_id in live_slurm  # unknown: assume alive rather than duplicate
+    return False  # debug jobs live and die with their runner
+
+
+class Runner:
+    def __init__(
+        self,
+        plan: Plan,
+        executor: str,
+        profiles: dict[str, ResourceProfile],
+        *,
+        max_parallel: int | None = None,
+        force: bool = False,
+        wait: bool = True,
+        dependency: str | None = None,
+        progress: bool = True,
+        stream: TextIO | None = None,
+        poll_s: float = 0.5,
+    ):
+        self.plan = plan
+        self.executor = executor
+        self.profiles = profiles
+        self.max_parallel = max_parallel
+        self.force = force
+        self.wait = wait
+        self.dependency = dependency
+        self.progress = progress
+        self.stream = stream or sys.stderr
+        self.poll_s = poll_s
+        self.notes: list[str] = []
+        self._executors: dict[str, Any] = {}
+        self.summary = RunSummary(total=len(plan.cells))
+
+    # ---------------------------------------------------------------- helpers
+    def say(self, message: str) -> None:
+        if self._view is not None:
+            self._view.write(message)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    _view: ProgressView | None = None
+
+    def profile_for(self, planned: PlannedCell) -> ResourceProfile:
+        return get_profile(self.profiles, planned.cell.task.profile)
+
+    def executor_for(self, profile_name: str):
+        if profile_name not in self._executors:
+            profile = fit_profile(get_profile(self.profiles, profile_name), self.executor, self.notes)
+            self._executors[profile_name] = make_executor(
+                self.executor,
+                self.plan.store.jobs_dir,
+                profile,
+                name=f"rb-{self.plan.suite.name}-{profile_name}",
+                max_parallel=self.max_parallel,
+                dependency=self.dependency,
+            )
+        return self._executors[profile_name]
+
+    def cell_job(self, planned: PlannedCell) -> CellJob:
+        return CellJob(
+            suite_name=self.plan.suite_name,
+            cell=planned.cell,
+            cell_id=planned.cell_id,
+            results_root=str(self.plan.store.root.resolve()),
+            protocol_version=self.plan.suite.protocol_version,
+            checkpoint_identity=planned.checkpoint,
+            executor=self.executor,
+        )
+
+    def mark_submitted(self, tracked: Tracked, job_id: str) -> None:
+        record = {"time": time.time(), "executor": self.executor, "job_id": job_id,
+                  "host": socket.gethostname(), "runner_pid": os.getpid()}
+        atomic_write_json(tracked.folder.submitted_path, record, fsync=False)
+        append_event(tracked.folder.path, "submitted", executor=self.executor, job_id=job_id)
+        tracked.state = "submitted"
+        self.summary.job_ids.append(job_id)
+
+    # ---------------------------------------------------------------- classify
+    def classify(self) -> tuple[list[Tracked], list[Tracked], list[Tracked]]:
+        """Split the plan into (done, in flight elsewhere, to submit)."""
+        done, in_flight, to_submit = [], [], []
+        candidates = []
+        for planned in self.plan.cells:
+            folder = self.plan.store.cell(planned.cell_id)
+            folder.path.mkdir(parents=True, exist_ok=True)
+            state = folder.state()
+            tracked = Tracked(planned, folder)
+            if state.state == "done":
+                if not self.force:
+                    tracked.state = "done"
+                    done.append(tracked)
+                    continue
+                folder.quarantine_result("replaced")
+            elif state.state == "corrupt":
+                self.say(f"corrupt result, recomputing: {state.detail}")
+                folder.quarantine_result("corrupt")
+                self.summary.recomputed_corrupt += 1
+            elif state.state in ("submitted", "running"):
+                candidates.append((tracked, folder.submitted() or {}))
+                continue
+            to_submit.append(tracked)
+        slurm_ids = [str(owner.get("job_id")) for _, owner in candidates if owner.get("executor") == "slurm"]
+        live = slurm_live_jobs(slurm_ids) if slurm_ids else set()
+        for tracked, owner in candidates:
+            if not self.force and owner_alive(owner, live):
+                tracked.owner = owner
+                tracked.state = "running" if tracked.folder.running() else "submitted"
+                in_flight.append(tracked)
+            else:
+                to_submit.append(tracked)
+        return done, in_flight, to_submit
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> RunSummary:
+        done, in_flight, to_submit = self.classify()
+        self.summary.skipped_done = len(done)
+        self.summary.adopted = len(in_flight)
+        tracked_all = done + in_flight + to_submit
+        if in_flight:
+            self.say(f"{len(in_flight)} cell(s) already owned by live jobs; watching them instead of resubmitting")
+        self._open_bar(len(tracked_all), len(done))
+        try:
+            if self.executor == "debug":
+                self._run_debug(to_submit)
+                self._run_local([], in_flight)
+            elif self.executor == "local":
+                self._run_local(to_submit, in_flight)
+            else:
+                self._run_slurm(to_submit, in_flight)
+        finally:
+            self._close_bar()
+        for note in self.notes:
+            self.say(f"note: {note}")
+        self.summary.states = Counter(t.state for t in tracked_all)
+        return self.summary
+
+    def _open_bar(self, total: int, initial: int) -> None:
+        label = f"{self.plan.suite.name} [{self.executor}]"
+        self._view = ProgressView(label, total, initial, self.stream, enabled=self.progress)
+
+    def _close_bar(self) -> None:
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+
+    def _update_bar(self, tracked: list[Tracked]) -> None:
+        if self._view is not None:
+            self._view.update(Counter(t.state for t in tracked))
+
+    def _finish(self, tracked: Tracked) -> None:
+        """Read the cell's terminal state from its files and report a failure as it happens."""
+        state = tracked.folder.state()
+        if state.state == "done":
+            tracked.state = "done"
+            return
+        tracked.state = "failed"
+        if state.state != "failed":  # the job ended without writing either file (killed, OOM, node lost)
+            log = ""
+            if tracked.job is not None:
+                log = f"; log: {tracked.job.paths.stderr}"
+            message = f"job ended without writing a result (state: {state.state}){log}"
+            atomic_write_json(tracked.folder.error_path, {"time": time.time(), "type": "LostJob",
+                                                          "message": message, "traceback": ""})
+            append_event(tracked.folder.path, "lost", message=message)
+            state = CellState("failed", message)
+        self.say(f"FAILED {tracked.planned.label} [{tracked.planned.cell_id}]: {state.detail}")
+
+    # ---------------------------------------------------------------- executors
+    def _run_debug(self, to_submit: list[Tracked]) -> None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+        for tracked in to_submit:
+            executor = self.executor_for(tracked.planned.cell.task.profile)
+            job = executor.submit(self.cell_job(tracked.planned))
+            tracked.job = job
+            self.mark_submitted(tracked, str(job.job_id))
+            self.summary.submitted += 1
+            tracked.state = "running"
+            self._update_bar(to_submit)
+            if interactive:
+                try:
+                    job.results()  # pdb post-mortem on failure, as submitit's debug executor does
+                except Exception:  # noqa: BLE001 - the cell's error.json records it
+                    pass
+            else:
+                job.exception()
+            self._finish(tracked)
+            self._update_bar(to_submit)
+
+    def _run_local(self, to_submit: list[Tracked], in_flight: list[Tracked]) -> None:
+        limit = self.max_parallel or max(os.cpu_count() or 1, 1)
+        queue = list(to_submit)
+        active: list[Tracked] = list(in_flight)
+        everything = to_submit + in_flight
+        submit_start = time.time()
+        while queue or active:
+            while queue and sum(1 for t in active if t.job is not None) < limit:
+                tracked = queue.pop(0)
+                executor = self.executor_for(tracked.planned.cell.task.profile)
+                tracked.job = executor.submit(self.cell_job(tracked.planned))
+                self.mark_submitted(tracked, str(tracked.job.job_id))
+                self.summary.submitted += 1
+                active.append(tracked)
+            still = []
+            for tracked in active:
+                if tracked.job is not None:
+                    finished = tracked.job.done()
+                else:
+                    finished = tracked.folder.result_path.exists() or not owner_alive(tracked.owner or {}, set())
+                if finished:
+                    self._finish(tracked)
+                else:
+                    if tracked.state == "submitted" and tracked.folder.running():
+                        tracked.state = "running"
+                    still.append(tracked)
+            active = still
+            self._update_bar(everything)
+            if queue or active:
+                time.sleep(self.poll_s)
+        self.summary.submit_seconds = time.time() - submit_start
+
+    def submit_slurm(self, to_submit: list[Tracked]) -> None:
+        groups: dict[str, list[Tracked]] = {}
+        for tracked in to_submit:
+            groups.setdefault(tracked.planned.cell.task.profile, []).append(tracked)
+        submit_start = time.time()
+        for profile_name, members in groups.items():
+            executor = self.executor_for(profile_name)
+            with executor.batch():
+                for tracked in members:
+                    tracked.job = executor.submit(self.cell_job(tracked.planned))
+            for tracked in members:
+                self.mark_submitted(tracked, str(tracked.job.job_id))
+            self.summary.submitted += len(members)
+        self.summary.submit_seconds = time.time() - submit_start
+
+    def _run_slurm(self, to_submit: list[Tracked], in_flight: list[Tracked]) -> None:
+        self.submit_slurm(to_submit)
+        if not self.wait:
+            return
+        active = to_submit + in_flight
+        everything = list(active)
+        last_queue_check = 0.0
+        while active:
+            time.sleep(self.poll_s)
+            check_queue = time.time() - last_queue_check > 3.0
+            live = None
+            if check_queue:
+                ids = [self._job_id(t) for t in active]
+                live = slurm_live_jobs([i for i in ids if i])
+                last_queue_check = time.time()
+            still = []
+            for tracked in active:
+                state = tracked.folder.state()
+                if state.state in ("done", "failed", "corrupt"):
+                    if state.state == "failed" and live is not None and self._job_id(tracked) in live:
+                        still.append(tracked)  # failed attempt but the job is requeued/retrying
+                        continue
+                    self._finish(tracked)
+                    continue
+                if state.state == "running":
+                    tracked.state = "running"
+                if live is not None and self._job_id(tracked) not in live:
+                    tracked.lost_checks += 1  # give the shared filesystem one more round to show the file
+                    if tracked.lost_checks >= 2:
+                        self._finish(tracked)
+                        continue
+                still.append(tracked)
+            active = still
+            self._update_bar(everything)
+
+    @staticmethod
+    def _job_id(tracked: Tracked) -> str | None:
+        if tracked.job is not None:
+            return str(tracked.job.job_id)
+        return str((tracked.owner or {}).get("job_id") or "") or None
+
+
+def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile], max_parallel: int | None,
+                  stream: TextIO) -> None:
+    """The --dry-run view: every cell with its state and resources, then the totals."""
+    notes: list[str] = []
+    fitted = {}
+    for planned in plan.cells:
+        name = planned.cell.task.profile
+        if name not in fitted:
+            fitted[name] = fit_profile(get_profile(profiles, name), executor, notes)
+    states = Counter()
+    print(f"suite {plan.suite.name} (protocol {plan.suite.protocol_version}) on executor {executor}", file=stream)
+    print(f"results: {plan.store.suite_dir}", file=stream)
+    print(f"options: {plan.options}", file=stream)
+    if plan.suite.uses_checkpoints:
+        print(f"checkpoints ({len(plan.checkpoints)}):", file=stream)
+        for path in plan.checkpoints:
+            print(f"  {path}", file=stream)
+    print(f"cells ({len(plan.cells)}):", file=stream)
+    for planned in plan.cells:
+        state = plan.store.cell(planned.cell_id).state().state
+        states[state] += 1
+        action = "keep" if state == "done" else "submit"
+        print(f"  {planned.cell_id}  {action:6s} {state:9s} {planned.label}  [{planned.cell.task.profile}]", file=stream)
+    print("resources:", file=stream)
+    for name, profile in fitted.items():
+        print(f"  {name}: {profile.describe()}", file=stream)
+    for note in notes:
+        print(f"  note: {note}", file=stream)
+    parallel = max_parallel or ("all at once (array)" if executor == "slurm" else os.cpu_count())
+    print(f"max parallel: {parallel}", file=stream)
+    print("totals: " + ", ".join(f"{k}={v}" for k, v in sorted(states.items())), file=stream)
+    print("dry run: nothing submitted", file=stream)
+
+
+def results_root_default() -> Path:
+    return Path(os.environ.get("RINGBENCH_RESULTS", "results"))
+
+
+__all__ = ["Runner", "RunSummary", "describe_plan", "results_root_default", "Path"]

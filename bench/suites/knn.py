@@ -1,0 +1,97 @@
+"""knn: weighted k-nearest-neighbour accuracy of frozen encoders on the embedded digits.
+
+The bank is the digits train split, the queries the held-out test split (pretrain.data's fixed
+stratified 80/20 split); images are preprocessed with the encoder's own image size and
+normalisation (from its metadata). One task per checkpoint reports one metric per k
+("acc/k20", "acc/k200"), so features are extracted once; per-image correctness is stored so two
+encoders can be compared on the same images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+
+class KnnSuite(Suite):
+    name = "knn"
+    protocol_version = "1"
+    default_seeds = (0,)  # kNN is deterministic; more seeds would only repeat the number
+    options = {
+        "ks": [20, 200],  # one metric per k
+        "temperature": 0.07,  # exp(similarity / temperature) vote weights (Wu et al. 2018)
+        "batch_size": 256,
+        "device": "",  # "" picks cuda when available
+    }
+
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        bad = [k for k in options["ks"] if int(k) < 1]
+        if bad or not options["ks"]:
+            raise InputError(f"knn ks={list(options['ks'])}: expected a comma list of positive integers")
+        if options["temperature"] <= 0:
+            raise InputError(f"knn temperature={options['temperature']}: expected a positive number")
+
+    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+        params = {"dataset": "digits", "split": "test", "ks": [int(k) for k in options["ks"]],
+                  "temperature": float(options["temperature"])}
+        return [Task(name="digits", params=params, profile="eval")]
+
+    def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        import numpy as np
+        import torch
+
+        from pretrain.checkpoint import load_encoder
+        from pretrain.knn import knn_predict
+        from transfer.features import FeatureCache, pick_device
+
+        encoder = load_encoder(cell.checkpoint)
+        meta = encoder.metadata
+        device = pick_device(cell.options["device"] or None)
+        cache = FeatureCache(Path(cell.shared_dir) / "features")
+        torch.manual_seed(cell.seed)
+
+        def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+            from pretrain.data import open_dataset
+
+            images = open_dataset("digits", split=split, image_size=meta["image_size"])
+            parts = {"checkpoint": encoder.sha256, "dataset": "digits", "split": split,
+                     "image_size": meta["image_size"], "mean": meta["mean"], "std": meta["std"]}
+            feats = cache.get_or_compute(parts, lambda: self._extract(encoder.model, images, meta, device,
+                                                                       int(cell.options["batch_size"])))
+            return feats, images.labels
+
+        bank, bank_labels = features("train")
+        queries, query_labels = features(cell.task.params["split"])
+        num_classes = int(max(bank_labels.max(), query_labels.max()) + 1)
+        ids = [f"digits/{cell.task.params['split']}/{i}" for i in range(len(query_labels))]
+        metrics = {}
+        for k in cell.task.params["ks"]:
+            predicted = knn_predict(bank, bank_labels, queries, k=int(k),
+                                    temperature=float(cell.task.params["temperature"]), num_classes=num_classes)
+            correct = (predicted.numpy() == query_labels).astype(np.float64) * 100.0
+            metrics[f"acc/k{int(k)}"] = Metric.from_samples(correct, ids)
+        return CellOutput(
+            metrics=metrics,
+            info={"engine": "torch-knn", "device": str(device), "bank_size": int(len(bank_labels)),
+                  "image_size": meta["image_size"]},
+        )
+
+    @staticmethod
+    def _extract(model, images, meta, device, batch_size: int):
+        import torch
+
+        from pretrain.data import eval_transform
+        from transfer.features import extract_features
+
+        transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+
+        def batches():
+            for start in range(0, len(images), batch_size):
+                stop = min(start + batch_size, len(images))
+                yield torch.stack([transform(images.image(i)) for i in range(start, stop)])
+
+        total = (len(images) + batch_size - 1) // batch_size
+        return extract_features(model, batches(), device, total=total, desc=f"knn {images.split}")

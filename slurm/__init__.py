@@ -1,0 +1,1 @@
+"""How cells reach a scheduler: submitit executors, resource profiles, the local single-node cluster."""
