@@ -1,0 +1,390 @@
+"""Leaderboards from stored result.json files only (never from live jobs or logs).
+
+    python -m bench.leaderboard [--results DIR] [--suite NAME ...]
+
+Writes, per suite, under the results folder:
+    <suite>.csv         the tidy leaderboard: one row per (model, task, metric), with rank and avg_rank
+    <suite>.md          the same as a readable table (mean +- ci95 (rank)), paired Ring-vs-NCE deltas,
+                        missing and failed cells
+    <suite>.png         means with 95% intervals per task, one colour per checkpoint
+    <suite>_paired.csv  each Ring checkpoint against its NCE twin on the same samples
+and long.csv: every stored metric of every suite (one row per cell x metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.store import RESULT, CorruptResult, ResultStore, read_json, suites_in, validate_result
+
+MODEL_KEYS = ["method", "sampler", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
+LONG_COLUMNS = [
+    "suite", "task", "metric", "model", "method", "sampler", "sampler_params", "pretrain_dataset", "epochs",
+    "ckpt_seed", "arch", "checkpoint_sha256", "checkpoint_path", "seed", "mean", "std", "n", "ci95",
+    "higher_is_better", "engine", "code_version", "protocol_version", "cell_id",
+]
+
+
+@dataclass
+class Scan:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    samples: dict[tuple[str, str], tuple[list[str] | None, list[float] | None]] = field(default_factory=dict)
+    corrupt: list[str] = field(default_factory=list)  # messages naming file and problem
+    failed: list[dict[str, Any]] = field(default_factory=list)  # cells with an error and no result
+    pending: list[str] = field(default_factory=list)
+
+
+def model_label(checkpoint: dict[str, Any] | None) -> str:
+    if not checkpoint:
+        return "-"
+    sha = str(checkpoint.get("sha256") or "")[:8]
+    return (f"{checkpoint.get('method')}/{checkpoint.get('sampler')} {checkpoint.get('pretrain_dataset')} "
+            f"e{checkpoint.get('epochs')} s{checkpoint.get('seed')} {sha}")
+
+
+def _load(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            result = json.loads(handle.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptResult(f"{path}: not valid JSON ({error})") from None
+    return validate_result(result, path)
+
+
+def scan_suite(root: Path, suite: str) -> Scan:
+    """Read every cell folder of a suite: results become rows; corrupt, failed and pending are listed."""
+    scan = Scan()
+    store = ResultStore(root, suite)
+    if not store.cells_dir.is_dir():
+        return scan
+    for entry in os.scandir(store.cells_dir):
+        if not entry.is_dir():
+            continue
+        result_path = os.path.join(entry.path, RESULT)
+        try:
+            result = _load(result_path)
+        except FileNotFoundError:
+            error_path = os.path.join(entry.path, "error.json")
+            try:
+                error = read_json(error_path)
+                scan.failed.append({"cell_id": entry.name, "message": str(error.get("message", "")).splitlines()[0:1]})
+            except (OSError, ValueError):
+                scan.pending.append(entry.name)
+            continue
+        except CorruptResult as error:
+            scan.corrupt.append(str(error))
+            continue
+        checkpoint = result.get("checkpoint") or {}
+        for metric_name, metric in result["metrics"].items():
+            scan.rows.append({
+                "suite": result["suite"],
+                "task": result["task"]["name"],
+                "metric": metric_name,
+                "model": model_label(checkpoint or None),
+                "method": checkpoint.get("method"),
+                "sampler": checkpoint.get("sampler"),
+                "sampler_params": json.dumps(checkpoint.get("sampler_params"), sort_keys=True)
+                if checkpoint else None,
+                "pretrain_dataset": checkpoint.get("pretrain_dataset"),
+                "epochs": checkpoint.get("epochs"),
+                "ckpt_seed": checkpoint.get("seed"),
+                "arch": checkpoint.get("arch"),
+                "checkpoint_sha256": checkpoint.get("sha256"),
+                "checkpoint_path": checkpoint.get("path"),
+                "seed": result["seed"],
+                "mean": float(metric["mean"]),
+                "std": float(metric.get("std") or 0.0),
+                "n": int(metric.get("n") or 1),
+                "ci95": float(metric.get("ci95") or 0.0),
+                "higher_is_better": bool(metric.get("higher_is_better", True)),
+                "engine": result.get("engine"),
+                "code_version": result.get("code_version"),
+                "protocol_version": result.get("protocol_version"),
+                "cell_id": result["cell_id"],
+            })
+            scan.samples[(result["cell_id"], metric_name)] = (metric.get("sample_ids"), metric.get("samples"))
+    return scan
+
+
+def long_table(scan: Scan) -> pd.DataFrame:
+    return pd.DataFrame(scan.rows, columns=LONG_COLUMNS)
+
+
+def aggregate(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per (suite, model, task, metric): several evaluation seeds are averaged, their spread
+    giving the interval; a single seed keeps its per-sample mean, std, n and ci95."""
+    keys = ["suite", "model", "task", "metric"]
+    if long.empty:
+        return pd.DataFrame(columns=keys + MODEL_KEYS + ["mean", "std", "n", "ci95", "n_seeds",
+                                                         "higher_is_better", "code_version"])
+    rows = []
+    for key, group in long.groupby(keys, sort=True, dropna=False):
+        first = group.iloc[0]
+        row = dict(zip(keys, key))
+        row.update({k: first[k] for k in MODEL_KEYS})
+        if len(group) == 1:
+            row.update(mean=first["mean"], std=first["std"], n=int(first["n"]), ci95=first["ci95"], n_seeds=1)
+        else:
+            means = group["mean"].to_numpy(dtype=float)
+            std = float(means.std())
+            row.update(mean=float(means.mean()), std=std, n=len(means), ci95=1.96 * std / math.sqrt(len(means)),
+                       n_seeds=len(means))
+        row["higher_is_better"] = bool(first["higher_is_better"])
+        row["code_version"] = ",".join(sorted({str(v) for v in group["code_version"]}))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tied_ranks(means: np.ndarray, ci95: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Meta-Dataset-style ranks: take the best remaining model; every remaining model whose difference
+    from it is within the 95% interval of that difference (sqrt(ci_a^2 + ci_b^2)) ties with it; the
+    tied group shares the average of the rank positions it occupies; repeat with the rest."""
+    means = np.asarray(means, dtype=float)
+    ci95 = np.asarray(ci95, dtype=float)
+    ranks = np.full(len(means), np.nan)
+    remaining = [i for i in range(len(means)) if np.isfinite(means[i])]
+    position = 1
+    while remaining:
+        values = means[remaining] if higher_is_better else -means[remaining]
+        best = remaining[int(np.argmax(values))]
+        group = [i for i in remaining
+                 if abs(means[i] - means[best]) <= math.sqrt(ci95[i] ** 2 + ci95[best] ** 2)]
+        ranks[group] = position + (len(group) - 1) / 2.0
+        position += len(group)
+        remaining = [i for i in remaining if i not in group]
+    return ranks
+
+
+def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """Add `rank` per (suite, task, metric) and `avg_rank` per (suite, model): the headline column."""
+    if agg.empty:
+        return agg.assign(rank=pd.Series(dtype=float), avg_rank=pd.Series(dtype=float))
+    parts = []
+    for _, group in agg.groupby(["suite", "task", "metric"], sort=True):
+        group = group.copy()
+        group["rank"] = tied_ranks(group["mean"].to_numpy(), group["ci95"].to_numpy(),
+                                   bool(group["higher_is_better"].iloc[0]))
+        parts.append(group)
+    ranked = pd.concat(parts, ignore_index=True)
+    ranked["avg_rank"] = ranked.groupby(["suite", "model"])["rank"].transform("mean")
+    return ranked.sort_values(["suite", "avg_rank", "model", "task", "metric"], ignore_index=True)
+
+
+PAIRED_COLUMNS = ["suite", "task", "metric", "seed", "ring_model", "nce_model", "method", "pretrain_dataset",
+                  "epochs", "ckpt_seed", "arch", "n", "ring_mean", "nce_mean", "mean_diff", "ci95_diff",
+                  "p_ttest", "p_sign", "test"]
+
+
+def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
+    """Each Ring checkpoint against its NCE twin (same method, data, epochs, arch, seed), per task,
+    metric and evaluation seed, on the samples both evaluated (matching sample_ids).
+
+    mean_diff = mean(ring - nce); ci95_diff = 1.96 * sd(diff, ddof=1) / sqrt(n); p_ttest is the
+    two-sided paired t-test, p_sign the two-sided exact sign test (ties dropped). Positive diffs
+    favour Ring when higher is better."""
+    from scipy import stats
+
+    rows = []
+    if long.empty:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    twin_keys = ["suite", "task", "metric", "seed", "method", "pretrain_dataset", "epochs", "arch", "ckpt_seed"]
+    ring = long[long["sampler"] == "ring"]
+    nce = long[long["sampler"] == "nce"]
+    merged = ring.merge(nce, on=twin_keys, suffixes=("_ring", "_nce"))
+    for _, row in merged.iterrows():
+        ids_r, values_r = samples.get((row["cell_id_ring"], row["metric"]), (None, None))
+        ids_n, values_n = samples.get((row["cell_id_nce"], row["metric"]), (None, None))
+        if not values_r or not values_n or ids_r is None or ids_n is None:
+            continue  # no per-sample values: no paired statistic (the leaderboard still shows both means)
+        lookup = dict(zip(ids_n, values_n))
+        pairs = [(v, lookup[i]) for i, v in zip(ids_r, values_r) if i in lookup]
+        if not pairs:
+            continue
+        diff = np.array([a - b for a, b in pairs], dtype=float)
+        n = len(diff)
+        sd = float(diff.std(ddof=1)) if n > 1 else 0.0
+        if n > 1 and sd > 0:
+            p_t = float(stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
+        else:
+            p_t = 1.0 if not np.any(diff) else float("nan")
+        nonzero = diff[diff != 0]
+        p_sign = float(stats.binomtest(int((nonzero > 0).sum()), len(nonzero), 0.5).pvalue) if len(nonzero) else 1.0
+        rows.append({
+            "suite": row["suite"], "task": row["task"], "metric": row["metric"], "seed": row["seed"],
+            "ring_model": row["model_ring"], "nce_model": row["model_nce"], "method": row["method"],
+            "pretrain_dataset": row["pretrain_dataset"], "epochs": row["epochs"], "ckpt_seed": row["ckpt_seed"],
+            "arch": row["arch"], "n": n, "ring_mean": float(np.mean([a for a, _ in pairs])),
+            "nce_mean": float(np.mean([b for _, b in pairs])), "mean_diff": float(diff.mean()),
+            "ci95_diff": 1.96 * sd / math.sqrt(n), "p_ttest": p_t, "p_sign": p_sign,
+            "test": "paired t-test; exact sign test",
+        })
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def markdown_table(ranked: pd.DataFrame) -> str:
+    """Models as rows (sorted by average rank), `mean ± ci95 (rank)` per task/metric, best rank in bold."""
+    if ranked.empty:
+        return "_no results_\n"
+    ranked = ranked.copy()
+    ranked["column"] = ranked["task"] + " " + ranked["metric"]
+    columns = sorted(ranked["column"].unique())
+    models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
+    header = "| model | avg rank | " + " | ".join(columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    best = ranked.groupby("column")["rank"].min()
+    for model in models:
+        mine = ranked[ranked["model"] == model].set_index("column")
+        cells = []
+        for column in columns:
+            if column not in mine.index:
+                cells.append("missing")
+                continue
+            r = mine.loc[column]
+            text = f"{r['mean']:.2f} ± {r['ci95']:.2f} ({r['rank']:g})"
+            cells.append(f"**{text}**" if r["rank"] == best[column] else text)
+        avg = mine["avg_rank"].iloc[0]
+        lines.append(f"| {model} | {avg:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = ranked.copy()
+    ranked["column"] = ranked["task"] + "\n" + ranked["metric"]
+    columns = sorted(ranked["column"].unique())
+    models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns) + 2), 3.6))
+    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
+    for m, model in enumerate(models):
+        mine = ranked[ranked["model"] == model].set_index("column")
+        xs, ys, errs = [], [], []
+        for c, column in enumerate(columns):
+            if column in mine.index:
+                xs.append(c - 0.4 + width * (m + 0.5))
+                ys.append(mine.loc[column, "mean"])
+                errs.append(mine.loc[column, "ci95"])
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, color=colours(m % colours.N), label=model)
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_ylabel("mean (95% CI)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
+                       stream=None) -> list[Path]:
+    """Build and write <suite>.csv, .md, .png and <suite>_paired.csv from the stored cells."""
+    stream = stream or sys.stderr
+    root = Path(root)
+    scan = scan_suite(root, suite)
+    for message in scan.corrupt:
+        print(f"corrupt result (not tabulated; `bench.run` recomputes it): {message}", file=stream)
+    long = long_table(scan)
+    ranked = rank_table(aggregate(long))
+    paired = paired_comparisons(long, scan.samples)
+    written = []
+    csv_path = root / f"{suite}.csv"
+    _atomic_text(csv_path, ranked.to_csv(index=False))
+    written.append(csv_path)
+    paired_path = root / f"{suite}_paired.csv"
+    _atomic_text(paired_path, paired.to_csv(index=False))
+    written.append(paired_path)
+    md = [f"# {suite}\n", "Mean ± 95% CI (rank). Models whose difference from the best is within the 95% "
+          "interval of the difference tie and share the average rank; `avg rank` is the mean over "
+          "tasks and metrics. `missing`: no stored result (failed or not run), never zero.\n", markdown_table(ranked)]
+    if not paired.empty:
+        md.append("\n## Ring vs NCE twins (paired, same samples)\n")
+        md.append("| task | metric | method | n | ring | nce | ring − nce | 95% CI | p (t) | p (sign) |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|")
+        for _, r in paired.iterrows():
+            md.append(f"| {r['task']} | {r['metric']} | {r['method']} | {r['n']} | {r['ring_mean']:.2f} | "
+                      f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | "
+                      f"{r['p_ttest']:.3g} | {r['p_sign']:.3g} |")
+        md.append("")
+    if scan.failed or scan.corrupt or scan.pending:
+        md.append("\n## Not tabulated\n")
+        for failure in sorted(scan.failed, key=lambda f: f["cell_id"]):
+            md.append(f"- failed {failure['cell_id']}: {' '.join(failure['message'])}")
+        for message in scan.corrupt:
+            md.append(f"- corrupt: {message}")
+        if scan.pending:
+            md.append(f"- {len(scan.pending)} cell(s) without a result yet")
+        md.append("")
+    md_path = root / f"{suite}.md"
+    _atomic_text(md_path, "\n".join(md))
+    written.append(md_path)
+    if plot and not ranked.empty:
+        png_path = root / f"{suite}.png"
+        plot_suite(ranked, png_path, f"{suite}: mean with 95% CI")
+        written.append(png_path)
+    return written
+
+
+def write_all(root: str | os.PathLike, suites: Iterable[str] | None = None, plot: bool = True) -> list[Path]:
+    root = Path(root)
+    names = list(suites) if suites else suites_in(root)
+    written = []
+    longs = []
+    for suite in names:
+        written += write_suite_tables(root, suite, plot=plot)
+        longs.append(long_table(scan_suite(root, suite)))
+    if longs:
+        long_path = root / "long.csv"
+        _atomic_text(long_path, pd.concat(longs, ignore_index=True).to_csv(index=False))
+        written.append(long_path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.leaderboard",
+                                     description="Rebuild leaderboards from stored result.json files.")
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+    parser.add_argument("--suite", action="append", default=[], help="only these suites (repeatable)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    args = parser.parse_args(argv)
+    from bench.runner import results_root_default
+
+    root = args.results or results_root_default()
+    if not root.is_dir():
+        print(f"error: results folder {root} does not exist", file=sys.stderr)
+        return 2
+    names = args.suite or suites_in(root)
+    unknown = [s for s in names if s not in suites_in(root)]
+    if unknown:
+        print(f"error: no stored cells for suite(s) {', '.join(unknown)} under {root}; "
+              f"suites with results: {', '.join(suites_in(root)) or '(none)'}", file=sys.stderr)
+        return 2
+    for path in write_all(root, names, plot=not args.no_plot):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

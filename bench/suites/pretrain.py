@@ -1,0 +1,77 @@
+"""pretrain: train a grid of named recipes, one cell per recipe x seed, each producing an encoder.
+
+The encoders land in the cell folders (`cells/<id>/train/encoder.pt`); the cell's result records
+the path (info.encoder), the final kNN monitor accuracy and the final loss from the training log.
+A requeued cell resumes from the training state in its own folder (pretrain.train.train_recipe).
+Evaluation suites run on the trained encoders with `python -m bench.run --suite pretrain --then knn`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+
+def encoder_path(cell_folder: Path) -> Path:
+    return Path(cell_folder) / "train" / "encoder.pt"
+
+
+class PretrainSuite(Suite):
+    name = "pretrain"
+    protocol_version = "1"
+    uses_checkpoints = False
+    default_seeds = (0,)
+    options = {
+        "recipes": ["digits_default_nce", "digits_default_ring"],  # see python -m pretrain.train --list
+        "overrides": {},  # JSON object of config overrides applied to every recipe, e.g. {"epochs": 2}
+    }
+
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        from pretrain.recipes import recipe_config
+
+        if not options["recipes"]:
+            raise InputError("pretrain recipes=: expected at least one recipe name")
+        for name in options["recipes"]:
+            recipe_config(name, self._overrides(options, data_root, seed=None))  # ConfigError names the problem
+
+    @staticmethod
+    def _overrides(options: Mapping[str, Any], data_root: Path | None, seed: int | None) -> dict[str, Any]:
+        overrides = dict(options["overrides"])
+        if data_root is not None:
+            overrides.setdefault("data_root", str(data_root))
+        if seed is not None:
+            overrides["seed"] = int(seed)
+        return overrides
+
+    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+        return [Task(name=name, params={"recipe": name, "overrides": dict(options["overrides"])}, profile="pretrain")
+                for name in options["recipes"]]
+
+    def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        from pretrain.train import train_recipe
+
+        started = time.time()
+        overrides = self._overrides(cell.options, cell.data_root, cell.seed)
+        path = train_recipe(cell.task.params["recipe"], overrides, Path(workdir) / "train", show_progress=True)
+        records = []
+        log = Path(workdir) / "train" / "metrics.jsonl"
+        if log.exists():
+            for line in log.read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        metrics: dict[str, Metric] = {}
+        knn = [r["knn_top1"] for r in records if "knn_top1" in r]
+        if knn:
+            metrics["knn/top1"] = Metric.scalar(100.0 * float(knn[-1]))
+        if records and "loss" in records[-1]:
+            metrics["loss/final"] = Metric.scalar(float(records[-1]["loss"]), higher_is_better=False)
+        metrics["time/train_min"] = Metric.scalar((time.time() - started) / 60.0, higher_is_better=False)
+        return CellOutput(metrics=metrics, info={"engine": "pretrain.train", "encoder": str(Path(path).resolve()),
+                                                 "epochs_logged": len(records)})

@@ -1,0 +1,53 @@
+"""Fixtures for the runner tests: real (randomly initialised) encoder checkpoints, small and fast."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_encoder(path: Path, sampler: str, seed: int, method: str = "moco", image_size: int = 16) -> Path:
+    import torch
+
+    from pretrain.backbones import build_backbone
+    from pretrain.checkpoint import save_encoder
+
+    torch.manual_seed(seed)
+    backbone = build_backbone("resnet18", "imagenet")
+    metadata = {
+        "method": method, "sampler": sampler, "sampler_params": {}, "arch": "resnet18", "stem": "imagenet",
+        "pretrain_dataset": "digits", "epochs": 0, "image_size": image_size, "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25], "config": {"test": True}, "seed": 0,
+    }
+    return save_encoder(path, backbone, metadata)
+
+
+@pytest.fixture(scope="session")
+def encoder_pair(tmp_path_factory) -> list[Path]:
+    """An NCE/Ring twin pair (same method, data, epochs, seed): different random weights."""
+    folder = tmp_path_factory.mktemp("encoders")
+    return [make_encoder(folder / "nce.pt", "nce", 0), make_encoder(folder / "ring.pt", "ring", 1)]
+
+
+@pytest.fixture
+def bench_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """Environment for a `python -m bench.run` subprocess: repo importable, private cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RINGBENCH_CACHE", str(cache))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["RINGBENCH_CACHE"] = str(cache)
+    env.pop("RINGBENCH_RESULTS", None)
+    return env
+
+
+def run_bench(args: list[str], env: dict[str, str], timeout: float = 240, module: str = "bench.run"):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)

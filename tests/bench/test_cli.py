@@ -1,0 +1,73 @@
+"""The command line: plans, user errors (exit 2, nothing submitted), the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.plan import parse_options
+from bench.suite import InputError
+from bench.suites import SUITES, load_suite, suite_names
+from tests.bench.conftest import run_bench
+
+
+def test_every_suite_name_is_registered_lazily():
+    for name in ("knn", "pretrain", "meta_dataset", "coco_det", "linear", "estimators"):
+        assert name in SUITES
+        module, _, cls = SUITES[name].partition(":")
+        assert module.startswith("bench.suites.") and cls
+
+
+def test_unknown_suite_lists_the_valid_ones():
+    with pytest.raises(InputError) as info:
+        load_suite("knnn")
+    for name in suite_names():
+        assert name in str(info.value)
+
+
+def test_options_are_typed_by_their_defaults_and_unknown_keys_list_valid_ones():
+    suite = load_suite("knn")
+    options = parse_options(suite, ["ks=1,5", "temperature=0.5"])
+    assert options["ks"] == [1, 5] and options["temperature"] == 0.5
+    with pytest.raises(InputError, match="valid keys: batch_size, device, ks, temperature"):
+        parse_options(suite, ["k=3"])
+    with pytest.raises(InputError, match="temperature='warm': expected a float"):
+        parse_options(suite, ["temperature=warm"])
+
+
+def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, encoder_pair, bench_env):
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "knn", "--checkpoints", ",".join(map(str, encoder_pair)), "--results", str(results),
+                     "--executor", "local", "--dry-run", "--resource", "eval.timeout_min=7"], bench_env)
+    assert out.returncode == 0, out.stderr
+    assert "cells (2):" in out.stdout and "executor local" in out.stdout
+    assert "moco/nce digits" in out.stdout and "moco/ring digits" in out.stdout
+    assert "eval: 1x1 task(s)" in out.stdout and "7 min" in out.stdout
+    assert "dry run: nothing submitted" in out.stdout
+    assert not (results / "knn" / "jobs").exists() and not (results / "knn" / "cells").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "nope"], "unknown suite 'nope'; valid suites: coco_det, estimators, knn"),
+    (["--suite", "knn", "k=3"], "unknown option 'k' for suite knn; valid keys: batch_size, device, ks, temperature"),
+    (["--suite", "knn", "ks=0"], "knn ks=[0]"),
+    (["--suite", "knn", "--checkpoints", "/nonexistent/*.pt"], "matches no file"),
+    (["--suite", "selftest", "--resource", "eval.gpu=2"], "unknown key 'gpu'; valid keys: gpus"),
+    (["--suite", "selftest", "--executor", "local", "--no-wait"], "--no-wait needs the slurm executor"),
+])
+def test_user_errors_exit_2_with_one_clean_paragraph(tmp_path, bench_env, encoder_pair, args, message):
+    if "--checkpoints" not in args and args[1] == "knn":
+        args = args + ["--checkpoints", str(encoder_pair[0])]
+    out = run_bench(args + ["--results", str(tmp_path / "r")], bench_env)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pkl"))
+
+
+def test_a_bad_checkpoint_is_refused_before_submission(tmp_path, bench_env):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = run_bench(["--suite", "knn", "--checkpoints", str(bad), "--results", str(tmp_path / "r")], bench_env)
+    assert out.returncode == 2
+    assert "broken.pt: not a readable torch checkpoint" in out.stderr
+    assert not (tmp_path / "r" / "knn" / "jobs").exists()
