@@ -78,9 +78,7 @@ class LinearOptions:
     knn: bool
     knn_k: int
     fast_iters: int
-    workers: int  # -1: the job's CPUs
     imagenet_classes: int
-    device: str | None
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> LinearOptions:
@@ -101,7 +99,6 @@ class LinearOptions:
             if bad or not datasets:
                 raise InputError(f"option datasets={datasets_text!r}: unknown {', '.join(bad) or '(empty)'}; "
                                  f"valid: auto or a comma list of {', '.join(DATASETS)}")
-        device = str(merged["device"])
         return cls(
             datasets=datasets,
             protocol=protocol,
@@ -109,9 +106,7 @@ class LinearOptions:
             knn=_as_bool(merged["knn"], "knn"),
             knn_k=_as_int(merged["knn_k"], "knn_k", 1),
             fast_iters=_as_int(merged["fast_iters"], "fast_iters", 1),
-            workers=_as_int(merged["workers"], "workers", -1),
             imagenet_classes=_as_int(merged["imagenet_classes"], "imagenet_classes", 2),
-            device=None if device == "auto" else device,
         )
 
 
@@ -161,12 +156,10 @@ class LinearSuite(Suite):
         "datasets": "auto",  # auto: digits without --data-root, else every standard dataset found there
         "protocol": "paper",  # paper | fast
         "epochs": 100,  # paper protocol epochs
-        "knn": "on",  # kNN (k 200, t 0.07, cosine) from the cached features
+        "knn": True,  # kNN (k 200, t 0.07, cosine) from the cached features
         "knn_k": 200,
         "fast_iters": 500,  # L-BFGS iterations of the fast protocol
-        "workers": -1,  # data-loading processes; -1: the job's CPUs (at most 8)
         "imagenet_classes": 1000,  # class folders expected under imagenet/train (e.g. 100 for a subset)
-        "device": "auto",
     }
     default_seeds = (0,)
 
@@ -241,7 +234,7 @@ class LinearSuite(Suite):
         for split, images in ((params["train_split"], train), (params["test_split"], test)):
             if int(images.num_classes) != num_classes:
                 raise InputError(f"linear/{name}: the {split} split has {images.num_classes} classes, expected {num_classes}")
-        workers = default_workers() if opts.workers < 0 else opts.workers
+        workers = default_workers()
         cache = FeatureCache(Path(cell.shared_dir) / "features")
         context = shard_context()
         if context.world_size > 1:  # one task per GPU: every task extracts a slice, rank 0 goes on
@@ -259,7 +252,7 @@ class LinearSuite(Suite):
             paper=PaperRecipe(epochs=int(params.get("epochs", PaperRecipe.epochs))),
             fast=FastRecipe(max_iter=opts.fast_iters),
             knn=KnnRecipe(k=opts.knn_k) if params["knn"] else None,
-            device=opts.device,
+            device=None,
             workers=workers,
             state_path=Path(workdir) / "linear_state.pt",
             train_split=params["train_split"],

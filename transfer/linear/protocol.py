@@ -100,8 +100,8 @@ class TransformedImages(Dataset):
 
 
 def default_workers() -> int:
-    """Data-loading processes: the job's CPU allocation, at most 8."""
-    for name in ("SLURM_CPUS_PER_TASK", "RINGBENCH_WORKERS"):
+    """Data-loading processes: $RINGBENCH_WORKERS, else the job's CPU allocation, at most 8."""
+    for name in ("RINGBENCH_WORKERS", "SLURM_CPUS_PER_TASK"):
         if os.environ.get(name, "").isdigit():
             return min(8, int(os.environ[name]))
     return min(8, len(os.sched_getaffinity(0)))

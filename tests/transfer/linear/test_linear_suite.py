@@ -92,9 +92,10 @@ def make_cell(task, checkpoint, data_root, shared_dir, options, seed=0):
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "stl10", "imagenet"])
-def test_fast_cells_read_each_layout_correctly(dataset, data_root, tmp_path, encoder_file):
+def test_fast_cells_read_each_layout_correctly(dataset, data_root, tmp_path, encoder_file, monkeypatch):
     """Classes are colours: a reader that keeps images and labels aligned gives (near) 100%."""
-    options = {"datasets": dataset, "protocol": "fast", "imagenet_classes": 3, "workers": 0, "knn_k": 5}
+    monkeypatch.setenv("RINGBENCH_WORKERS", "0")
+    options = {"datasets": dataset, "protocol": "fast", "imagenet_classes": 3, "knn_k": 5}
     suite = LinearSuite()
     suite.check(options, data_root, [encoder_file])
     [task] = suite.tasks(options, data_root)

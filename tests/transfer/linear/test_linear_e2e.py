@@ -1,0 +1,43 @@
+"""`python -m bench.run --suite linear` end to end on the embedded digits through submitit's local executor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import write_encoder
+
+from bench.run import main as bench_run
+
+
+@pytest.mark.slow
+def test_paper_and_fast_protocols_through_the_local_executor(tmp_path, monkeypatch):
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RINGBENCH_WORKERS", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs share two cores
+    nce = write_encoder(tmp_path / "nce.pt", seed=0, sampler="nce")
+    ring = write_encoder(tmp_path / "ring.pt", seed=1, sampler="ring")
+    results = tmp_path / "results"
+    common = ["--suite", "linear", "--executor", "local", "--checkpoints", f"{nce},{ring}", "--results", str(results),
+              "--no-progress", "--no-leaderboard"]
+    assert bench_run(common + ["epochs=1"]) == 0
+    assert bench_run(common + ["protocol=fast"]) == 0
+    stored = [json.loads(path.read_text()) for path in sorted((results / "linear" / "cells").glob("*/result.json"))]
+    assert sorted((r["task"]["name"], r["checkpoint"]["sampler"]) for r in stored) == [
+        ("digits/fast", "nce"), ("digits/fast", "ring"), ("digits/paper-1ep", "nce"), ("digits/paper-1ep", "ring")]
+    for result in stored:
+        linear, knn = result["metrics"]["top1/linear"], result["metrics"]["top1/knn"]
+        assert linear["n"] == knn["n"] == 360  # the embedded digits' test split
+        assert linear["sample_ids"] == [str(i) for i in range(360)]
+        assert knn["mean"] > 50.0  # chance is 10%; even a random encoder's features keep the strokes
+        assert result["info"]["protocol"] == result["task"]["params"]["protocol"]
+        if result["info"]["protocol"] == "fast":
+            assert linear["mean"] > 50.0
+        else:  # one epoch is 6 SGD steps at lr 0.01: too few to learn, but the run is complete
+            assert result["info"]["paper"]["epochs_run"] == 1 and result["info"]["paper"]["final_train_loss"] > 0
+    # the fast cells found the features the paper cells had extracted (test split) or extracted them once
+    fast = [r for r in stored if r["task"]["params"]["protocol"] == "fast"]
+    assert all(r["info"]["features_test_cached"] for r in fast)
+    # a second run keeps every stored cell
+    assert bench_run(common + ["protocol=fast"]) == 0
+    assert len(list((results / "linear" / "cells").glob("*/result.json"))) == 4
