@@ -140,13 +140,9 @@ def selected_datasets(opts: LinearOptions, data_root: Path | None) -> list[str]:
 
 
 def open_split(dataset: str, data_root: Path | None, split: str, image_size: int | None = None):
-    """A LabelledImages split through pretrain.data (the one reader of the on-disk formats).
-    The embedded digits are rendered at the checkpoint's image size when it is given."""
-    from pretrain.data import open_dataset
+    from transfer.linear.protocol import open_linear_split
 
-    if dataset == "digits":
-        return open_dataset("digits", None, split, image_size=image_size)
-    return open_dataset(dataset, data_root, split)
+    return open_linear_split(dataset, data_root, split, image_size)
 
 
 class LinearSuite(Suite):
@@ -217,7 +213,7 @@ class LinearSuite(Suite):
         from pretrain.checkpoint import load_encoder
         from transfer.features import FeatureCache
         from transfer.linear.evaluate import evaluate_encoder
-        from transfer.linear.protocol import FastRecipe, KnnRecipe, PaperRecipe, default_workers
+        from transfer.linear.protocol import FastRecipe, KnnRecipe, PaperRecipe, data_source, default_workers
         from transfer.linear.sharded import shard_context, sharded_cached_features
 
         if cell.checkpoint is None:
@@ -229,7 +225,7 @@ class LinearSuite(Suite):
         image_size = int(encoder.metadata["image_size"])
         train = open_split(name, cell.data_root, params["train_split"], image_size)
         test = open_split(name, cell.data_root, params["test_split"], image_size)
-        source = "embedded" if name == "digits" else str(Path(cell.data_root).resolve())
+        source = data_source(name, cell.data_root)
         num_classes = int(params["num_classes"])
         for split, images in ((params["train_split"], train), (params["test_split"], test)):
             if int(images.num_classes) != num_classes:

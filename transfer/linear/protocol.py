@@ -146,6 +146,23 @@ def dataset_identity(dataset: Any) -> dict[str, Any]:
     }
 
 
+def data_source(dataset_name: str, data_root: str | os.PathLike | None) -> str:
+    """Where a dataset's files came from, for the cache key: the embedded digits or a resolved folder."""
+    if dataset_name == "digits" or data_root is None:
+        return "embedded"
+    return str(Path(data_root).resolve())
+
+
+def open_linear_split(dataset_name: str, data_root: str | os.PathLike | None, split: str, image_size: int | None = None):
+    """A LabelledImages split through pretrain.data, the one reader of the on-disk formats; the
+    embedded digits are rendered at the checkpoint's image size when it is given."""
+    from pretrain.data import open_dataset
+
+    if dataset_name == "digits":
+        return open_dataset("digits", None, split, image_size=image_size)
+    return open_dataset(dataset_name, data_root, split)
+
+
 def feature_cache_parts(encoder: Any, dataset: Any, dataset_name: str, split: str,
                         source: str | None = None) -> dict[str, Any]:
     """The feature-cache key: checkpoint content, dataset (name, origin, size, labels), preprocessing."""

@@ -20,7 +20,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from transfer.features import FeatureCache, cache_key
-from transfer.linear.protocol import compute_features, feature_cache_parts
+from transfer.linear.protocol import (
+    compute_features,
+    data_source,
+    default_workers,
+    feature_cache_parts,
+    open_linear_split,
+)
 
 
 class ShardError(RuntimeError):
@@ -135,3 +141,27 @@ def sharded_cached_features(
         path.unlink(missing_ok=True)
     shard_dir.rmdir()
     return array
+
+
+def extract_split_features(
+    checkpoint: str,
+    dataset: str,
+    split: str,
+    cache_dir: str,
+    data_root: str | None = None,
+    batch_size: int = 256,
+) -> tuple[int, int] | None:
+    """Job entry point (one task per GPU): fill the linear suite's feature cache for one split.
+
+    Submit it with submitit and `tasks_per_node` = GPUs; each task extracts its slice, rank 0
+    merges and returns the (N, D) shape, the others return None. Cells pointed at the same cache
+    folder (the suite's `shared/features`) then read the features as cache hits.
+    """
+    from pretrain.checkpoint import load_encoder
+
+    encoder = load_encoder(checkpoint)
+    images = open_linear_split(dataset, data_root, split, int(encoder.metadata["image_size"]))
+    features = sharded_cached_features(encoder, images, dataset, split, FeatureCache(cache_dir),
+                                       batch_size=batch_size, workers=default_workers(),
+                                       source=data_source(dataset, data_root))
+    return None if features is None else tuple(features.shape)
