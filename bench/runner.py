@@ -128,8 +128,10 @@ class Runner:
         )
 
     def mark_submitted(self, tracked: Tracked, job_id: str) -> None:
+        planned = tracked.planned
         record = {"time": time.time(), "executor": self.executor, "job_id": job_id,
-                  "host": socket.gethostname(), "runner_pid": os.getpid()}
+                  "host": socket.gethostname(), "runner_pid": os.getpid(), "task": planned.cell.task.name,
+                  "seed": planned.cell.seed, "checkpoint": planned.checkpoint}
         atomic_write_json(tracked.folder.submitted_path, record, fsync=False)
         append_event(tracked.folder.path, "submitted", executor=self.executor, job_id=job_id)
         tracked.state = "submitted"

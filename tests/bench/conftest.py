@@ -51,3 +51,29 @@ def run_bench(args: list[str], env: dict[str, str], timeout: float = 240, module
 
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture
+def job_env(tmp_path, monkeypatch):
+    """In-process runs: private cache, and the repo importable by job subprocesses."""
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return tmp_path
+
+
+def plan_and_run(suite_name: str, results: Path, executor: str, overrides=(), checkpoints=(), **runner_kwargs):
+    """Plan a suite and run it through the real runner in this process; returns (plan, summary)."""
+    import io
+
+    from bench.plan import build_plan
+    from bench.runner import Runner
+    from bench.suites import load_suite
+    from slurm.profiles import PROFILES
+
+    suite = load_suite(suite_name)
+    plan = build_plan(suite_name, suite, results_root=results, option_pairs=list(overrides),
+                      checkpoint_specs=[str(c) for c in checkpoints])
+    suite.prepare(plan.options, plan.data_root, plan.store.shared_dir)
+    stream = runner_kwargs.pop("stream", io.StringIO())
+    runner = Runner(plan, executor, PROFILES, stream=stream, poll_s=0.2, **runner_kwargs)
+    return plan, runner.run()

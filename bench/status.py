@@ -1,0 +1,96 @@
+"""python -m bench.status: each cell's state for a results folder, from the cell files.
+
+States: done, failed (with the first line of its error), running, submitted (queued), pending
+(planned, never submitted), corrupt (a result.json that cannot be read; `bench.run` recomputes it)
+and lost (its job is gone from the queue or process table without writing a result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bench.store import CellFolder, CellState, ResultStore, suites_in
+from slurm.executors import pid_alive, slurm_live_jobs
+
+
+def _label(folder: CellFolder) -> str:
+    """Task and checkpoint from the result, or from the submitted job's cell if there is no result yet."""
+    try:
+        result = folder.read_result()
+        task, checkpoint, seed = result["task"]["name"], result.get("checkpoint") or {}, result["seed"]
+    except Exception:  # noqa: BLE001 - no readable result: fall back to the pickled plan entry
+        marker = folder.submitted() or {}
+        task, checkpoint, seed = marker.get("task", "?"), marker.get("checkpoint") or {}, marker.get("seed", "?")
+    who = f"{checkpoint.get('method')}/{checkpoint.get('sampler')} " if checkpoint else ""
+    return f"{who}{task} seed={seed}"
+
+
+def live_states(folders: list[tuple[CellFolder, CellState]]) -> list[tuple[CellFolder, CellState]]:
+    """Turn submitted/running cells whose job no longer exists into `lost`."""
+    slurm_ids = [s.job_id for _, s in folders if s.executor == "slurm" and s.state in ("submitted", "running")]
+    live = slurm_live_jobs([j for j in slurm_ids if j]) if slurm_ids else set()
+    out = []
+    host = socket.gethostname()
+    for folder, state in folders:
+        if state.state in ("submitted", "running"):
+            owner = folder.submitted() or {}
+            gone = False
+            if state.executor == "slurm" and live is not None:
+                gone = state.job_id not in live
+            elif state.executor == "local":
+                job = str(owner.get("job_id") or "")
+                gone = owner.get("host") == host and job.isdigit() and not pid_alive(int(job))
+            elif state.executor == "debug":
+                gone = True  # debug jobs run inside their runner; a fresh status call means it ended
+            if gone and not folder.result_path.exists():
+                state = CellState("lost", f"job {state.job_id} ended without writing a result", state.job_id,
+                                  state.executor)
+        out.append((folder, state))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.status", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+    parser.add_argument("--suite", action="append", default=[], help="only these suites (repeatable)")
+    parser.add_argument("--state", action="append", default=[],
+                        help="only cells in these states (done, failed, running, submitted, pending, corrupt, lost)")
+    parser.add_argument("--summary", action="store_true", help="counts per state only")
+    args = parser.parse_args(argv)
+    from bench.runner import results_root_default
+
+    root = args.results or results_root_default()
+    names = args.suite or suites_in(root)
+    if not names:
+        print(f"no suites with cells under {root}", file=sys.stderr)
+        return 2
+    unknown = [n for n in names if n not in suites_in(root)]
+    if unknown:
+        print(f"error: no cells for suite(s) {', '.join(unknown)} under {root}; "
+              f"suites with cells: {', '.join(suites_in(root)) or '(none)'}", file=sys.stderr)
+        return 2
+    any_failed = False
+    for name in names:
+        store = ResultStore(root, name)
+        cells = live_states([(folder, folder.state()) for folder in store.iter_cells()])
+        counts = Counter(state.state for _, state in cells)
+        any_failed |= bool(counts.get("failed") or counts.get("lost") or counts.get("corrupt"))
+        print(f"{name}: {len(cells)} cells: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        if args.summary:
+            continue
+        for folder, state in cells:
+            if args.state and state.state not in args.state:
+                continue
+            job = f" job {state.job_id}" if state.job_id else ""
+            detail = f": {state.detail}" if state.detail else ""
+            print(f"  {folder.cell_id}  {state.state:9s} {_label(folder)}{job}{detail}")
+    return 1 if any_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
