@@ -162,3 +162,17 @@ def test_bad_inputs_are_named(loaded_encoder, tmp_path):
     with pytest.raises(ValueError, match="protocol 'linear' is not one of paper, fast"):
         evaluate_encoder(loaded_encoder, ColourImages(3), ColourImages(3), dataset_name="c", num_classes=3,
                          cache=FeatureCache(tmp_path), protocol="linear")
+
+
+def test_paired_difference_counts_discordant_images_and_tests_them():
+    from transfer.linear.paired import paired_difference
+
+    a = np.array([1] * 60 + [0] * 10 + [1] * 25 + [0] * 5)  # 85 right
+    b = np.array([1] * 60 + [1] * 10 + [0] * 25 + [0] * 5)  # 70 right
+    result = paired_difference(a * 100, b * 100, bootstrap=2000)
+    assert (result.n, result.only_a_right, result.only_b_right) == (100, 25, 10)
+    assert result.delta == pytest.approx(15.0)
+    assert result.ci95_low < 15.0 < result.ci95_high and result.ci95_low > 0
+    assert result.p_value == pytest.approx(0.0167, abs=0.001)  # exact binomial, 25 of 35 discordant
+    same = paired_difference(a, a, bootstrap=100)
+    assert (same.delta, same.p_value, same.ci95_low, same.ci95_high) == (0.0, 1.0, 0.0, 0.0)

@@ -1,0 +1,134 @@
+"""Benchmark of the linear suite's protocols on the embedded digits (a benchmark, not a test).
+
+    python -m bench.perf.linear                       # the embedded NCE/Ring pair, paper protocol 100 epochs
+    python -m bench.perf.linear --paper-epochs 20 --checkpoints a.pt,b.pt --json out.json
+
+Per checkpoint it measures
+  - one feature-extraction pass: train + test split through the frozen encoder, no cache;
+  - the fast protocol from an empty cache (extraction + L-BFGS + kNN) and its ratio to that pass
+    (target <= 1.3);
+  - the paper protocol: time per epoch split into waiting for augmented batches, encoder forward
+    passes and the linear step, and the forward share of the epoch;
+  - top-1 of both protocols and kNN, and the paired Ring-vs-NCE difference (McNemar, bootstrap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def benchmark_checkpoint(path: Path, paper_epochs: int, device: str | None, workers: int) -> dict:
+    from pretrain.checkpoint import load_encoder
+    from transfer.features import FeatureCache
+    from transfer.linear.evaluate import evaluate_encoder
+    from transfer.linear.protocol import PaperRecipe, compute_features, open_linear_split
+
+    encoder = load_encoder(path)
+    size = int(encoder.metadata["image_size"])
+    train = open_linear_split("digits", None, "train", size)
+    test = open_linear_split("digits", None, "test", size)
+    common = dict(dataset_name="digits", num_classes=10, device=device, workers=workers, source="embedded")
+    compute_features(encoder, test, device, workers=workers)  # warm-up (first-call allocations)
+
+    start = time.perf_counter()
+    compute_features(encoder, train, device, workers=workers)
+    compute_features(encoder, test, device, workers=workers)
+    extraction_s = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        start = time.perf_counter()
+        fast = evaluate_encoder(encoder, train, test, cache=FeatureCache(cache_dir), protocol="fast", **common)
+        fast_total_s = time.perf_counter() - start
+        # the paper protocol reads the test features from the cache the fast run filled
+        start = time.perf_counter()
+        paper = evaluate_encoder(encoder, train, test, cache=FeatureCache(cache_dir), protocol="paper",
+                                 paper=PaperRecipe(epochs=paper_epochs), knn=None, **common)
+        paper_total_s = time.perf_counter() - start
+    timings = paper.info["timings"]
+    epoch_s = (timings["paper_data_s"] + timings["paper_forward_s"] + timings["paper_linear_s"]) / paper_epochs
+    train_pass_s = fast.info["timings"]["features_train_s"]
+    return {
+        "checkpoint": str(path),
+        "method": encoder.metadata["method"],
+        "sampler": encoder.metadata["sampler"],
+        "arch": encoder.metadata["arch"],
+        "stem": encoder.metadata["stem"],
+        "image_size": size,
+        "n_train": len(train),
+        "n_test": len(test),
+        "extraction_pass_s": extraction_s,
+        "fast_total_s": fast_total_s,
+        "fast_over_extraction": fast_total_s / extraction_s,
+        "fast_timings": fast.info["timings"],
+        "lbfgs_evaluations": fast.info["fast"]["lbfgs_evaluations"],
+        "paper_epochs": paper_epochs,
+        "paper_total_s": paper_total_s,
+        "paper_epoch_s": epoch_s,
+        "paper_epoch_over_train_pass": epoch_s / train_pass_s,
+        "paper_share_forward": timings["paper_forward_s"] / (epoch_s * paper_epochs),
+        "paper_share_data": timings["paper_data_s"] / (epoch_s * paper_epochs),
+        "paper_share_linear": timings["paper_linear_s"] / (epoch_s * paper_epochs),
+        "top1_fast": fast.linear_top1,
+        "top1_paper": paper.linear_top1,
+        "top1_knn": fast.knn_top1,
+        "paper_minus_fast": paper.linear_top1 - fast.linear_top1,
+        "_correct": {"fast": fast.linear_correct, "paper": paper.linear_correct, "knn": fast.knn_correct},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.perf.linear", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", default="", help="comma list (default: the embedded NCE and Ring pair)")
+    parser.add_argument("--paper-epochs", type=int, default=100, help="paper protocol epochs (the paper: 100)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from transfer.linear.paired import paired_difference
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.checkpoints:
+        paths = [Path(p) for p in args.checkpoints.split(",") if p]
+    else:
+        from pretrain.embedded import default_encoders
+
+        paths = [Path(p) for p in default_encoders()]
+    rows = []
+    for path in paths:
+        row = benchmark_checkpoint(path, args.paper_epochs, args.device, args.workers)
+        rows.append(row)
+        print(f"{row['sampler']:>5} {row['method']}: extraction pass {row['extraction_pass_s']:.2f}s, fast total "
+              f"{row['fast_total_s']:.2f}s (x{row['fast_over_extraction']:.2f}); paper {row['paper_epochs']} ep "
+              f"{row['paper_total_s']:.1f}s, epoch {row['paper_epoch_s']:.2f}s = x{row['paper_epoch_over_train_pass']:.2f} "
+              f"of a train pass, forward {row['paper_share_forward']:.0%} / data {row['paper_share_data']:.0%} / "
+              f"linear {row['paper_share_linear']:.1%}; top-1 fast {row['top1_fast']:.2f}, paper "
+              f"{row['top1_paper']:.2f} (paper-fast {row['paper_minus_fast']:+.2f}), kNN {row['top1_knn']:.2f}",
+              flush=True)
+    comparisons = {}
+    by_sampler = {row["sampler"]: row for row in rows}
+    if "ring" in by_sampler and "nce" in by_sampler:
+        for metric in ("fast", "paper", "knn"):
+            diff = paired_difference(by_sampler["ring"]["_correct"][metric], by_sampler["nce"]["_correct"][metric])
+            comparisons[metric] = diff.__dict__
+            print(f"ring - nce ({metric}): {diff.delta:+.2f} points, 95% CI [{diff.ci95_low:+.2f}, "
+                  f"{diff.ci95_high:+.2f}], discordant {diff.only_a_right}/{diff.only_b_right}, McNemar p {diff.p_value:.3g}")
+    report = {"threads": torch.get_num_threads(), "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+              "rows": [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows],
+              "ring_minus_nce": comparisons}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
