@@ -197,7 +197,8 @@ class BankNegativeSampler:
         self._warned_small_ring = False
 
     def __call__(self, anchors: torch.Tensor, bank: torch.Tensor, w_out: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, similarity: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) bank indices; `similarity` (anchors x bank, any positive scale) spares a matmul if known."""
         batch, pool_size = anchors.shape[0], bank.shape[0]
         if self.config.name not in BAND_SAMPLERS:
             return uniform_indices(batch, pool_size, self.num_negatives, generator, anchors.device)
@@ -212,7 +213,8 @@ class BankNegativeSampler:
             )
             self._warned_small_ring = True
         with torch.no_grad():
-            similarity = anchors.detach().float() @ bank.float().T
+            if similarity is None:
+                similarity = anchors.detach().float() @ bank.float().T
             mask = ring_mask(similarity, w_out, w_in)
         return sample_from_mask(mask, self.num_negatives, generator)
 

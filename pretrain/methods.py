@@ -1,0 +1,319 @@
+"""The four contrastive methods as small classes over shared plumbing.
+
+Each method turns a batch of augmented views into anchor/positive/negative logits and hands them
+to the pure functions in `pretrain.losses`, with negatives chosen by `pretrain.samplers`.
+
+    ir      one view; positive = the image's own memory-bank entry; K negatives drawn from the bank
+    cmc     one view split into L and ab (two encoders, two banks), symmetric L->ab and ab->L losses
+    moco    two views; momentum key encoder; negatives = the queue (all of it, or its ring)
+    simclr  two views; negatives = the other 2B - 2 batch embeddings (self-similarity masked out)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pretrain import distributed
+from pretrain.backbones import Encoder
+from pretrain.colour import lab_views
+from pretrain.losses import sampler_loss
+from pretrain.samplers import BankNegativeSampler, SamplerConfig, mochi_negatives, pool_negative_mask
+
+METHODS = ("ir", "cmc", "moco", "simclr")
+ALLOWED_SAMPLERS = {
+    "ir": ("nce", "ring", "ball", "dcl", "hcl"),
+    "cmc": ("nce", "ring", "ball", "dcl", "hcl"),
+    "moco": ("nce", "ring", "ball", "dcl", "hcl", "mochi"),
+    "simclr": ("nce", "ring", "ball", "dcl", "hcl"),
+}
+
+
+def check_method_name(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return name
+
+
+def check_combination(method: str, sampler: str) -> None:
+    check_method_name(method)
+    if sampler not in ALLOWED_SAMPLERS[method]:
+        if sampler == "mochi":
+            raise ValueError(f"sampler 'mochi' mixes hard negatives from a queue; method {method!r} has no queue "
+                             "(use method=moco)")
+        raise ValueError(f"sampler {sampler!r} is not available for method {method!r}; "
+                         f"valid: {', '.join(ALLOWED_SAMPLERS[method])}")
+
+
+@dataclass
+class MethodSettings:
+    arch: str = "resnet18"
+    stem: str = "imagenet"
+    embed_dim: int = 128
+    temperature: float = 0.07
+    num_negatives: int = 4096  # K for memory banks
+    bank_momentum: float = 0.5  # IR paper; 0 = overwrite, as the released Ring configs
+    queue_size: int = 65536
+    key_momentum: float = 0.999
+    mean: tuple = (0.485, 0.456, 0.406)  # normalisation of the input views, needed by CMC's Lab split
+    std: tuple = (0.229, 0.224, 0.225)
+
+
+def _init_bank(size: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    bound = 1.0 / (dim / 3) ** 0.5
+    return F.normalize(torch.rand(size, dim, generator=generator) * 2 * bound - bound, dim=1)
+
+
+class ContrastiveMethod(nn.Module):
+    """Shared plumbing: sampler config, temperature, the trainable encoders and the export backbone."""
+
+    name = ""
+    num_views = 2
+
+    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int):
+        super().__init__()
+        check_combination(self.name, sampler.name)
+        self.settings, self.sampler, self.num_samples = settings, sampler, num_samples
+        self.temperature = settings.temperature
+        self.encoder = Encoder(settings.arch, settings.stem, settings.embed_dim)
+        self._set_forward("_forward_encoder", self.encoder)
+
+    def _set_forward(self, name: str, module: nn.Module) -> None:
+        # kept outside the module tree so a DDP wrapper never shows up in state_dict()
+        object.__setattr__(self, name, module)
+
+    def trainable_encoders(self) -> list[str]:
+        """Attribute names of the encoders that get gradients (wrapped in DDP when distributed)."""
+        return ["encoder"]
+
+    def wrap_distributed(self, wrap) -> None:
+        self._set_forward("_forward_encoder", wrap(self.encoder))
+
+    def export_backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def loss(self, views: list[torch.Tensor], index: torch.Tensor, w_out: float,
+             generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Memory updates that must follow the optimiser step (banks, queues)."""
+
+
+class BankUpdater:
+    """Pending `bank[idx] <- normalize(m bank[idx] + (1 - m) z)` updates, gathered across ranks."""
+
+    def __init__(self):
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, bank: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor) -> None:
+        self.pending.append((bank, index.detach(), embeddings.detach().float()))
+
+    @torch.no_grad()
+    def apply(self, momentum: float) -> None:
+        for bank, index, embeddings in self.pending:
+            index, embeddings = distributed.all_gather(index), distributed.all_gather(embeddings)
+            mixed = momentum * bank[index] + (1 - momentum) * embeddings
+            bank[index] = F.normalize(mixed, dim=1).to(bank.dtype)
+        self.pending.clear()
+
+
+def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor, sampler: BankNegativeSampler, w_out: float,
+                 generator: torch.Generator | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K) negative logits for bank methods; indices from the sampler, gradient through the anchors."""
+    pool_size, dim = bank.shape
+    full = pool_size <= sampler.num_negatives * dim  # one B x N matmul is cheaper than a B x K x D gather
+    if full:
+        logits = anchors @ bank.T / temperature
+        index = sampler(anchors, bank, w_out, generator, similarity=logits.detach())
+        return torch.gather(logits, 1, index), index
+    index = sampler(anchors, bank, w_out, generator)
+    return torch.einsum("bd,bkd->bk", anchors, bank[index]) / temperature, index
+
+
+class InstanceRecognition(ContrastiveMethod):
+    """IR (Wu et al. 2018): the positive is the image's own bank entry, negatives are bank entries."""
+
+    name = "ir"
+    num_views = 1
+
+    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+                 generator: torch.Generator | None = None):
+        super().__init__(settings, sampler, num_samples)
+        generator = generator or torch.Generator().manual_seed(0)
+        self.register_buffer("bank", _init_bank(num_samples, settings.embed_dim, generator))
+        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives)
+        self.updates = BankUpdater()
+
+    def loss(self, views, index, w_out, generator):
+        anchors = self._forward_encoder(views[0]).float()
+        pos = (anchors * self.bank[index]).sum(dim=1) / self.temperature
+        neg, _ = _bank_logits(anchors, self.bank, self.bank_sampler, w_out, generator, self.temperature)
+        self.updates.add(self.bank, index, anchors)
+        return sampler_loss(self.sampler, pos, neg, self.temperature)
+
+    @torch.no_grad()
+    def after_step(self):
+        self.updates.apply(self.settings.bank_momentum)
+
+
+class ContrastiveMultiviewCoding(ContrastiveMethod):
+    """CMC (Tian et al. 2019), memory-bank form: L and ab encoders, one bank each, symmetric loss.
+
+    The exported backbone is the L encoder (it sees colour-free images, so it accepts RGB input).
+    """
+
+    name = "cmc"
+    num_views = 1
+
+    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+                 generator: torch.Generator | None = None):
+        super().__init__(settings, sampler, num_samples)
+        generator = generator or torch.Generator().manual_seed(0)
+        self.colour_encoder = Encoder(settings.arch, settings.stem, settings.embed_dim)
+        self._set_forward("_forward_colour", self.colour_encoder)
+        self.register_buffer("bank_l", _init_bank(num_samples, settings.embed_dim, generator))
+        self.register_buffer("bank_ab", _init_bank(num_samples, settings.embed_dim, generator))
+        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives)
+        self.updates = BankUpdater()
+        self.register_buffer("mean", torch.tensor(settings.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(settings.std).view(1, 3, 1, 1), persistent=False)
+
+    def trainable_encoders(self):
+        return ["encoder", "colour_encoder"]
+
+    def wrap_distributed(self, wrap):
+        self._set_forward("_forward_encoder", wrap(self.encoder))
+        self._set_forward("_forward_colour", wrap(self.colour_encoder))
+
+    def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised RGB batch -> normalised (L view, ab view) batches."""
+        with torch.no_grad():
+            rgb = (images.float() * self.std + self.mean).clamp(0, 1)
+            lightness, colour = lab_views(rgb)
+            return (lightness - self.mean) / self.std, (colour - self.mean) / self.std
+
+    def loss(self, views, index, w_out, generator):
+        lightness, colour = self.split(views[0])
+        z_l = self._forward_encoder(lightness).float()
+        z_ab = self._forward_colour(colour).float()
+        total = 0.0
+        for anchors, bank in ((z_l, self.bank_ab), (z_ab, self.bank_l)):
+            pos = (anchors * bank[index]).sum(dim=1) / self.temperature
+            neg, _ = _bank_logits(anchors, bank, self.bank_sampler, w_out, generator, self.temperature)
+            total = total + sampler_loss(self.sampler, pos, neg, self.temperature)
+        self.updates.add(self.bank_l, index, z_l)
+        self.updates.add(self.bank_ab, index, z_ab)
+        return total
+
+    @torch.no_grad()
+    def after_step(self):
+        self.updates.apply(self.settings.bank_momentum)
+
+
+class MomentumContrast(ContrastiveMethod):
+    """MoCo v2: momentum key encoder, a queue of past keys, shuffle-BN across ranks for the keys."""
+
+    name = "moco"
+
+    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+                 generator: torch.Generator | None = None):
+        super().__init__(settings, sampler, num_samples)
+        generator = generator or torch.Generator().manual_seed(0)
+        self.key_encoder = copy.deepcopy(self.encoder)
+        for parameter in self.key_encoder.parameters():
+            parameter.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(settings.queue_size, settings.embed_dim,
+                                                              generator=generator), dim=1))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self._pending_keys: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        m = self.settings.key_momentum
+        for key, query in zip(self.key_encoder.parameters(), self.encoder.parameters()):
+            key.mul_(m).add_(query.detach(), alpha=1 - m)
+
+    @torch.no_grad()
+    def _keys(self, images: torch.Tensor) -> torch.Tensor:
+        """Key embeddings with shuffle-BN: under DDP the global batch is permuted across ranks."""
+        if not distributed.is_distributed():
+            order = torch.randperm(images.shape[0], device=images.device)
+            keys = self.key_encoder(images[order])
+            return keys[torch.argsort(order)]
+        local = images.shape[0]
+        gathered = distributed.all_gather(images)
+        order = distributed.broadcast(torch.randperm(gathered.shape[0], device=images.device))
+        mine = order.view(distributed.world_size(), local)[distributed.rank()]
+        keys = distributed.all_gather(self.key_encoder(gathered[mine]).float())
+        unshuffled = torch.empty_like(keys)
+        unshuffled[order] = keys
+        return unshuffled.view(distributed.world_size(), local, -1)[distributed.rank()]
+
+    def loss(self, views, index, w_out, generator):
+        query = self._forward_encoder(views[0]).float()
+        self._momentum_update()
+        keys = self._keys(views[1]).float().detach()
+        pos = (query * keys).sum(dim=1) / self.temperature
+        neg = query @ self.queue.T / self.temperature
+        self._pending_keys = keys
+        if self.sampler.name == "mochi":
+            synthetic = mochi_negatives(query, self.queue, neg.detach(), self.sampler.mochi_hardest,
+                                        self.sampler.mochi_mixed, self.sampler.mochi_query_mixed, generator)
+            neg = torch.cat([neg, torch.einsum("bd,bsd->bs", query, synthetic) / self.temperature], dim=1)
+        mask = pool_negative_mask(self.sampler, neg.detach(), w_out)
+        return sampler_loss(self.sampler, pos, neg, self.temperature, mask)
+
+    @torch.no_grad()
+    def after_step(self):
+        if self._pending_keys is None:
+            return
+        keys = distributed.all_gather(self._pending_keys)
+        size = self.queue.shape[0]
+        keys = keys[-size:]
+        slots = (self.queue_pointer + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[slots] = keys.to(self.queue.dtype)
+        self.queue_pointer.copy_((self.queue_pointer + keys.shape[0]) % size)
+        self._pending_keys = None
+
+
+class SimCLR(ContrastiveMethod):
+    """SimCLR: both views are anchors; negatives are the other 2B - 2 embeddings of the local batch."""
+
+    name = "simclr"
+
+    def loss(self, views, index, w_out, generator):
+        batch = views[0].shape[0]
+        embeddings = self._forward_encoder(torch.cat([views[0], views[1]])).float()
+        logits = embeddings @ embeddings.T / self.temperature
+        rows = torch.arange(2 * batch, device=logits.device)
+        partner = (rows + batch) % (2 * batch)
+        pos = logits[rows, partner]
+        keep = torch.ones_like(logits, dtype=torch.bool)
+        keep[rows, rows] = False
+        keep[rows, partner] = False
+        neg = logits[keep].view(2 * batch, 2 * batch - 2)
+        mask = pool_negative_mask(self.sampler, neg.detach(), w_out)
+        return sampler_loss(self.sampler, pos, neg, self.temperature, mask)
+
+
+METHOD_CLASSES: dict[str, type[ContrastiveMethod]] = {
+    "ir": InstanceRecognition,
+    "cmc": ContrastiveMultiviewCoding,
+    "moco": MomentumContrast,
+    "simclr": SimCLR,
+}
+
+
+def build_method(name: str, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+                 seed: int = 0) -> ContrastiveMethod:
+    check_combination(name, sampler.name)
+    generator = torch.Generator().manual_seed(seed)
+    if name == "simclr":
+        return SimCLR(settings, sampler, num_samples)
+    return METHOD_CLASSES[name](settings, sampler, num_samples, generator)

@@ -1,0 +1,423 @@
+"""The training loop and the `python -m pretrain.train` command.
+
+    python -m pretrain.train --recipe digits_moco_ring [key=value ...] [--out DIR] [--resume]
+
+An output folder holds config.json, metrics.jsonl (one JSON record per epoch), train.state.pt
+(everything needed to resume exactly, rewritten atomically every epoch) and, at the end, encoder.pt
+(the exported backbone, read with `pretrain.checkpoint.load_encoder`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from pretrain import distributed
+from pretrain.annealing import outer_fraction
+from pretrain.checkpoint import atomic_torch_save, code_version, save_encoder
+from pretrain.config import ConfigError, TrainConfig
+from pretrain.data import (
+    MONITOR_SPLITS,
+    PRETRAIN_SPLIT,
+    MultiViewDataset,
+    TransformedImages,
+    dataset_stats,
+    eval_transform,
+    open_dataset,
+    pretrain_transform,
+)
+from pretrain.knn import knn_accuracy
+from pretrain.methods import build_method
+from pretrain.recipes import recipe_config, recipe_names
+
+STATE_FORMAT = "ringbench-train-state"
+STATE_VERSION = 1
+STATE_FILE, ENCODER_FILE, METRICS_FILE, CONFIG_FILE = "train.state.pt", "encoder.pt", "metrics.jsonl", "config.json"
+# Keys that may differ between the run that wrote a state and the one resuming it.
+RESUME_FREE_KEYS = {"workers", "device", "data_root", "knn_every"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class ResumeError(ValueError):
+    """A training state that cannot be resumed (missing, truncated, foreign, or another config)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+    if config.lr_schedule == "step":
+        drops = sum(epoch >= int(fraction * config.epochs) for fraction in config.lr_milestones)
+        return config.lr * 0.1**drops
+    return config.lr
+
+
+def w_out_at(config: TrainConfig, epoch: int) -> float:
+    if config.sampler not in ("ring", "ball"):
+        return config.w_out
+    return outer_fraction(config.anneal, config.w_out, epoch, config.resolved_anneal_epochs(), config.anneal_steps)
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+
+
+def read_state(path: Path) -> dict:
+    """Load and check a training-state file; refuse anything else with a clear message."""
+    if not path.is_file():
+        raise ResumeError(f"{path}: no training state to resume (run without --resume to start fresh)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ResumeError(f"{path}: not a readable training state, truncated or foreign "
+                          f"({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{path}: not a RingBench training state (expected format={STATE_FORMAT!r}); "
+                          "encoder files cannot be resumed")
+    if state.get("format_version") != STATE_VERSION:
+        raise ResumeError(f"{path}: training-state version {state.get('format_version')!r}, this code reads {STATE_VERSION}")
+    for key in ("config", "epoch", "method", "optimizer", "rng", "sampler_generator"):
+        if key not in state:
+            raise ResumeError(f"{path}: training state lacks {key!r}")
+    return state
+
+
+class Trainer:
+    """One training run in `out_dir`, single process or one rank of a DDP job."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
+                 show_progress: bool = True, allow_distributed: bool = True):
+        self.config = config.validate()
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(config.device)
+        if allow_distributed:
+            distributed.init_from_env(self.device)
+        self.rank, self.world = (distributed.rank(), distributed.world_size()) if allow_distributed else (0, 1)
+        if config.batch_size % self.world:
+            raise ConfigError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
+        self.show_progress = show_progress and self.rank == 0
+        if self.device.type == "cpu" and config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        self.state_path = self.out_dir / STATE_FILE
+        self.encoder_path = self.out_dir / ENCODER_FILE
+        self.metrics_path = self.out_dir / METRICS_FILE
+        state = read_state(self.state_path) if resume else None
+        if state is None and self.state_path.exists():
+            raise ResumeError(f"{self.out_dir} already holds a training state ({STATE_FILE}); "
+                              "pass --resume to continue it or choose another --out")
+        if state is not None:
+            self._check_resumable(state)
+        self._build(state)
+
+    def _check_resumable(self, state: dict) -> None:
+        saved, current = state["config"], self.config.to_dict()
+        differing = sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k) != current[k])
+        if differing:
+            details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing[:6])
+            raise ResumeError(f"{self.state_path}: written by a different config ({details}); "
+                              "resume with the same recipe and overrides")
+
+    def _build(self, state: dict | None) -> None:
+        config = self.config
+        torch.manual_seed(config.seed)  # identical model and memory initialisation on every rank
+        self.mean, self.std = dataset_stats(config.dataset)
+        root = config.data_root or None
+        self.images = open_dataset(config.dataset, root, PRETRAIN_SPLIT[config.dataset], **self._size_kw())
+        settings = config.method_settings(self.mean, self.std)
+        self.method = build_method(config.method, settings, config.sampler_config(), len(self.images),
+                                   seed=config.seed).to(self.device)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.method.wrap_distributed(lambda module: DistributedDataParallel(module, device_ids=device_ids))
+        parameters = [p for name in self.method.trainable_encoders()
+                      for p in getattr(self.method, name).parameters()]
+        self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank + 1)
+        self.start_epoch = 0
+        torch.manual_seed(config.seed * 1000 + self.rank)  # augmentation stream, distinct per rank
+        if state is not None:
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["sampler_generator"][self.rank % len(state["sampler_generator"])])
+            rng = state["rng"]
+            _set_rng_state(rng[self.rank % len(rng)])
+            self.start_epoch = int(state["epoch"])
+            if len(rng) != self.world and self.rank == 0:
+                print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
+                      "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
+        self.transform = pretrain_transform(config.image_size, self.mean, self.std, config.crop_min_scale,
+                                            config.hflip)
+        self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+        self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                               seed=config.seed, drop_last=True)
+        self.loader = DataLoader(self.views, batch_size=config.batch_size // self.world, sampler=self.data_sampler,
+                                 num_workers=config.workers, drop_last=True,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=False)
+        if len(self.loader) == 0:
+            raise ConfigError(f"{len(self.images)} images give no full batch of {config.batch_size // self.world}")
+
+    def _size_kw(self) -> dict:
+        return {"image_size": self.config.image_size} if self.config.dataset == "digits" else {}
+
+    # ------------------------------------------------------------------------------------------ monitor
+    @torch.no_grad()
+    def features(self, images) -> np.ndarray:
+        backbone = self.method.export_backbone()
+        was_training = backbone.training
+        backbone.eval()
+        loader = DataLoader(TransformedImages(images, eval_transform(self.config.image_size, self.mean, self.std)),
+                            batch_size=256, num_workers=self.config.workers)
+        chunks = []
+        for batch, _ in loader:
+            with self._autocast():
+                chunks.append(backbone(batch.to(self.device)).float().cpu())
+        backbone.train(was_training)
+        return torch.cat(chunks).numpy()
+
+    def knn_monitor(self) -> float:
+        train_split, test_split = MONITOR_SPLITS[self.config.dataset]
+        root = self.config.data_root or None
+        train = open_dataset(self.config.dataset, root, train_split, **self._size_kw())
+        test = open_dataset(self.config.dataset, root, test_split, **self._size_kw())
+        if len(train) > self.config.knn_max_train:
+            keep = np.sort(np.random.default_rng(0).choice(len(train), self.config.knn_max_train, replace=False))
+            train = _Subset(train, keep)
+        return knn_accuracy(self.features(train), train.labels, self.features(test), test.labels,
+                            k=self.config.knn_k, temperature=self.config.knn_temperature)
+
+    def _autocast(self):
+        if self.use_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ------------------------------------------------------------------------------------------ state
+    def _gather_objects(self, value) -> list:
+        if self.world == 1:
+            return [value]
+        gathered = [None] * self.world
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
+
+    def save_state(self, epoch: int) -> None:
+        rng = self._gather_objects(_rng_state())
+        generators = self._gather_objects(self.generator.get_state())
+        if self.rank != 0:
+            return
+        state = {
+            "format": STATE_FORMAT, "format_version": STATE_VERSION, "config": self.config.to_dict(),
+            "epoch": epoch, "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": rng, "sampler_generator": generators, "code_version": code_version(),
+        }
+        atomic_torch_save(state, self.state_path)
+
+    def _log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """Keep only the records of epochs the state holds (a crash may have logged one more)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("epoch", 0) <= self.start_epoch]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------------------------------------ loop
+    def train_epoch(self, epoch: int) -> dict:
+        config = self.config
+        lr, w_out = lr_at(config, epoch), w_out_at(config, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.method.train()
+        self.data_sampler.set_epoch(epoch)
+        steps = len(self.loader) if config.max_steps_per_epoch <= 0 else min(len(self.loader), config.max_steps_per_epoch)
+        total, count, started = 0.0, 0, time.perf_counter()
+        progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.show_progress,
+                        leave=False, dynamic_ncols=True)
+        for step, batch in enumerate(self.loader):
+            if step >= steps:
+                break
+            *views, index = batch
+            views = [view.to(self.device, non_blocking=True) for view in views]
+            index = index.to(self.device)
+            with self._autocast():
+                loss = self.method.loss(views, index, w_out, self.generator)
+            if not torch.isfinite(loss):
+                last = f"{self.state_path} (epoch {epoch})" if epoch > 0 else "none (first epoch)"
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                    f"(global step {epoch * steps + step + 1}); stopped. Last good checkpoint: {last}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.method.after_step()
+            total += loss.item()
+            count += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+        progress.close()
+        return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "w_out": w_out, "steps": count,
+                "train_seconds": round(time.perf_counter() - started, 3)}
+
+    def fit(self) -> Path | None:
+        """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks)."""
+        config = self.config
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self._trim_metrics()
+        record = {}
+        for epoch in range(self.start_epoch, config.epochs):
+            record = self.train_epoch(epoch)
+            last = epoch + 1 == config.epochs
+            if self.rank == 0 and config.knn_every > 0 and ((epoch + 1) % config.knn_every == 0 or last):
+                started = time.perf_counter()
+                record["knn_top1"] = self.knn_monitor()
+                record["knn_seconds"] = round(time.perf_counter() - started, 3)
+            distributed.barrier()
+            self.save_state(epoch + 1)
+            if self.rank == 0:
+                self._log(record)
+                if self.show_progress:
+                    knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
+                    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{knn}")
+        distributed.barrier()
+        if self.rank != 0:
+            return None
+        return self.export(record.get("knn_top1"))
+
+    def export(self, knn_top1: float | None = None) -> Path:
+        config = self.config
+        params = config.sampler_config().params()
+        if config.sampler in ("ring", "ball"):
+            params |= {"anneal": config.anneal, "anneal_epochs": config.resolved_anneal_epochs(),
+                       "anneal_steps": config.anneal_steps, "w_out_final": w_out_at(config, config.epochs - 1)}
+        if knn_top1 is None and self.metrics_path.exists():
+            records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+            knn_top1 = next((r["knn_top1"] for r in reversed(records) if "knn_top1" in r), None)
+        metadata = {
+            "method": config.method, "sampler": config.sampler, "sampler_params": params,
+            "arch": config.arch, "stem": config.stem, "pretrain_dataset": config.dataset,
+            "epochs": config.epochs, "image_size": config.image_size,
+            "mean": list(self.mean), "std": list(self.std), "config": config.to_dict(),
+            "seed": config.seed, "code_version": code_version(), "recipe": config.recipe,
+            "knn_top1": knn_top1,
+        }
+        return save_encoder(self.encoder_path, self.method.export_backbone(), metadata)
+
+
+class _Subset:
+    """A fixed subset of a LabelledImages with the same `.image` / `.labels` interface."""
+
+    def __init__(self, images, keep: np.ndarray):
+        self._images, self._keep = images, keep
+        self.labels = images.labels[keep]
+
+    def __len__(self) -> int:
+        return len(self._keep)
+
+    def image(self, index: int):
+        return self._images.image(int(self._keep[index]))
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True,
+          allow_distributed: bool = True) -> Path | None:
+    return Trainer(config, out_dir, resume=resume, show_progress=show_progress,
+                   allow_distributed=allow_distributed).fit()
+
+
+def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.PathLike,
+                 show_progress: bool = True, allow_distributed: bool = True) -> Path:
+    """Train a recipe into `out_dir` and return its encoder path; resumes from the folder's state if
+    present (so a requeued job continues), and returns at once if the run already finished."""
+    config = recipe_config(recipe_name, overrides or {})
+    out_dir = Path(out_dir)
+    state_path, encoder_path = out_dir / STATE_FILE, out_dir / ENCODER_FILE
+    resume = state_path.exists()
+    if resume and encoder_path.exists():
+        state = read_state(state_path)
+        if state["epoch"] >= config.epochs and state["config"] == config.to_dict():
+            return encoder_path
+    path = train(config, out_dir, resume=resume, show_progress=show_progress, allow_distributed=allow_distributed)
+    if path is None:  # a non-zero rank of a DDP job
+        return encoder_path
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", help="named recipe (see --list)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--out", help="output folder (default results/pretrain/<recipe>)")
+    parser.add_argument("--resume", action="store_true", help="continue the training state in --out exactly")
+    parser.add_argument("--list", action="store_true", help="list the recipes and exit")
+    parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(recipe_names()))
+        return 0
+    if not args.recipe:
+        parser.error("--recipe is required (see --list)")
+    try:
+        config = recipe_config(args.recipe, args.overrides)
+        if args.show_config:
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
+        out_dir = Path(args.out or Path("results") / "pretrain" / args.recipe)
+        started = time.perf_counter()
+        path = train(config, out_dir, resume=args.resume)
+    except (ConfigError, ResumeError, TrainingDiverged, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if path is not None:
+        print(f"encoder: {path} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

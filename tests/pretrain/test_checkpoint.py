@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from pretrain.backbones import build_backbone
+from pretrain.checkpoint import CheckpointError, load_encoder, save_encoder
+
+
+def metadata(**changes):
+    base = {
+        "method": "moco", "sampler": "ring", "sampler_params": {"w_out": 0.1, "w_in": 0.1}, "arch": "resnet18",
+        "stem": "cifar", "pretrain_dataset": "digits", "epochs": 1, "image_size": 32,
+        "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2], "config": {"lr": 0.1}, "seed": 0, "code_version": "test",
+    }
+    return base | changes
+
+
+def test_round_trip_preserves_weights_and_outputs(tmp_path):
+    backbone = build_backbone("resnet18", "cifar")
+    path = save_encoder(tmp_path / "e.pt", backbone, metadata())
+    loaded = load_encoder(path)
+    assert loaded.metadata["sampler_params"] == {"w_out": 0.1, "w_in": 0.1} and loaded.feature_dim == 512
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    x = torch.randn(2, 3, 32, 32)
+    backbone.eval()
+    assert torch.allclose(loaded.model(x), backbone(x))
+    assert len(loaded.sha256) == 64
+
+
+def _payload(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_refuses_missing_and_unexpected_keys(tmp_path):
+    path = save_encoder(tmp_path / "e.pt", build_backbone("resnet18", "cifar"), metadata())
+    payload = _payload(path)
+    del payload["state_dict"]["layer4.1.bn2.weight"]
+    torch.save(payload, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="missing keys.*layer4.1.bn2.weight"):
+        load_encoder(tmp_path / "missing.pt")
+    payload = _payload(path)
+    payload["state_dict"]["fc.weight"] = torch.zeros(10, 512)
+    torch.save(payload, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match="unexpected keys.*fc.weight"):
+        load_encoder(tmp_path / "extra.pt")
+
+
+def test_refuses_another_arch(tmp_path):
+    path = save_encoder(tmp_path / "e.pt", build_backbone("resnet18", "cifar"), metadata())
+    payload = _payload(path)
+    payload["metadata"]["arch"] = "resnet50"
+    torch.save(payload, tmp_path / "r50.pt")
+    with pytest.raises(CheckpointError, match="does not match the architecture"):
+        load_encoder(tmp_path / "r50.pt")
+    payload["metadata"]["arch"] = "vit_b16"
+    torch.save(payload, tmp_path / "vit.pt")
+    with pytest.raises(CheckpointError, match="arch 'vit_b16'"):
+        load_encoder(tmp_path / "vit.pt")
+
+
+def test_refuses_no_metadata_and_foreign_files(tmp_path):
+    path = save_encoder(tmp_path / "e.pt", build_backbone("resnet18", "cifar"), metadata())
+    payload = _payload(path)
+    del payload["metadata"]
+    torch.save(payload, tmp_path / "nometa.pt")
+    with pytest.raises(CheckpointError, match="no metadata"):
+        load_encoder(tmp_path / "nometa.pt")
+    torch.save(build_backbone("resnet18", "cifar").state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not a RingBench encoder"):
+        load_encoder(tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="metadata lacks seed"):
+        save_encoder(tmp_path / "bad.pt", build_backbone("resnet18", "cifar"),
+                     {k: v for k, v in metadata().items() if k != "seed"})
+
+
+def test_refuses_truncated_file(tmp_path):
+    path = save_encoder(tmp_path / "e.pt", build_backbone("resnet18", "cifar"), metadata())
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+        load_encoder(tmp_path / "cut.pt")

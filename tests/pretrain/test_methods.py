@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from pretrain.colour import lab_to_rgb, lab_views, rgb_to_lab
+from pretrain.methods import ALLOWED_SAMPLERS, METHODS, MethodSettings, build_method
+from pretrain.samplers import SAMPLERS, SamplerConfig
+
+COMBINATIONS = [(method, sampler) for method in METHODS for sampler in ALLOWED_SAMPLERS[method]]
+FORBIDDEN = [(method, sampler) for method in METHODS for sampler in SAMPLERS if sampler not in ALLOWED_SAMPLERS[method]]
+
+
+def tiny(method, sampler, num_samples=12):
+    torch.manual_seed(0)
+    settings = MethodSettings(num_negatives=8, queue_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    config = SamplerConfig(sampler, w_out=0.5, w_in=0.1, mochi_hardest=4, mochi_mixed=3, mochi_query_mixed=2)
+    return build_method(method, settings, config, num_samples)
+
+
+@pytest.mark.parametrize("method,sampler", COMBINATIONS)
+def test_one_training_step(method, sampler):
+    model = tiny(method, sampler)
+    batch = 4
+    views = [torch.randn(batch, 3, 16, 16) for _ in range(model.num_views)]
+    index = torch.tensor([0, 3, 5, 7])
+    memory_before = {k: v.clone() for k, v in model.state_dict().items() if k in ("bank", "bank_l", "queue")}
+    params = [p for name in model.trainable_encoders() for p in getattr(model, name).parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    before = model.encoder.backbone.conv1.weight.detach().clone()
+    loss = model.loss(views, index, w_out=0.5, generator=torch.Generator().manual_seed(0))
+    # >= 0: DCL's estimate is clamped to N e^{-1/t}, so at init (query ~ key) its loss may round to 0
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() >= 0
+    optimizer.zero_grad()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+    optimizer.step()
+    model.after_step()
+    if loss.item() > 1e-4:
+        assert not torch.equal(before, model.encoder.backbone.conv1.weight)
+    for key, old in memory_before.items():
+        new = model.state_dict()[key]
+        if key == "queue":
+            assert not torch.equal(old[:batch], new[:batch]) and torch.equal(old[batch:], new[batch:])
+            assert int(model.queue_pointer) == batch
+        else:  # only the batch's bank rows change, and stay unit norm
+            changed = (old != new).any(dim=1).nonzero().flatten().tolist()
+            assert changed == index.tolist()
+            assert torch.allclose(new.norm(dim=1), torch.ones(len(new)), atol=1e-5)
+
+
+@pytest.mark.parametrize("method,sampler", FORBIDDEN)
+def test_forbidden_combinations_raise(method, sampler):
+    with pytest.raises(ValueError, match="mochi|not available"):
+        tiny(method, sampler)
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError, match="valid methods: ir, cmc, moco, simclr"):
+        build_method("byol", MethodSettings(), SamplerConfig("nce"), 4)
+
+
+def test_simclr_masks_self_similarity():
+    model = tiny("simclr", "nce")
+    model.eval()
+    x = torch.randn(3, 3, 16, 16)
+    loss = model.loss([x, x], torch.arange(3), 1.0, None)
+    with torch.no_grad():
+        z = model.encoder(torch.cat([x, x]))
+    logits = z @ z.T / model.temperature
+    expected = 0.0
+    for i in range(6):
+        partner = (i + 3) % 6
+        others = [logits[i, j] for j in range(6) if j != i]  # self excluded, positive kept in the partition
+        expected += torch.logsumexp(torch.stack(others), 0) - logits[i, partner]
+    assert loss.item() == pytest.approx((expected / 6).item(), rel=1e-5)
+
+
+def test_ir_loss_matches_a_hand_computation():
+    model = tiny("ir", "nce")
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    index = torch.tensor([1, 4])
+    generator = torch.Generator().manual_seed(5)
+    loss = model.loss([x], index, 1.0, generator)
+    negatives = torch.randint(0, 12, (2, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        z = model.encoder(x)
+    pos = (z * model.bank[index]).sum(1) / 0.07
+    neg = torch.einsum("bd,bkd->bk", z, model.bank[negatives]) / 0.07
+    expected = (torch.logsumexp(torch.cat([pos[:, None], neg], 1), 1) - pos).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_lab_round_trip_and_views():
+    rgb = torch.rand(2, 3, 5, 5)
+    assert torch.allclose(lab_to_rgb(rgb_to_lab(rgb)), rgb, atol=1e-4)
+    white = rgb_to_lab(torch.ones(1, 3, 1, 1)).flatten()
+    assert white[0].item() == pytest.approx(100, abs=0.1) and white[1:].abs().max() < 0.1
+    grey, colour = lab_views(rgb)
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-4) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-4)
+    assert torch.allclose(rgb_to_lab(grey)[:, 0], rgb_to_lab(rgb)[:, 0], atol=0.05)
+    assert torch.allclose(rgb_to_lab(colour)[:, 0], torch.full((2, 5, 5), 50.0), atol=0.6)
