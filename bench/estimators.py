@@ -256,6 +256,8 @@ class BatchEstimates:
     """Per-batch estimates (each the mean over the batch's anchors) for every estimator."""
 
     values: dict[str, list[float]] = field(default_factory=dict)
+    # batch mean of the log-partition term log(1/K * sum exp f) = f+ - I_hat, to split the variance
+    log_partition: dict[str, list[float]] = field(default_factory=dict)
     band_condition: dict[str, list[float]] = field(default_factory=dict)  # fraction of anchors per batch
 
     def add(self, name: str, value: float) -> None:
@@ -331,8 +333,10 @@ def run_estimates(
             x, y = pair.sample(batch_size, generator)
             pool = pair.sample_marginal(pool_size, generator)
             per_anchor, condition = estimate_batch(critic, x, y, pool, k, estimators, generator)
+            positive_mean = float(critic.pair_scores(x, y).mean())
             for name, values in per_anchor.items():
                 result.add(name, float(values.mean()))
+                result.log_partition.setdefault(name, []).append(positive_mean - float(values.mean()))
             for name, held in condition.items():
                 result.band_condition.setdefault(name, []).append(float(held.float().mean()))
     return result
@@ -419,7 +423,7 @@ class SettingResult:
     seconds: float
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per estimator: mean, bias (mean - true MI), std over batches, n, band_condition."""
+        """Per estimator: mean, bias (mean - true MI), std over batches, n, log-partition std, band_condition."""
         rows = {}
         for name, values in self.estimates.values.items():
             tensor = torch.tensor(values, dtype=torch.float64)
@@ -429,6 +433,8 @@ class SettingResult:
                 "std": float(tensor.std(unbiased=False)),
                 "n": len(values),
             }
+            if name in self.estimates.log_partition:
+                row["log_partition_std"] = float(torch.tensor(self.estimates.log_partition[name]).std(unbiased=False))
             if name in self.estimates.band_condition:
                 row["band_condition"] = float(torch.tensor(self.estimates.band_condition[name]).mean())
             rows[name] = row

@@ -3,8 +3,9 @@
 Cells are task x seed (no checkpoint). A task is one sweep setting: critic (optimal closed form,
 or an MLP trained with the NCE or the Ring objective) x true MI x K. Each cell draws `batches`
 independent batches of correlated Gaussian pairs and reports, per estimator, the batch estimates as
-`mi/<estimator>` and `bias/<estimator>` (estimate minus the true MI) metrics; the true MI, rho and
-the band-condition rates go into the info. The experiment itself lives in `bench.estimators`.
+`mi/<estimator>`, `bias/<estimator>` (estimate minus the true MI) and `log_partition/<estimator>`
+(the batch mean of log(1/K sum exp f), so mi = mean positive score - log_partition) metrics; the
+true MI, rho and the band-condition rates go into the info. The experiment itself lives in `bench.estimators`.
 
     python -m bench.run --suite estimators --executor local
     python -m bench.run --suite estimators mi=1,4 k=64 critics=optimal batches=50
@@ -159,6 +160,9 @@ class EstimatorsSuite(Suite):
             ids = [f"batch{i}" for i in range(len(values))]
             metrics[f"mi/{name}"] = Metric.from_samples(values, ids)
             metrics[f"bias/{name}"] = Metric.from_samples([v - result.true_mi for v in values], ids)
+            # the log-partition term alone: its spread is the variance the conditional negatives reduce
+            metrics[f"log_partition/{name}"] = Metric.from_samples(result.estimates.log_partition[name], ids,
+                                                                  higher_is_better=False)
         info: dict[str, Any] = {
             "engine": "bench.estimators",
             "critic": setting.critic,
