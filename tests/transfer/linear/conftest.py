@@ -34,8 +34,8 @@ def encoder_metadata(**overrides):
     return metadata
 
 
-def write_encoder(path, seed=0, **overrides):
-    torch.manual_seed(seed)
+def write_encoder(path, seed=0, weights_seed=None, **overrides):
+    torch.manual_seed(seed if weights_seed is None else weights_seed)
     return save_encoder(path, build_backbone("resnet18", "imagenet"), encoder_metadata(seed=seed, **overrides))
 
 

@@ -16,11 +16,11 @@ def test_paper_and_fast_protocols_through_the_local_executor(tmp_path, monkeypat
     monkeypatch.setenv("RINGBENCH_WORKERS", "0")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs share two cores
     nce = write_encoder(tmp_path / "nce.pt", seed=0, sampler="nce")
-    ring = write_encoder(tmp_path / "ring.pt", seed=1, sampler="ring")
+    ring = write_encoder(tmp_path / "ring.pt", seed=0, weights_seed=1, sampler="ring")  # NCE's twin
     results = tmp_path / "results"
     common = ["--suite", "linear", "--executor", "local", "--checkpoints", f"{nce},{ring}", "--results", str(results),
-              "--no-progress", "--no-leaderboard"]
-    assert bench_run(common + ["epochs=1"]) == 0
+              "--no-progress"]
+    assert bench_run(common + ["epochs=1", "--no-leaderboard"]) == 0
     assert bench_run(common + ["protocol=fast"]) == 0
     stored = [json.loads(path.read_text()) for path in sorted((results / "linear" / "cells").glob("*/result.json"))]
     assert sorted((r["task"]["name"], r["checkpoint"]["sampler"]) for r in stored) == [
@@ -38,6 +38,15 @@ def test_paper_and_fast_protocols_through_the_local_executor(tmp_path, monkeypat
     # the fast cells found the features the paper cells had extracted (test split) or extracted them once
     fast = [r for r in stored if r["task"]["params"]["protocol"] == "fast"]
     assert all(r["info"]["features_test_cached"] for r in fast)
+    # the leaderboard pairs Ring with its NCE twin image by image (exact sign test = McNemar here)
+    import pandas as pd
+
+    paired = pd.read_csv(results / "linear_paired.csv")
+    assert sorted(zip(paired["task"], paired["metric"])) == [
+        ("digits/fast", "top1/knn"), ("digits/fast", "top1/linear"),
+        ("digits/paper-1ep", "top1/knn"), ("digits/paper-1ep", "top1/linear")]
+    assert (paired["n"] == 360).all()
+    assert paired["p_sign"].between(0, 1).all()
     # a second run keeps every stored cell
-    assert bench_run(common + ["protocol=fast"]) == 0
+    assert bench_run(common + ["protocol=fast", "--no-leaderboard"]) == 0
     assert len(list((results / "linear" / "cells").glob("*/result.json"))) == 4
