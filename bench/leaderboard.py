@@ -298,6 +298,17 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def suite_hooks(suite: str):
+    """The registered Suite instance, for its optional leaderboard hooks; None for an unknown name."""
+    from bench.suite import InputError
+    from bench.suites import load_suite
+
+    try:
+        return load_suite(suite)
+    except InputError:
+        return None
+
+
 def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
                        stream=None) -> list[Path]:
     """Build and write <suite>.csv, .md, .png and <suite>_paired.csv from the stored cells."""
@@ -318,7 +329,10 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     written.append(paired_path)
     md = [f"# {suite}\n", "Mean ± 95% CI (rank). Models whose difference from the best is within the 95% "
           "interval of the difference tie and share the average rank; `avg rank` is the mean over "
-          "tasks and metrics. `missing`: no stored result (failed or not run), never zero.\n", markdown_table(ranked)]
+          "tasks and metrics. `missing`: no stored result (failed or not run), never zero.\n"]
+    hooks = suite_hooks(suite)
+    custom_table = hooks.leaderboard_markdown(ranked) if hooks is not None and not ranked.empty else None
+    md.append(custom_table if custom_table is not None else markdown_table(ranked))
     if not paired.empty:
         md.append("\n## Ring vs NCE twins (paired, same samples)\n")
         md.append("| task | metric | method | n | ring | nce | ring − nce | 95% CI | p (t) | p (sign) |")
@@ -342,7 +356,8 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     written.append(md_path)
     if plot and not ranked.empty:
         png_path = root / f"{suite}.png"
-        plot_suite(ranked, png_path, f"{suite}: mean with 95% CI")
+        if hooks is None or not hooks.leaderboard_figure(ranked, png_path):
+            plot_suite(ranked, png_path, f"{suite}: mean with 95% CI")
         written.append(png_path)
     return written
 

@@ -130,3 +130,14 @@ class Suite(ABC):
     @abstractmethod
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         """Evaluate one cell inside the job. `workdir` is the cell's own folder (scratch, resume state)."""
+
+    # Optional leaderboard hooks (bench.leaderboard calls them; the defaults keep the generic output).
+    # `ranked` is the leaderboard frame: one row per (model, task, metric) with mean, std, n, ci95, rank.
+
+    def leaderboard_markdown(self, ranked: Any) -> str | None:
+        """Markdown that replaces the generic models-by-columns table in <suite>.md; None keeps it."""
+        return None
+
+    def leaderboard_figure(self, ranked: Any, path: Path) -> bool:
+        """Draw <suite>.png at `path` from the ranked frame; False (the default) keeps the generic plot."""
+        return False
