@@ -76,12 +76,17 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     return data.eval_transform(image_size, list(mean), list(std))
 
 
-def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
+                    config: dict[str, Any] | None = None) -> Callable:
     """The pretraining augmentation at the checkpoint's image size (pretrain.data's MoCo-v2 pipeline):
-    the released code trains its linear layer with the augmentation the encoder was pretrained with."""
+    the released code trains its linear layer with the augmentation the encoder was pretrained with.
+    `config` (the checkpoint's training config) supplies its crop scale and flip setting."""
     from pretrain import data
 
-    return data.pretrain_transform(image_size, list(mean), list(std))
+    config = config or {}
+    return data.pretrain_transform(image_size, list(mean), list(std),
+                                   crop_min_scale=float(config.get("crop_min_scale", 0.2)),
+                                   hflip=bool(config.get("hflip", True)))
 
 
 class TransformedImages(Dataset):
@@ -389,7 +394,7 @@ def train_linear_paper(
             start_epoch = int(state["epoch"])
             log.epoch_losses = list(state["epoch_losses"])
             log.resumed_from_epoch = start_epoch
-    augment = train_transform(int(metadata["image_size"]), metadata["mean"], metadata["std"])
+    augment = train_transform(int(metadata["image_size"]), metadata["mean"], metadata["std"], metadata.get("config"))
     dataset = TransformedImages(train_images, augment)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
