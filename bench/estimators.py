@@ -510,7 +510,7 @@ def summary_frame(results: Iterable[SettingResult]):
 
 
 def plot_estimates(frame, path: Path, title: str | None = None) -> Path:
-    """Estimate vs true MI, mean +- std band per estimator; one panel per critic (rows) x K (columns).
+    """Estimate vs true MI, mean +- std band per estimator; one panel per (critic, K) that has results.
 
     `frame` needs columns critic, K, true_mi, estimator, mean, std (as `summary_frame` builds).
     """
@@ -522,39 +522,42 @@ def plot_estimates(frame, path: Path, title: str | None = None) -> Path:
     missing = {"critic", "K", "true_mi", "estimator", "mean", "std"} - set(frame.columns)
     if missing:
         raise ValueError(f"plot_estimates: frame lacks columns {sorted(missing)}")
-    critics = [c for c in CRITICS if c in set(frame["critic"])] + sorted(set(frame["critic"]) - set(CRITICS))
-    ks = sorted(set(frame["K"]))
+    critic_order = {name: i for i, name in enumerate(CRITICS)}
+    panels = sorted({(c, int(k)) for c, k in zip(frame["critic"], frame["K"])},
+                    key=lambda ck: (critic_order.get(ck[0], len(CRITICS)), ck[0], ck[1]))
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
     estimators = list(dict.fromkeys(frame["estimator"]))
     colours = _estimator_colours(estimators)
-    fig, axes = plt.subplots(len(critics), len(ks), figsize=(4.2 * len(ks), 3.6 * len(critics)), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.7 * rows), squeeze=False, sharex=True,
+                             sharey=True)
     top = float(frame["true_mi"].max())
-    for row, critic in enumerate(critics):
-        for col, k in enumerate(ks):
-            ax = axes[row][col]
-            ax.plot([0, top], [0, top], color="black", lw=1, label="true MI")
-            ax.axhline(math.log(k), color="grey", lw=1, ls=":", label="log K")
-            panel = frame[(frame["critic"] == critic) & (frame["K"] == k)]
-            for name in estimators:
-                line = panel[panel["estimator"] == name].sort_values("true_mi")
-                if line.empty:
-                    continue
-                ax.plot(line["true_mi"], line["mean"], marker="o", ms=3, color=colours[name], label=name)
-                ax.fill_between(line["true_mi"], line["mean"] - line["std"], line["mean"] + line["std"],
-                                color=colours[name], alpha=0.18, lw=0)
-            ax.set_title(f"{critic} critic, K={k}", fontsize=10)
-            if row == len(critics) - 1:
-                ax.set_xlabel("true MI (nats)")
-            if col == 0:
-                ax.set_ylabel("estimate (nats), mean +- std")
-            ax.grid(alpha=0.3)
+    for index, (critic, k) in enumerate(panels):
+        ax = axes[index // columns][index % columns]
+        ax.plot([0, top], [0, top], color="black", lw=1, label="true MI")
+        ax.axhline(math.log(k), color="grey", lw=1, ls=":", label="log K")
+        panel = frame[(frame["critic"] == critic) & (frame["K"] == k)]
+        for name in estimators:
+            line = panel[panel["estimator"] == name].sort_values("true_mi")
+            if line.empty:
+                continue
+            ax.plot(line["true_mi"], line["mean"], marker="o", ms=3, color=colours[name], label=name)
+            ax.fill_between(line["true_mi"], line["mean"] - line["std"], line["mean"] + line["std"],
+                            color=colours[name], alpha=0.2, lw=0)
+        ax.set_title(f"{critic} critic, K={k}", fontsize=10)
+        ax.set_xlabel("true MI (nats)")
+        ax.tick_params(labelbottom=True, labelleft=True)
+        ax.set_ylabel("estimate (nats), mean ± std")
+        ax.grid(alpha=0.3)
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=9)
-    fig.suptitle(title or "MI estimates on correlated Gaussians (band = std over independent batches)")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=9)
+    fig.suptitle(title or "MI estimates on correlated Gaussians (band: std over independent batches)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -570,7 +573,7 @@ def _estimator_colours(names: Sequence[str]) -> dict[str, Any]:
     for family, members in by_family.items():
         cmap = matplotlib.colormaps[families.get(family, "Purples")]
         for i, name in enumerate(members):
-            colours[name] = "black" if family == "nce" else cmap(0.85 - 0.45 * i / max(len(members) - 1, 1))
+            colours[name] = "black" if family == "nce" else cmap(0.9 - 0.5 * i / max(len(members) - 1, 1))
     return colours
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,35 @@ def band_bounds(pool: int, w_out: float, w_in: float) -> tuple[int, int]:
 def task_name(critic: str, mi: float, k: int) -> str:
     """Same as bench.estimators.Setting.name."""
     return f"{critic}/mi={mi:g}/K={k}"
+
+
+TASK_NAME = re.compile(r"^(?P<critic>[^/]+)/mi=(?P<mi>[^/]+)/K=(?P<k>\d+)$")
+
+
+def estimates_frame(ranked: Any):
+    """Leaderboard rows -> one row per (critic, K, true MI, estimator) with mean, std, bias, n, ci95.
+
+    `std` is the Metric's std: over batches for one seed, over seed means when several seeds ran.
+    """
+    import pandas as pd
+
+    rows = []
+    for _, row in ranked.iterrows():
+        match = TASK_NAME.match(str(row["task"]))
+        kind, _, estimator = str(row["metric"]).partition("/")
+        if match is None or kind != "mi":
+            continue
+        true_mi = float(match["mi"])
+        rows.append({"critic": match["critic"], "K": int(match["k"]), "true_mi": true_mi, "estimator": estimator,
+                     "mean": float(row["mean"]), "bias": float(row["mean"]) - true_mi, "std": float(row["std"]),
+                     "n": int(row["n"]), "ci95": float(row["ci95"])})
+    frame = pd.DataFrame(rows, columns=["critic", "K", "true_mi", "estimator", "mean", "bias", "std", "n", "ci95"])
+    family = {"nce": 0, "ring": 1, "ball": 2, "hcl": 3}
+    order = sorted(set(frame["estimator"]), key=lambda name: (family.get(name.partition("[")[0], 9), name))
+    frame["estimator"] = pd.Categorical(frame["estimator"], categories=order, ordered=True)
+    frame = frame.sort_values(["critic", "K", "true_mi", "estimator"], ignore_index=True)
+    frame["estimator"] = frame["estimator"].astype(str)
+    return frame
 
 
 class EstimatorsSuite(Suite):
@@ -132,6 +162,27 @@ class EstimatorsSuite(Suite):
                     tasks.append(Task(name=task_name(critic, float(mi), int(k)), params={"critic": critic, "mi": float(mi), "k": int(k)},
                                       profile=options["profile"]))
         return tasks
+
+    # ----------------------------------------------------------------- leaderboard hooks
+
+    def leaderboard_markdown(self, ranked: Any) -> str | None:
+        from bench.estimators import format_table
+
+        frame = estimates_frame(ranked)
+        if frame.empty:
+            return None
+        return ("Per critic, K and true MI (nats): `mean (bias) ± std` of each estimator, the std over "
+                "independent batches (over seed means when several seeds ran). K counts the positive "
+                "plus K-1 negatives; NCE never exceeds log K.\n\n" + format_table(frame) + "\n")
+
+    def leaderboard_figure(self, ranked: Any, path: Path) -> bool:
+        from bench.estimators import plot_estimates
+
+        frame = estimates_frame(ranked)
+        if frame.empty:
+            return False
+        plot_estimates(frame, path)
+        return True
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         import torch

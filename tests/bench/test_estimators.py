@@ -106,6 +106,20 @@ def test_contrastive_estimate_is_log_k_minus_cross_entropy():
     assert float(contrastive_estimate(torch.tensor([1e4]), torch.zeros(1, 3))) == pytest.approx(math.log(4))
 
 
+def test_estimates_agree_with_the_pretraining_losses():
+    """mean(I_hat) = log K - loss for pretrain's InfoNCE and HCL (tau+ = 0; a tiny temperature disables
+    DCL's clamp, which has no meaning for an unscaled critic)."""
+    from pretrain.losses import hcl_loss, info_nce_loss
+
+    generator = torch.Generator().manual_seed(5)
+    positive, negatives = 3 * torch.randn(32, generator=generator), 3 * torch.randn(32, 15, generator=generator)
+    log_k = math.log(16)
+    assert float(contrastive_estimate(positive, negatives).mean()) == pytest.approx(
+        log_k - float(info_nce_loss(positive, negatives)), abs=1e-5)
+    assert float(tilted_estimate(positive, negatives, 1.0).mean()) == pytest.approx(
+        log_k - float(hcl_loss(positive, negatives, beta=1.0, tau_plus=0.0, temperature=1e-3)), abs=1e-4)
+
+
 def test_hcl_with_zero_beta_is_nce_and_larger_beta_is_more_pessimistic():
     generator = torch.Generator().manual_seed(2)
     positive, negatives = torch.randn(64, generator=generator), torch.randn(64, 15, generator=generator)
@@ -269,7 +283,7 @@ def test_suite_cell_reports_metrics_per_estimator_with_the_true_mi(tmp_path):
     assert 0.0 <= output.info["summary"]["ring[0.1,0.1]"]["band_condition"] <= 1.0
 
 
-def test_plot_estimates_writes_a_figure(tmp_path, optimal_runs):
+def test_plot_estimates_writes_a_figure(tmp_path):
     results = [run_setting(Setting("optimal", mi, 16), [NCE, PAPER_RING], dim=20, num_batches=3, batch_size=8,
                            pool_size=256) for mi in (1.0, 3.0)]
     frame = summary_frame(results)
@@ -278,3 +292,24 @@ def test_plot_estimates_writes_a_figure(tmp_path, optimal_runs):
     assert path.stat().st_size > 10_000
     with pytest.raises(ValueError, match="lacks columns"):
         plot_estimates(frame.drop(columns=["std"]), tmp_path / "x.png")
+
+
+def test_bench_run_writes_the_leaderboard_table_and_the_estimate_plot(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from bench.run import main
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    results = tmp_path / "results"
+    code = main(["--suite", "estimators", "--executor", "debug", "--results", str(results), "--no-progress",
+                 "mi=1,3", "k=8", "learned_k=8", "critics=optimal,learned-nce", "batches=4", "batch_size=8",
+                 "pool=128", "train_steps=5", "train_pool=64", "bands=0.2:0.1"])
+    assert code == 0
+    table = pd.read_csv(results / "estimators.csv")
+    assert len(set(table["task"])) == 4
+    nce = table[(table["task"] == "optimal/mi=3/K=8") & (table["metric"] == "mi/nce")]
+    assert len(nce) == 1 and nce["n"].iloc[0] == 4 and nce["mean"].iloc[0] <= math.log(8) + 1e-5
+    markdown = (results / "estimators.md").read_text()
+    assert "| critic | K | true MI | nce | ring[0.2,0.1] | ball[0.1] | hcl[1] |" in markdown
+    assert "| optimal | 8 | 3 |" in markdown and "| learned-nce | 8 | 1 |" in markdown
+    assert (results / "estimators.png").stat().st_size > 10_000
