@@ -331,7 +331,8 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
           "interval of the difference tie and share the average rank; `avg rank` is the mean over "
           "tasks and metrics. `missing`: no stored result (failed or not run), never zero.\n"]
     hooks = suite_hooks(suite)
-    custom_table = hooks.leaderboard_markdown(ranked) if hooks is not None and not ranked.empty else None
+    markdown_hook = getattr(hooks, "leaderboard_markdown", None)
+    custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
     md.append(custom_table if custom_table is not None else markdown_table(ranked))
     if not paired.empty:
         md.append("\n## Ring vs NCE twins (paired, same samples)\n")
@@ -356,7 +357,8 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     written.append(md_path)
     if plot and not ranked.empty:
         png_path = root / f"{suite}.png"
-        if hooks is None or not hooks.leaderboard_figure(ranked, png_path):
+        figure_hook = getattr(hooks, "leaderboard_figure", None)
+        if figure_hook is None or not figure_hook(ranked, png_path):
             plot_suite(ranked, png_path, f"{suite}: mean with 95% CI")
         written.append(png_path)
     return written

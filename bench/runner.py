@@ -244,7 +244,11 @@ class Runner:
                 except Exception:  # noqa: BLE001 - the cell's error.json records it
                     pass
             else:
-                job.exception()
+                os.environ["SUBMITIT_DEBUG_JOB_ID"] = str(job.job_id)
+                try:
+                    job.exception()
+                finally:
+                    os.environ.pop("SUBMITIT_DEBUG_JOB_ID", None)
             self._finish(tracked)
             self._update_bar(to_submit)
 

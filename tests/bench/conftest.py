@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_encoder(path: Path, sampler: str, seed: int, method: str = "moco", image_size: int = 16) -> Path:
+def make_encoder(path: Path, sampler: str, seed: int, method: str = "moco", image_size: int = 8) -> Path:
     import torch
 
     from pretrain.backbones import build_backbone

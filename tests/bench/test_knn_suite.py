@@ -1,0 +1,38 @@
+"""The knn suite end to end through the command line: local and debug executors give the same table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tests.bench.conftest import run_bench
+
+
+@pytest.mark.slow
+def test_local_and_debug_executors_give_the_same_table(tmp_path, encoder_pair, bench_env):
+    tables = {}
+    for executor in ("local", "debug"):
+        results = tmp_path / executor
+        out = run_bench(["--suite", "knn", "--checkpoints", ",".join(map(str, encoder_pair)), "--executor", executor,
+                         "--results", str(results), "--no-progress", "ks=5,50"], bench_env, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        for suffix in (".csv", ".md", ".png", "_paired.csv"):
+            assert (results / f"knn{suffix}").stat().st_size > 0
+        tables[executor] = pd.read_csv(results / "knn.csv")
+    local, debug = tables["local"], tables["debug"]
+    assert len(local) == 4  # 2 checkpoints x 1 task x 2 metrics
+    columns = ["model", "task", "metric", "mean", "std", "n", "ci95", "rank", "avg_rank"]
+    pd.testing.assert_frame_equal(local[columns], debug[columns])
+    # digits are 10 classes: even random ResNet features are far above chance with a kNN vote
+    assert (local["mean"] > 30).all() and (local["mean"] <= 100).all()
+    assert set(local["n"]) == {360}  # the held-out 20% of 1,797 digits
+    paired = pd.read_csv(tmp_path / "local" / "knn_paired.csv")
+    assert set(paired["metric"]) == {"acc/k5", "acc/k50"} and set(paired["n"]) == {360}
+    assert paired["p_ttest"].between(0, 1).all() and paired["p_sign"].between(0, 1).all()
+    # a second plan finds every cell done
+    from bench.plan import build_plan
+    from bench.suites import load_suite
+
+    plan = build_plan("knn", load_suite("knn"), results_root=tmp_path / "local", option_pairs=["ks=5,50"],
+                      checkpoint_specs=[str(p) for p in encoder_pair])
+    assert [plan.store.cell(p.cell_id).state().state for p in plan.cells] == ["done", "done"]
