@@ -135,8 +135,6 @@ class Trainer:
         if config.batch_size % self.world:
             raise ConfigError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
         self.show_progress = show_progress and self.rank == 0
-        if self.device.type == "cpu" and config.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.state_path = self.out_dir / STATE_FILE
         self.encoder_path = self.out_dir / ENCODER_FILE
@@ -303,15 +301,29 @@ class Trainer:
         return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "w_out": w_out, "steps": count,
                 "train_seconds": round(time.perf_counter() - started, 3)}
 
-    def fit(self) -> Path | None:
-        """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks)."""
+    def fit(self, until_epoch: int | None = None) -> Path | None:
+        """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks).
+
+        `until_epoch` stops early after that many epochs (state saved, nothing exported), as a job
+        that runs out of time would; a later `--resume` continues from there.
+        """
+        previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        if self.device.type == "cpu" and self.config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._fit(until_epoch)
+        finally:  # the flag is process-wide: give callers back their own setting
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+    def _fit(self, until_epoch: int | None) -> Path | None:
         config = self.config
+        stop = config.epochs if until_epoch is None else min(until_epoch, config.epochs)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             self._trim_metrics()
         record = {}
-        for epoch in range(self.start_epoch, config.epochs):
+        for epoch in range(self.start_epoch, stop):
             record = self.train_epoch(epoch)
             last = epoch + 1 == config.epochs
             if self.rank == 0 and config.knn_every > 0 and ((epoch + 1) % config.knn_every == 0 or last):
@@ -326,7 +338,7 @@ class Trainer:
                     knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
                     tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{knn}")
         distributed.barrier()
-        if self.rank != 0:
+        if self.rank != 0 or stop < config.epochs:
             return None
         return self.export(record.get("knn_top1"))
 

@@ -1,0 +1,126 @@
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pretrain.checkpoint import load_encoder
+from pretrain.config import ConfigError
+from pretrain.recipes import recipe_config
+from pretrain.train import ResumeError, Trainer, TrainingDiverged, main
+
+TINY = {"image_size": 16, "batch_size": 16, "max_steps_per_epoch": 2, "knn_every": 0, "num_negatives": 64,
+        "queue_size": 64, "workers": 0}
+
+
+def tiny_config(recipe, **changes):
+    return recipe_config(recipe, TINY | {"epochs": 2} | changes)
+
+
+def states_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["digits_moco_ring", "digits_ir_ring"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, recipe):
+    straight = Trainer(tiny_config(recipe), tmp_path / "straight", show_progress=False)
+    straight.fit()
+    first = Trainer(tiny_config(recipe), tmp_path / "split", show_progress=False)
+    assert first.fit(until_epoch=1) is None  # stops after one epoch, as a killed job would
+    state = torch.load(tmp_path / "split" / "train.state.pt", weights_only=True)
+    assert state["epoch"] == 1
+    resumed = Trainer(tiny_config(recipe), tmp_path / "split", resume=True, show_progress=False)
+    assert resumed.start_epoch == 1
+    resumed.fit()
+    states_equal(straight.method.state_dict(), resumed.method.state_dict())
+    straight_log = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    resumed_log = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in straight_log] == [r["loss"] for r in resumed_log]
+    assert [r["w_out"] for r in resumed_log] == [1.0, 0.5]  # annealed over the first half
+    encoder = load_encoder(tmp_path / "split" / "encoder.pt")
+    assert encoder.metadata["sampler_params"]["anneal"] == "linear"
+    assert encoder.metadata["config"]["method"] == recipe.split("_")[1]
+
+
+def test_resume_refuses_truncated_foreign_and_mismatched_states(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with pytest.raises(ResumeError, match="no training state"):
+        Trainer(tiny_config("digits_simclr_nce"), folder, resume=True)
+    (folder / "train.state.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ResumeError, match="truncated or foreign"):
+        Trainer(tiny_config("digits_simclr_nce"), folder, resume=True)
+    torch.save({"state_dict": {}}, folder / "train.state.pt")
+    with pytest.raises(ResumeError, match="not a RingBench training state"):
+        Trainer(tiny_config("digits_simclr_nce"), folder, resume=True)
+    with pytest.raises(ResumeError, match="already holds a training state"):
+        Trainer(tiny_config("digits_simclr_nce"), folder, resume=False)
+
+
+def test_resume_refuses_another_config(tmp_path):
+    trainer = Trainer(tiny_config("digits_simclr_nce", epochs=1), tmp_path, show_progress=False)
+    trainer.fit()
+    with pytest.raises(ResumeError, match="different config.*lr"):
+        Trainer(tiny_config("digits_simclr_nce", epochs=1, lr=0.5), tmp_path, resume=True)
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+    trainer = Trainer(tiny_config("digits_simclr_nce", epochs=1), tmp_path, show_progress=False)
+    trainer.method.loss = lambda *args: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 1 .*global step 1"):
+        trainer.fit()
+    assert not (tmp_path / "train.state.pt").exists()
+
+
+def test_cli_errors_list_valid_names(capsys):
+    assert main(["--recipe", "digits_moco_rnig"]) == 2
+    assert "did you mean digits_moco_ring" in capsys.readouterr().err
+    assert main(["--recipe", "digits_moco_ring", "sampler=mochi2"]) == 2
+    assert "valid samplers: nce, ring, ball, dcl, hcl, mochi" in capsys.readouterr().err
+    assert main(["--recipe", "digits_moco_ring", "method=byol"]) == 2
+    assert "valid methods: ir, cmc, moco, simclr" in capsys.readouterr().err
+    assert main(["--recipe", "digits_ir_ring", "sampler=mochi"]) == 2
+    assert "has no queue" in capsys.readouterr().err
+    assert main(["--recipe", "digits_ir_ring", "w_out=1.5"]) == 2
+    assert "w_out must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["--recipe", "digits_ir_ring", "w_in=1.0"]) == 2
+    assert "band is empty" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rate'"):
+        recipe_config("digits_ir_ring", {"learning_rate": 1})
+
+
+def _ddp_worker(rank, world, port, out_dir, recipe, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny_config(recipe, epochs=1, batch_size=8), out_dir, show_progress=False)
+    trainer.fit()
+    torch.save(trainer.method.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["digits_moco_ring", "digits_ir_nce"])
+def test_ddp_two_gloo_processes_agree_on_weights(tmp_path, recipe):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "run"), recipe, str(tmp_path)), nprocs=2)
+    zero = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    one = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    params = [k for k in zero if k.startswith("encoder.") and "running" not in k and "num_batches" not in k]
+    assert params
+    for key in params:
+        assert torch.allclose(zero[key], one[key], atol=1e-6), key
+    memory = "queue" if recipe.startswith("digits_moco") else "bank"
+    assert torch.equal(zero[memory], one[memory])
+    initial = Trainer(tiny_config(recipe, epochs=1, batch_size=8), tmp_path / "fresh", show_progress=False)
+    assert not torch.equal(initial.method.state_dict()[memory], zero[memory])  # memory was updated
+    assert (tmp_path / "run" / "encoder.pt").exists()
