@@ -22,15 +22,18 @@ shared by the batch (a memory bank); every estimator below uses these same sampl
 and the batch estimate is the mean of I_hat over the B anchors. The estimators differ only in where
 the negatives y_j come from:
 
-* ``nce``: K - 1 pool entries drawn uniformly with replacement, i.e. i.i.d. from p(y) (InfoNCE).
-  I_hat <= log K always, and E[I_hat] <= I(X; Y) for any critic.
+* ``nce``: K - 1 distinct pool entries chosen uniformly at random, i.e. K - 1 i.i.d. draws from p(y)
+  (InfoNCE). I_hat <= log K always, and E[I_hat] <= I(X; Y) for any critic. (pretrain's bank sampler
+  draws with replacement, as the IR code does; repeated entries make the partition noisier and the
+  exact bound unproven, so the estimator draws without replacement.)
 * ``ring`` (CNCE): the pool is ranked by the critic score f(x, .) (rank 0 = most similar) and the
-  K - 1 negatives are drawn uniformly with replacement from the ranks
+  K - 1 negatives are drawn uniformly with replacement (as the IR code; the band may hold fewer than
+  K - 1 entries) from the ranks
   [floor(w_in * floor(w_out * M)), floor(w_out * M)) -- ``pretrain.samplers.ring_mask`` -- i.e. from
   q(y | x) = p(y) 1[y in S(x)] / p(S(x)), the marginal restricted to the band S(x) of critic-score
   quantiles [1 - w_out, 1 - w_in * w_out] and renormalised.
 * ``ball``: the ring with w_in = 0 (the top w_out fraction).
-* ``hcl`` (tau+ = 0): the K - 1 uniform negatives of ``nce`` reweighted by w_j proportional to
+* ``hcl`` (tau+ = 0): the same K - 1 negatives as ``nce``, reweighted by w_j proportional to
   exp(beta * f(x, y_j)) (mean weight 1), a soft conditional distribution q_beta(y | x) proportional to
   p(y) exp(beta f(x, y)) approximated by self-normalised importance sampling.
 
@@ -279,9 +282,12 @@ def estimate_batch(
     """
     if k < 2:
         raise ValueError(f"K must be >= 2 (the positive plus at least one negative), got {k}")
+    if k - 1 > pool.shape[0]:
+        raise ValueError(f"K={k} needs at least K-1={k - 1} pool candidates, got {pool.shape[0]}")
     scores = critic.scores(x, pool)
     positive = critic.pair_scores(x, y_positive)
-    uniform = torch.randint(0, pool.shape[0], (x.shape[0], k - 1), generator=generator)
+    # K-1 distinct pool entries per anchor (a uniformly random subset): exactly i.i.d. draws from p(y)
+    uniform = torch.rand(x.shape[0], pool.shape[0], generator=generator).topk(k - 1, dim=1, sorted=False).indices
     uniform_negatives = scores.gather(1, uniform)
     log_partition = None
     out: dict[str, torch.Tensor] = {}

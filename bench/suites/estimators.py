@@ -108,6 +108,16 @@ class EstimatorsSuite(Suite):
         for key, minimum in (("batches", 2), ("batch_size", 1), ("pool", 2), ("train_steps", 1), ("train_pool", 2)):
             if int(options[key]) < minimum:
                 raise InputError(f"estimators {key}={options[key]}: expected an integer >= {minimum}")
+        # NCE draws K-1 distinct pool entries
+        largest_k = max([int(k) for k in options["k"]] + [int(k) for k in options["learned_k"]])
+        if int(options["pool"]) < largest_k - 1:
+            raise InputError(f"estimators pool={options['pool']}: K={largest_k} needs at least K-1={largest_k - 1} "
+                             "candidates per batch")
+        learned = [c for c in options["critics"] if c != "optimal"]
+        largest_learned_k = max(int(k) for k in options["learned_k"]) if options["learned_k"] else 2
+        if learned and int(options["train_pool"]) < largest_learned_k - 1:
+            raise InputError(f"estimators train_pool={options['train_pool']}: K={largest_learned_k} needs at least "
+                             f"K-1={largest_learned_k - 1} candidates per training batch")
         bands = [self.parse_band(text, "bands") for text in options["bands"]]
         bands += [self.parse_band(f"{w_out}:0", "balls") for w_out in options["balls"]]
         for beta in options["hcl_betas"]:

@@ -260,6 +260,8 @@ def test_suite_lists_critic_x_mi_x_k_tasks():
     ({"k": [1]}, "K >= 2"),
     ({"mi": [0.0]}, "positive number of nats"),
     ({"batches": 1}, "batches=1: expected an integer >= 2"),
+    ({"pool": 100, "bands": ["0.5:0.1"], "balls": [0.5]}, "pool=100: K=256 needs at least K-1=255 candidates"),
+    ({"train_pool": 32}, "train_pool=32: K=64 needs at least K-1=63"),
 ])
 def test_suite_rejects_bad_options_before_submission(override, message):
     suite = EstimatorsSuite()
