@@ -18,6 +18,8 @@ from pathlib import Path
 # Bump when the default recipes change, so stale cached encoders are not reused.
 EMBEDDED_VERSION = 1
 EMBEDDED_RECIPES = ("digits_default_nce", "digits_default_ring")
+# Extra config overrides for both encoders (empty in normal use; tests shrink the runs with it).
+EMBEDDED_OVERRIDES: dict = {}
 
 
 def cache_root() -> Path:
@@ -47,5 +49,5 @@ def default_encoders() -> list[Path]:
 
         for recipe, path in zip(EMBEDDED_RECIPES, paths):
             if not path.is_file():
-                train_recipe(recipe, {}, _run_dir(recipe), allow_distributed=False)
+                train_recipe(recipe, dict(EMBEDDED_OVERRIDES), _run_dir(recipe), allow_distributed=False)
     return paths
