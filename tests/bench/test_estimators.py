@@ -255,7 +255,7 @@ def test_suite_lists_critic_x_mi_x_k_tasks():
 @pytest.mark.parametrize("override, message", [
     ({"bands": ["0.1:1.5"]}, "band '0.1:1.5' must be w_out:w_in"),
     ({"bands": ["wide"]}, "band 'wide' must be w_out:w_in"),
-    ({"pool": 5}, "pool=5: the band w_out:w_in=0.1:0.1 keeps ranks \\[0, 0\\), which is empty"),
+    ({"pool": 5, "k": [4], "learned_k": [4]}, "pool=5: the band w_out:w_in=0.1:0.1 keeps ranks \\[0, 0\\), which is empty"),
     ({"critics": ["perfect"]}, "valid critics are optimal, learned-nce, learned-ring"),
     ({"k": [1]}, "K >= 2"),
     ({"mi": [0.0]}, "positive number of nats"),
