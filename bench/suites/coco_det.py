@@ -1,0 +1,307 @@
+"""The coco_det suite: fine-tune each encoder for COCO detection, instance segmentation and keypoints.
+
+Tasks: `<data>/mask_rcnn` (bbox + segm AP, Mask R-CNN R-FPN 1x) and `<data>/keypoint_rcnn` (bbox +
+keypoints AP, Keypoint R-CNN R-FPN 1x); `recipe=c4` swaps Mask R-CNN for MoCo's R50-C4 (Detectron2
+only). `<data>` is `coco2017` with --data-root (the COCO 2017 layout) or `digits` without: the embedded
+digits COCO set, built on first use, fine-tuned with the torchvision engine on CPU.
+
+Engines: `detectron2` (the reference; installed from source by the user) or `torchvision` (pure PyPI);
+`auto` picks Detectron2 when importable for real data, torchvision for the embedded set. The engine is
+part of each task and is stored in every result (the leaderboard's engine column).
+
+Default checkpoints: the embedded NCE and Ring encoders plus a randomly initialised control encoder,
+so the table shows what pretraining adds over a random backbone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+TASK_KINDS = {"mask_rcnn": "instances", "keypoint_rcnn": "keypoints"}
+HEADLINE = {"bbox/AP", "segm/AP", "keypoints/AP"}  # reported with per-category samples
+EMBEDDED_DIR = "digits_coco"
+RANDOM_CONTROL_FILE = "random_resnet18_imagenet.pt"
+
+
+@dataclass(frozen=True)
+class CocoDetOptions:
+    engine: str
+    tasks: tuple[str, ...]
+    recipe: str
+    schedule_scale: float
+    ims_per_batch: int  # 0: the protocol's reference batch
+    max_iter: int  # 0: from the scaled schedule
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> CocoDetOptions:
+        from transfer.detection.configs import RECIPES
+        from transfer.detection.engines import ENGINES
+
+        merged = dict(CocoDetSuite.options) | dict(options)
+        unknown = sorted(set(merged) - set(CocoDetSuite.options))
+        if unknown:
+            raise InputError(f"unknown coco_det option(s) {', '.join(unknown)}; valid: {', '.join(CocoDetSuite.options)}")
+        engine = str(merged["engine"])
+        if engine not in ENGINES:
+            raise InputError(f"option engine={engine!r}: expected one of {', '.join(ENGINES)}")
+        raw_tasks = merged["tasks"]
+        tasks = tuple(t.strip() for t in (raw_tasks.split(",") if isinstance(raw_tasks, str) else raw_tasks) if str(t).strip())
+        bad = [t for t in tasks if t not in TASK_KINDS]
+        if bad or not tasks:
+            raise InputError(f"option tasks={','.join(tasks)!r}: unknown {', '.join(bad) or '(empty)'}; valid: {', '.join(TASK_KINDS)}")
+        recipe = str(merged["recipe"])
+        if recipe not in RECIPES:
+            raise InputError(f"option recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
+        try:
+            scale = float(merged["schedule_scale"])
+            batch = int(merged["ims_per_batch"])
+            max_iter = int(merged["max_iter"])
+        except (TypeError, ValueError):
+            raise InputError("options schedule_scale (number > 0), ims_per_batch and max_iter (integers >= 0) are malformed") from None
+        if not (scale > 0 and math.isfinite(scale)):
+            raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = the full schedule)")
+        if batch < 0 or max_iter < 0:
+            raise InputError("options ims_per_batch and max_iter must be >= 0 (0 = the protocol's value)")
+        return cls(engine, tasks, recipe, scale, batch, max_iter)
+
+
+def _engine_for(opts: CocoDetOptions, data_root: Path | None) -> str:
+    from transfer.detection.engines import DETECTRON2_INSTALL_HINT, resolve_engine
+
+    try:
+        return resolve_engine(opts.engine, embedded=data_root is None)
+    except ModuleNotFoundError:
+        raise InputError(f"coco_det: engine=detectron2 but detectron2 is not importable here. {DETECTRON2_INSTALL_HINT}") from None
+
+
+def random_control_encoder(reference: Path | None = None) -> Path:
+    """A randomly initialised resnet18 (ImageNet stem) saved as a real encoder file (method "random").
+
+    Its preprocessing metadata (image size, mean, std) is copied from `reference` (the embedded NCE
+    encoder) so that the control differs from the pretrained encoders only in its weights.
+    """
+    import torch
+
+    from pretrain.backbones import build_backbone
+    from pretrain.checkpoint import load_encoder, save_encoder
+    from pretrain.embedded import cache_root
+
+    path = cache_root() / "detection" / RANDOM_CONTROL_FILE
+    if path.is_file():
+        return path
+    image_size, mean, std = 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    if reference is not None:
+        meta = load_encoder(reference).metadata
+        image_size, mean, std = int(meta["image_size"]), list(meta["mean"]), list(meta["std"])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = build_backbone("resnet18", "imagenet")
+    metadata = {
+        "method": "random",
+        "sampler": "none",
+        "sampler_params": {},
+        "arch": "resnet18",
+        "stem": "imagenet",
+        "pretrain_dataset": "none",
+        "epochs": 0,
+        "image_size": image_size,
+        "mean": mean,
+        "std": std,
+        "config": {"init": "torchvision default (kaiming) with torch.manual_seed(0)"},
+        "seed": 0,
+    }
+    return save_encoder(path, backbone, metadata)
+
+
+class CocoDetSuite(Suite):
+    name = "coco_det"
+    protocol_version = "1"
+    options = {
+        "engine": "auto",  # auto | detectron2 | torchvision
+        "tasks": "mask_rcnn,keypoint_rcnn",  # comma list of mask_rcnn (bbox + segm) and keypoint_rcnn (bbox + keypoints)
+        "recipe": "fpn",  # fpn | c4 (MoCo's R50-C4 Mask R-CNN; detectron2 and resnet50 only)
+        "schedule_scale": 1.0,  # multiplies iterations and lr steps (1 = 1x on COCO, the full embedded schedule)
+        "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
+        "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
+    }
+    default_seeds = (0,)
+
+    def default_checkpoints(self) -> list[Path]:
+        pair = super().default_checkpoints()
+        return [*pair, random_control_encoder(pair[0] if pair else None)]
+
+    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+        from transfer.detection.configs import check_recipe
+
+        opts = CocoDetOptions.parse(options)
+        engine = _engine_for(opts, data_root)
+        if opts.recipe == "c4" and engine != "detectron2":
+            raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
+        dataset = "digits" if data_root is None else "coco2017"
+        tasks = []
+        for name in opts.tasks:
+            try:
+                check_recipe(name, opts.recipe, "resnet50")
+            except ValueError as error:
+                raise InputError(f"coco_det: {error}") from None
+            params = {
+                "dataset": dataset,
+                "task": name,
+                "recipe": opts.recipe,
+                "engine": engine,
+                "schedule_scale": opts.schedule_scale,
+                "ims_per_batch": opts.ims_per_batch,
+                "max_iter": opts.max_iter,
+            }
+            profile = "detection" if data_root is not None else "cpu"
+            label = name if opts.recipe == "fpn" else f"{name}_c4"
+            tasks.append(Task(name=f"{dataset}/{label}", params=params, profile=profile))
+        return tasks
+
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, load_encoder
+        from transfer.detection.coco_data import CocoDataError, check_coco_root
+        from transfer.detection.configs import check_recipe
+
+        opts = CocoDetOptions.parse(options)
+        self.tasks(options, data_root)  # engine availability and recipe/task combinations
+        if data_root is not None:
+            kinds = sorted({TASK_KINDS[t] for t in opts.tasks})
+            try:
+                summaries = check_coco_root(data_root, kinds)
+            except CocoDataError as error:
+                raise InputError(f"coco_det: {error}") from None
+            for summary in summaries.values():
+                if summary.images_without_annotations:
+                    print(f"coco_det: {summary.json_file.name}: {summary.images_without_annotations} of {summary.num_images} "
+                          "images have no annotations; training skips them (as Detectron2 does)", file=sys.stderr)
+        for path in checkpoints:
+            try:
+                encoder = load_encoder(path)
+            except CheckpointError as error:
+                raise InputError(f"coco_det: checkpoint refused: {error}") from None
+            meta = encoder.metadata
+            if meta["stem"] != "imagenet":
+                raise InputError(
+                    f"coco_det: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); detection needs the ImageNet "
+                    "stem (7x7 stride-2 conv1 + max-pool). Pretrain with stem=imagenet to transfer to detection."
+                )
+            for name in opts.tasks:
+                try:
+                    check_recipe(name, opts.recipe, meta["arch"])
+                except ValueError as error:
+                    raise InputError(f"coco_det: {path}: {error}") from None
+
+    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
+        if data_root is None:
+            from transfer.detection.embedded import build_embedded_coco
+
+            build_embedded_coco(Path(shared_dir) / EMBEDDED_DIR)
+
+    def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        import torch
+
+        from pretrain.checkpoint import load_encoder
+        from transfer.detection.coco_data import check_coco_json, coco_split, resolve_coco_root
+        from transfer.detection.configs import (
+            DetectionJob,
+            coco_protocol,
+            describe_schedule,
+            embedded_protocol,
+            scale_schedule,
+        )
+        from transfer.detection.embedded import build_embedded_coco
+
+        if cell.checkpoint is None:
+            raise InputError("the coco_det suite fine-tunes a checkpoint; the cell has none")
+        params = cell.task.params
+        task, engine = params["task"], params["engine"]
+        if cell.data_root is None:
+            root = build_embedded_coco(Path(cell.shared_dir) / EMBEDDED_DIR)  # no-op when prepare() built it
+            protocol = embedded_protocol(task)
+        else:
+            root = resolve_coco_root(cell.data_root)
+            protocol = coco_protocol(task)
+        kind = TASK_KINDS[task]
+        train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
+        summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
+
+        encoder = load_encoder(cell.checkpoint)
+        meta = encoder.metadata
+        batch = int(params["ims_per_batch"]) or protocol.schedule.ims_per_batch
+        schedule = scale_schedule(protocol.schedule, batch, float(params["schedule_scale"]))
+        if int(params["max_iter"]):
+            total = int(params["max_iter"])
+            schedule = replace(schedule, max_iter=total, steps=(round(total * 3 / 4), round(total * 11 / 12)),
+                               warmup_iters=min(schedule.warmup_iters, total // 5))
+        num_gpus = torch.cuda.device_count()
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # tasks of a multi-task job, one GPU each
+        job = DetectionJob(
+            task=task,
+            recipe=params["recipe"],
+            arch=meta["arch"],
+            train_json=train.json_file,
+            train_images=train.image_root,
+            val_json=val.json_file,
+            val_images=val.image_root,
+            num_classes=len(summary.categories),
+            schedule=schedule,
+            input=protocol.input,
+            pixel_mean=tuple(float(v) for v in meta["mean"]),
+            pixel_std=tuple(float(v) for v in meta["std"]),
+            output_dir=Path(workdir) / "output",
+            seed=cell.seed,
+            num_gpus=max(num_gpus, world_size if num_gpus else 0),
+            anchor_sizes=protocol.anchor_sizes,
+            keypoint_names=tuple(summary.keypoint_names),
+            keypoint_flip_map=tuple(summary.keypoint_flip_map),
+            keypoint_oks_sigmas=tuple(summary.keypoint_oks_sigmas),
+            precise_bn_iters=protocol.precise_bn_iters,
+        )
+        stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]))
+        print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)
+        if engine == "detectron2":
+            from transfer.detection.convert import convert_checkpoint_to_detectron2
+            from transfer.detection.engines import detectron2_engine
+
+            weights = convert_checkpoint_to_detectron2(cell.checkpoint, Path(workdir) / "backbone_detectron2.pkl")
+            result = detectron2_engine.train_and_evaluate(job, weights)
+        else:
+            from transfer.detection.engines import torchvision_engine
+
+            result = torchvision_engine.train_and_evaluate(
+                job, encoder.model.state_dict(), protocol.heads, where=str(cell.checkpoint)
+            )
+        if not result.metrics:  # a non-leader task of a multi-GPU job
+            return CellOutput(metrics={}, info={"engine": engine, "role": "worker"})
+        metrics: dict[str, Metric] = {}
+        for name, value in result.metrics.items():
+            if not math.isfinite(value):
+                continue  # e.g. APm when no object is medium-sized
+            per_category = result.per_category.get(name.split("/")[0], {})
+            if name in HEADLINE and per_category and abs(sum(per_category.values()) / len(per_category) - value) < 1e-3:
+                ids = sorted(per_category)
+                metrics[name] = Metric.from_samples([per_category[i] for i in ids], ids)
+            else:
+                metrics[name] = Metric.scalar(value)
+        info = dict(result.info)
+        info |= {
+            "engine": engine,
+            "dataset": params["dataset"],
+            "protocol": protocol.name,
+            "schedule_stated": stated,
+            "checkpoint_method": meta["method"],
+            "checkpoint_sampler": meta["sampler"],
+            "pixel_mean": list(job.pixel_mean),
+            "pixel_std": list(job.pixel_std),
+            "metric_samples": "headline APs carry per-category APs as samples (their mean is the COCO AP)",
+        }
+        return CellOutput(metrics=metrics, info=info)

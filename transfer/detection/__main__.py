@@ -1,0 +1,61 @@
+"""`python -m transfer.detection convert CKPT --to detectron2|torchvision --out FILE`
+
+detectron2: a .pkl for MODEL.WEIGHTS (Detectron2 backbone names, matching heuristics on).
+torchvision: a state dict for `model.backbone.body` of a torchvision R-CNN (checked by a strict load).
+Also `embedded ROOT` builds the embedded digits COCO dataset at ROOT, and `check ROOT` checks a COCO
+2017 layout (json structure, polygons, keypoint triplets, image files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer.detection", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert an encoder checkpoint for a detection engine")
+    convert.add_argument("checkpoint", help="a RingBench encoder file (pretrain.checkpoint format)")
+    convert.add_argument("--to", required=True, choices=("detectron2", "torchvision"))
+    convert.add_argument("--out", required=True, help="output file (.pkl for detectron2, .pth for torchvision)")
+    embedded = commands.add_parser("embedded", help="build the embedded digits COCO dataset")
+    embedded.add_argument("root")
+    check = commands.add_parser("check", help="check a COCO 2017 layout")
+    check.add_argument("root")
+    check.add_argument("--kinds", default="instances,keypoints", help="comma list of instances, keypoints")
+    args = parser.parse_args(argv)
+
+    from pretrain.checkpoint import CheckpointError
+    from transfer.detection.coco_data import CocoDataError
+    from transfer.detection.convert import ConversionError
+
+    try:
+        if args.command == "convert":
+            from transfer.detection.convert import (
+                convert_checkpoint_to_detectron2,
+                convert_checkpoint_to_torchvision,
+            )
+
+            convert_fn = convert_checkpoint_to_detectron2 if args.to == "detectron2" else convert_checkpoint_to_torchvision
+            out = convert_fn(args.checkpoint, args.out)
+            print(f"wrote {out} ({args.to})")
+        elif args.command == "embedded":
+            from transfer.detection.embedded import build_embedded_coco
+
+            print(build_embedded_coco(args.root))
+        else:
+            from transfer.detection.coco_data import check_coco_root
+
+            kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+            for (kind, split), summary in sorted(check_coco_root(args.root, kinds).items()):
+                print(f"{kind}/{split}: {summary.num_images} images, {summary.num_annotations} annotations, "
+                      f"{summary.images_without_annotations} images without annotations, {len(summary.categories)} categories")
+    except (CheckpointError, ConversionError, CocoDataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

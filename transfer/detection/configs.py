@@ -1,0 +1,314 @@
+"""The fine-tuning protocol shared by both engines, and the Detectron2 YAML it becomes.
+
+Protocol (MoCo's, for torchvision-style self-supervised ResNets):
+- Mask R-CNN R50-FPN 1x for boxes and masks, Keypoint R-CNN R50-FPN 1x for keypoints; MoCo's R50-C4
+  recipe (Res5ROIHeadsExtraNorm) as an option for boxes and masks.
+- The four torchvision overrides: INPUT.FORMAT RGB, PIXEL_MEAN/PIXEL_STD = the encoder's mean/std x 255
+  (ImageNet: 123.675, 116.28, 103.53 / 58.395, 57.12, 57.375), RESNETS.STRIDE_IN_1X1 False.
+- Fine-tuned normalisation: SyncBN in backbone and FPN on several GPUs (heads standard, as MoCo did),
+  plain BN on one GPU or CPU (SyncBN has nothing to sync there); FREEZE_AT 0; precise BN before eval.
+- Keypoints: D2's keypoint recipe (box SMOOTH_L1_BETA 0.5, 1500 post-NMS proposals per image) plus the
+  1000-iteration warmup and full-model gradient-norm clipping, which keep fine-tuned BN from diverging
+  (MoCo issue #23 reports NaN after ~700 iterations without them).
+- Schedules are written for a reference batch of 16 images; a different total batch scales the learning
+  rate linearly and the iterations, steps and warmup inversely (Detectron2's auto_scale_workers rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASKS = ("mask_rcnn", "keypoint_rcnn")
+RECIPES = ("fpn", "c4")
+REFERENCE_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """SGD schedule in iterations, as Detectron2's SOLVER section."""
+
+    ims_per_batch: int
+    base_lr: float
+    max_iter: int
+    steps: tuple[int, ...]
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    gamma: float = 0.1
+    clip_grad_norm: float | None = None  # full-model L2 norm clipping
+
+    def lr_at(self, iteration: int) -> float:
+        """Warmup (linear from warmup_factor) then step decay: Detectron2's WarmupMultiStepLR."""
+        factor = self.gamma ** sum(1 for step in self.steps if iteration >= step)
+        if iteration < self.warmup_iters:
+            alpha = iteration / self.warmup_iters
+            factor *= self.warmup_factor * (1 - alpha) + alpha
+        return self.base_lr * factor
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Detectron2 1x at batch 16 (about 12 COCO epochs).
+COCO_1X = Schedule(ims_per_batch=16, base_lr=0.02, max_iter=90000, steps=(60000, 80000))
+COCO_1X_KEYPOINTS = replace(COCO_1X, clip_grad_norm=10.0)
+
+
+def scale_schedule(reference: Schedule, total_batch: int, length_scale: float = 1.0) -> Schedule:
+    """Linear scaling to `total_batch`; `length_scale` shortens or lengthens the run (iterations and steps).
+
+    Warmup follows the batch scaling only and is capped at a fifth of the run, so short runs still train.
+    """
+    if total_batch < 1:
+        raise ValueError(f"total batch must be >= 1, got {total_batch}")
+    if not length_scale > 0:
+        raise ValueError(f"schedule scale must be > 0, got {length_scale}")
+    factor = total_batch / reference.ims_per_batch
+    max_iter = max(1, round(reference.max_iter * length_scale / factor))
+    steps = tuple(min(max_iter, max(1, round(step * length_scale / factor))) for step in reference.steps)
+    warmup = min(max(0, round(reference.warmup_iters / factor)), max_iter // 5)
+    return replace(reference, ims_per_batch=total_batch, base_lr=reference.base_lr * factor, max_iter=max_iter, steps=steps, warmup_iters=warmup)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Image sizes (shorter side, multi-scale at train time) and flipping."""
+
+    min_size_train: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    horizontal_flip: bool = True
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Widths of the FPN and R-CNN heads (torchvision engine); defaults are the standard COCO heads."""
+
+    fpn_channels: int = 256
+    box_representation: int = 1024
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
+    mask_predictor_channels: int = 256
+    keypoint_head_layers: tuple[int, ...] = (512,) * 8
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+
+
+@dataclass(frozen=True)
+class DetectionJob:
+    """One fine-tuning run, engine-independent."""
+
+    task: str  # "mask_rcnn" (bbox + segm) or "keypoint_rcnn" (bbox + keypoints)
+    recipe: str  # "fpn" or "c4"
+    arch: str  # resnet18 or resnet50
+    train_json: Path
+    train_images: Path
+    val_json: Path
+    val_images: Path
+    num_classes: int
+    schedule: Schedule
+    input: InputSpec
+    pixel_mean: tuple[float, float, float]  # 0-1 scale, RGB
+    pixel_std: tuple[float, float, float]
+    output_dir: Path
+    seed: int = 0
+    num_gpus: int = 0  # 0 = CPU
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    keypoint_names: tuple[str, ...] = ()
+    keypoint_flip_map: tuple[tuple[str, str], ...] = ()
+    keypoint_oks_sigmas: tuple[float, ...] = ()
+    precise_bn_iters: int = 200
+    num_workers: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
+        check_recipe(self.task, self.recipe, self.arch)
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        return ("bbox", "segm") if self.task == "mask_rcnn" else ("bbox", "keypoints")
+
+    @property
+    def norm(self) -> str:
+        """Detectron2 norm name: SyncBN when several GPUs share the batch, plain BN otherwise."""
+        return "SyncBN" if self.num_gpus > 1 else "BN"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything about a run that is fixed by the data: reference schedule, input sizes, anchors, heads."""
+
+    name: str
+    schedule: Schedule  # at its reference batch; scaled with `scale_schedule`
+    input: InputSpec
+    anchor_sizes: tuple[int, ...]
+    heads: HeadSpec
+    precise_bn_iters: int
+
+
+def coco_protocol(task: str) -> Protocol:
+    """Detectron2's R50-FPN 1x (Mask R-CNN or Keypoint R-CNN) with the MoCo fine-tuning changes."""
+    schedule = COCO_1X_KEYPOINTS if task == "keypoint_rcnn" else COCO_1X
+    return Protocol("coco_1x", schedule, InputSpec(), (32, 64, 128, 256, 512), HeadSpec(), precise_bn_iters=200)
+
+
+# The embedded digits: 96 px canvases, CPU-sized heads, a few hundred iterations at batch 4.
+EMBEDDED_SCHEDULE = Schedule(ims_per_batch=4, base_lr=0.01, max_iter=300, steps=(225, 275), warmup_iters=50, clip_grad_norm=10.0)
+EMBEDDED_HEADS = HeadSpec(
+    fpn_channels=64,
+    box_representation=256,
+    mask_head_layers=(64, 64),
+    mask_predictor_channels=64,
+    keypoint_head_layers=(64, 64, 64, 64),
+    rpn_batch_size_per_image=128,
+    box_batch_size_per_image=64,
+    rpn_pre_nms_top_n_train=300,
+    rpn_pre_nms_top_n_test=300,
+    rpn_post_nms_top_n_test=300,
+)
+
+
+def embedded_protocol(task: str, canvas: int = 96) -> Protocol:
+    """No resizing (the canvas is the input size), anchors 16-256 for 24-40 px digits, flips only for keypoints:
+    a mirrored digit is not a digit class, while the keypoint flip map covers mirrored extreme points."""
+    inputs = InputSpec((canvas,), canvas, canvas, canvas, horizontal_flip=task == "keypoint_rcnn")
+    return Protocol("digits", EMBEDDED_SCHEDULE, inputs, (16, 32, 64, 128, 256), EMBEDDED_HEADS, precise_bn_iters=20)
+
+
+def check_recipe(task: str, recipe: str, arch: str) -> None:
+    if recipe == "c4" and arch != "resnet50":
+        raise ValueError(
+            f"the C4 recipe needs resnet50: its res5 box head is built from bottleneck blocks, which a {arch} "
+            "(basic blocks) cannot supply; use recipe=fpn for resnet18"
+        )
+    if recipe == "c4" and task == "keypoint_rcnn":
+        raise ValueError("the C4 recipe covers boxes and masks only; keypoints use the FPN recipe (Keypoint R-CNN R50-FPN)")
+
+
+def _depth(arch: str) -> int:
+    return {"resnet18": 18, "resnet50": 50}[arch]
+
+
+def detectron2_config(job: DetectionJob, weights: str | Path, train_dataset: str, test_dataset: str) -> dict[str, Any]:
+    """A standalone Detectron2 YACS config (no _BASE_, no model_zoo) for `job`."""
+    schedule = job.schedule
+    depth = _depth(job.arch)
+    resnets: dict[str, Any] = {
+        "DEPTH": depth,
+        "NORM": job.norm,
+        "STRIDE_IN_1X1": False,  # torchvision ResNets stride in the 3x3 conv
+        "RES2_OUT_CHANNELS": 64 if depth < 50 else 256,
+    }
+    model: dict[str, Any] = {
+        "META_ARCHITECTURE": "GeneralizedRCNN",
+        "WEIGHTS": str(weights),
+        "DEVICE": "cuda" if job.num_gpus > 0 else "cpu",
+        "MASK_ON": job.task == "mask_rcnn",
+        "KEYPOINT_ON": job.task == "keypoint_rcnn",
+        "PIXEL_MEAN": [round(255.0 * v, 4) for v in job.pixel_mean],
+        "PIXEL_STD": [round(255.0 * v, 4) for v in job.pixel_std],
+        "RESNETS": resnets,
+        "ROI_HEADS": {"NUM_CLASSES": job.num_classes},
+    }
+    if job.recipe == "fpn":
+        model["BACKBONE"] = {"NAME": "build_resnet_fpn_backbone", "FREEZE_AT": 0}
+        resnets["OUT_FEATURES"] = ["res2", "res3", "res4", "res5"]
+        model["FPN"] = {"IN_FEATURES": ["res2", "res3", "res4", "res5"], "NORM": job.norm}
+        model["ANCHOR_GENERATOR"] = {"SIZES": [[size] for size in job.anchor_sizes], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]}
+        model["RPN"] = {
+            "IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"],
+            "PRE_NMS_TOPK_TRAIN": 2000,
+            "PRE_NMS_TOPK_TEST": 1000,
+            "POST_NMS_TOPK_TRAIN": 1500 if job.task == "keypoint_rcnn" else 1000,
+            "POST_NMS_TOPK_TEST": 1000,
+        }
+        model["ROI_HEADS"].update({"NAME": "StandardROIHeads", "IN_FEATURES": ["p2", "p3", "p4", "p5"]})
+        model["ROI_BOX_HEAD"] = {"NAME": "FastRCNNConvFCHead", "NUM_FC": 2, "POOLER_RESOLUTION": 7}
+        model["ROI_MASK_HEAD"] = {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "POOLER_RESOLUTION": 14}
+    else:  # MoCo's C4: res5 is the box head, followed by one extra norm
+        model["BACKBONE"] = {"NAME": "build_resnet_backbone", "FREEZE_AT": 0}
+        resnets["OUT_FEATURES"] = ["res4"]
+        model["ANCHOR_GENERATOR"] = {"SIZES": [list(job.anchor_sizes)], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]}
+        model["RPN"] = {"PRE_NMS_TOPK_TEST": 6000, "POST_NMS_TOPK_TEST": 1000}
+        model["ROI_HEADS"].update({"NAME": "Res5ROIHeadsExtraNorm", "IN_FEATURES": ["res4"]})
+    if job.task == "keypoint_rcnn":
+        model["ROI_BOX_HEAD"]["SMOOTH_L1_BETA"] = 0.5  # plain L1 lowers keypoint AP
+        model["ROI_KEYPOINT_HEAD"] = {"NUM_KEYPOINTS": len(job.keypoint_names)}
+    solver: dict[str, Any] = {
+        "IMS_PER_BATCH": schedule.ims_per_batch,
+        "BASE_LR": schedule.base_lr,
+        "MAX_ITER": schedule.max_iter,
+        "STEPS": list(schedule.steps),
+        "GAMMA": schedule.gamma,
+        "WARMUP_ITERS": schedule.warmup_iters,
+        "WARMUP_FACTOR": schedule.warmup_factor,
+        "MOMENTUM": schedule.momentum,
+        "WEIGHT_DECAY": schedule.weight_decay,
+        "CHECKPOINT_PERIOD": max(1, min(5000, schedule.max_iter)),
+        "REFERENCE_WORLD_SIZE": 0,  # batch and lr are already scaled here; do not rescale again
+        "CLIP_GRADIENTS": {
+            "ENABLED": schedule.clip_grad_norm is not None,
+            "CLIP_TYPE": "full_model",
+            "CLIP_VALUE": float(schedule.clip_grad_norm or 1.0),
+            "NORM_TYPE": 2.0,
+        },
+    }
+    test: dict[str, Any] = {
+        "EVAL_PERIOD": 0,  # evaluate once, after the last iteration
+        "PRECISE_BN": {"ENABLED": True, "NUM_ITER": job.precise_bn_iters},
+        "DETECTIONS_PER_IMAGE": 100,
+    }
+    if job.task == "keypoint_rcnn":
+        test["KEYPOINT_OKS_SIGMAS"] = list(job.keypoint_oks_sigmas)
+    return {
+        "VERSION": 2,
+        "MODEL": model,
+        "DATASETS": {"TRAIN": [train_dataset], "TEST": [test_dataset]},
+        "DATALOADER": {"NUM_WORKERS": job.num_workers, "FILTER_EMPTY_ANNOTATIONS": True},
+        "INPUT": {
+            "FORMAT": "RGB",
+            "MIN_SIZE_TRAIN": list(job.input.min_size_train),
+            "MAX_SIZE_TRAIN": job.input.max_size_train,
+            "MIN_SIZE_TEST": job.input.min_size_test,
+            "MAX_SIZE_TEST": job.input.max_size_test,
+            "MASK_FORMAT": "polygon",
+            "RANDOM_FLIP": "horizontal" if job.input.horizontal_flip else "none",
+        },
+        "SOLVER": solver,
+        "TEST": test,
+        "OUTPUT_DIR": str(job.output_dir),
+        "SEED": job.seed,
+    }
+
+
+def config_yaml(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+
+
+def write_config(config: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_yaml(config))
+    return path
+
+
+def describe_schedule(schedule: Schedule, reference: Schedule, length_scale: float) -> str:
+    """The stated scaling, e.g. for logs and result info."""
+    factor = schedule.ims_per_batch / reference.ims_per_batch
+    return (
+        f"batch {schedule.ims_per_batch} (reference {reference.ims_per_batch}): lr {reference.base_lr:g} x {factor:g} = "
+        f"{schedule.base_lr:g}; {schedule.max_iter} iterations = {reference.max_iter} x {length_scale:g} / {factor:g}; "
+        f"steps {list(schedule.steps)}; warmup {schedule.warmup_iters}"
+    )

@@ -1,0 +1,192 @@
+"""The Detectron2 engine: the only module that imports detectron2 (inside functions, never at import time).
+
+Inside the (submitit) job: register the COCO-format datasets, write the generated config, run
+Detectron2's DefaultTrainer through `detectron2.engine.launch` (one process per GPU), then read the final
+metrics from OUTPUT_DIR/metrics.json. Evaluation is Detectron2's COCOEvaluator with use_fast_impl=False,
+i.e. pycocotools' COCOeval, as the torchvision engine uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transfer.detection.configs import DetectionJob, detectron2_config, write_config
+from transfer.detection.engines import DETECTRON2_INSTALL_HINT, EngineResult
+from transfer.detection.evaluate import IOU_TYPES, metric_names
+
+TRAIN_DATASET = "ringbench_{task}_train"
+TEST_DATASET = "ringbench_{task}_val"
+
+
+class MetricsFileError(ValueError):
+    """metrics.json is missing or holds no evaluation line."""
+
+
+def parse_metrics_file(path: str | os.PathLike) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Final evaluation metrics from Detectron2's metrics.json (JSON lines, one per logging step).
+
+    EvalHook writes the flattened results ("bbox/AP", "segm/AP50", "keypoints/AP", possibly prefixed by the
+    test set name) on its own line; the last line carrying any of them wins. Returns the shared metric
+    names and, per IoU type, the per-category APs ("bbox/AP-zero" -> per_category["bbox"]["zero"]).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsFileError(f"{path}: no metrics.json; did training finish and evaluate?")
+    wanted = {name for iou_type in IOU_TYPES for name in metric_names(iou_type)}
+    final: dict[str, float] = {}
+    final_per_category: dict[str, dict[str, float]] = {}
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise MetricsFileError(f"{path}:{number}: not a JSON line ({error})") from None
+            found: dict[str, float] = {}
+            per_category: dict[str, dict[str, float]] = {}
+            for key, value in record.items():
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    continue
+                short = "/".join(key.split("/")[-2:])  # strip a leading test-set name
+                iou_type, _, name = short.partition("/")
+                if short in wanted:
+                    found[short] = float(value)
+                elif iou_type in IOU_TYPES and name.startswith("AP-"):
+                    per_category.setdefault(iou_type, {})[name[len("AP-") :]] = float(value)
+            if found:
+                final, final_per_category = found, per_category
+    if not final:
+        raise MetricsFileError(f"{path}: no evaluation results (no bbox/AP, segm/AP or keypoints/AP line)")
+    return final, final_per_category
+
+
+def _register(job: DetectionJob) -> tuple[str, str]:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    names = (TRAIN_DATASET.format(task=job.task), TEST_DATASET.format(task=job.task))
+    metadata: dict[str, Any] = {}
+    if job.task == "keypoint_rcnn":
+        metadata = {"keypoint_names": list(job.keypoint_names), "keypoint_flip_map": [list(p) for p in job.keypoint_flip_map]}
+    for name, json_file, images in ((names[0], job.train_json, job.train_images), (names[1], job.val_json, job.val_images)):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, metadata, str(json_file), str(images))
+    return names
+
+
+def _register_extra_norm_head() -> None:
+    """MoCo's Res5ROIHeadsExtraNorm: the C4 res5 head followed by one extra norm (RESNETS.NORM)."""
+    from detectron2.layers import get_norm
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+
+    if "Res5ROIHeadsExtraNorm" in ROI_HEADS_REGISTRY:
+        return
+
+    @ROI_HEADS_REGISTRY.register()
+    class Res5ROIHeadsExtraNorm(Res5ROIHeads):
+        def _build_res5_block(self, cfg):
+            seq, out_channels = super()._build_res5_block(cfg)
+            seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+            return seq, out_channels
+
+
+def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
+    """Runs in every launched process: register, build the config, train, evaluate."""
+    from detectron2.config import get_cfg
+    from detectron2.engine import DefaultTrainer, default_setup
+    from detectron2.evaluation import COCOEvaluator
+
+    _register(job)
+    _register_extra_norm_head()
+    cfg = get_cfg()
+    cfg.merge_from_file(config_path)
+    cfg.freeze()
+
+    class Args:  # what default_setup reads from the command line
+        config_file = config_path
+        eval_only = False
+
+    default_setup(cfg, Args())
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            return COCOEvaluator(
+                dataset_name,
+                tasks=job.iou_types,
+                distributed=True,
+                output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"),
+                use_fast_impl=False,
+                kpt_oks_sigmas=tuple(job.keypoint_oks_sigmas),
+            )
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)  # a requeued job continues from OUTPUT_DIR/last_checkpoint
+    return trainer.train()
+
+
+def _join_existing_processes(job: DetectionJob, config_path: str, world_size: int) -> None:
+    """What detectron2's launch does per worker, for processes the scheduler already started (env://)."""
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method="env://")
+    comm.create_local_process_group(local_world_size)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    comm.synchronize()
+    try:
+        _trainer_main(job, config_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_url: str = "auto") -> EngineResult:
+    """Fine-tune with Detectron2 on this node's GPUs (one process each) and return the final metrics."""
+    try:
+        from detectron2.engine import launch
+    except ImportError as error:
+        raise ModuleNotFoundError(f"engine=detectron2 needs detectron2 ({error}). {DETECTRON2_INSTALL_HINT}") from None
+
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    train_name, test_name = TRAIN_DATASET.format(task=job.task), TEST_DATASET.format(task=job.task)
+    config = detectron2_config(job, weights_pkl, train_name, test_name)
+    config_path = write_config(config, job.output_dir / "config.yaml")
+    started = time.perf_counter()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:  # already one task per GPU (a multi-task job): join them instead of spawning
+        _join_existing_processes(job, str(config_path), world_size)
+        if int(os.environ["RANK"]) != 0:
+            return EngineResult({}, {"engine": "detectron2", "role": "worker"})
+    else:
+        launch(
+            _trainer_main,
+            num_gpus_per_machine=max(1, job.num_gpus),
+            num_machines=1,
+            machine_rank=0,
+            dist_url=dist_url,
+            args=(job, str(config_path)),
+        )
+    metrics, per_category = parse_metrics_file(job.output_dir / "metrics.json")
+    info = {
+        "engine": "detectron2",
+        "task": job.task,
+        "arch": job.arch,
+        "recipe": job.recipe,
+        "norm": job.norm,
+        "num_gpus": job.num_gpus,
+        "config": str(config_path),
+        "schedule": job.schedule.to_json(),
+        "train_and_eval_seconds": round(time.perf_counter() - started, 2),
+    }
+    return EngineResult(metrics, info, per_category)
