@@ -28,6 +28,19 @@ def _slurm_up() -> tuple[bool, str]:
 _SLURM_STATE: tuple[bool, str] | None = None
 
 
+def _point_clients_at_the_local_cluster() -> None:
+    """When the local cluster runs but /etc/slurm/slurm.conf is someone else's, use ours explicitly."""
+    if "SLURM_CONF" in os.environ:
+        return
+    from slurm.local_cluster import SYSTEM_CONF, conf_path
+
+    if conf_path().exists() and not SYSTEM_CONF.exists():
+        os.environ["SLURM_CONF"] = str(conf_path())
+
+
+_point_clients_at_the_local_cluster()
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     global _SLURM_STATE
     if item.get_closest_marker("slurm") is not None:

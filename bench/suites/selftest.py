@@ -54,8 +54,10 @@ class SelfTestSuite(Suite):
         info["resumed_from_step"] = done_steps
         for step in range(done_steps, steps):
             time.sleep(0.1)
-            if int(os.environ.get("RANK", "0")) == 0:
-                step_file.write_text(json.dumps({"done": step + 1}))
+            if int(os.environ.get("RANK", "0")) == 0:  # atomic, so a kill or a reader never sees half a file
+                tmp = step_file.with_name(f".{step_file.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"done": step + 1}))
+                os.replace(tmp, step_file)
         if index in list(cell.options["fail_tasks"]):
             raise RuntimeError(f"selftest task {cell.task.name} fails on purpose (fail_tasks)")
         n = int(cell.options["n_samples"])

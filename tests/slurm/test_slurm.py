@@ -1,0 +1,140 @@
+"""Real jobs on the local single-node SLURM cluster (python -m slurm.local_cluster start)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.job import CellJob
+from bench.plan import build_plan
+from bench.store import read_events
+from bench.suites import load_suite
+from slurm.executors import make_executor, slurm_live_jobs
+from slurm.profiles import PROFILES
+from tests.bench.conftest import plan_and_run, run_bench
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture
+def slurm_env(tmp_path, monkeypatch):
+    import os
+
+    from tests.bench.conftest import REPO
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return tmp_path
+
+
+def selftest_job(results: Path, overrides: list[str], index: int = 0) -> tuple[CellJob, object]:
+    plan = build_plan("selftest", load_suite("selftest"), results_root=results, option_pairs=overrides)
+    planned = plan.cells[index]
+    job = CellJob("selftest", planned.cell, planned.cell_id, str(results), "1", None, "slurm")
+    return job, plan.store.cell(planned.cell_id)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_cells_go_out_as_one_job_array_and_each_result_is_written_once(slurm_env):
+    results = slurm_env / "results"
+    plan, summary = plan_and_run("selftest", results, "slurm", ["n_tasks=5"], max_parallel=2)
+    assert summary.states == {"done": 5}
+    arrays = {job_id.split("_")[0] for job_id in summary.job_ids}
+    assert len(arrays) == 1 and all("_" in job_id for job_id in summary.job_ids)  # A_i ids of one array
+    for planned in plan.cells:
+        folder = plan.store.cell(planned.cell_id)
+        events = [e["event"] for e in read_events(folder.path)]
+        assert events.count("result_written") == 1 and events.count("submitted") == 1
+        assert folder.read_result()["job"]["job_id"] in summary.job_ids
+    sbatch = next(plan.store.jobs_dir.glob("submission_file_*.sh"), None) or next(plan.store.jobs_dir.glob("*.sh"))
+    assert "#SBATCH --array=0-4%2" in sbatch.read_text()  # slurm_array_parallelism from --max-parallel
+
+
+def test_afterok_dependency_orders_jobs_and_blocks_after_a_failure(slurm_env):
+    results = slurm_env / "results"
+    first, first_folder = selftest_job(results, ["n_tasks=3", "sleep_s=2"], 0)
+    second, second_folder = selftest_job(results, ["n_tasks=3", "sleep_s=2"], 1)
+    failing, _ = selftest_job(results, ["n_tasks=3", "sleep_s=0", "fail_tasks=2"], 2)
+    blocked, blocked_folder = selftest_job(results, ["n_tasks=3", "sleep_s=0", "fail_tasks=2"], 0)
+    jobs_dir = results / "jobs"
+    base = make_executor("slurm", jobs_dir, PROFILES["cpu"], name="chain-a")
+    job_a = base.submit(first)
+    job_f = base.submit(failing)
+    job_b = make_executor("slurm", jobs_dir, PROFILES["cpu"], name="chain-b",
+                          dependency=f"afterok:{job_a.job_id}").submit(second)
+    job_c = make_executor("slurm", jobs_dir, PROFILES["cpu"], name="chain-c",
+                          dependency=f"afterok:{job_f.job_id}").submit(blocked)
+    wait_for(lambda: second_folder.result_path.exists(), 180, "the dependent job's result")
+    a_done = first_folder.read_result()["timings"]["finished_at"]
+    b_started = json.loads(second_folder.running_path.read_text())["time"]
+    assert b_started >= a_done  # afterok: B started only after A finished successfully
+    reason = wait_for(lambda: (subprocess.run(["squeue", "-h", "-j", str(job_c.job_id), "-o", "%r"],
+                                              capture_output=True, text=True).stdout.strip()
+                               if (subprocess.run(["squeue", "-h", "-j", str(job_f.job_id)], capture_output=True,
+                                                  text=True).stdout.strip() == "") else ""),
+                      120, "the failed job to leave the queue")
+    assert "DependencyNeverSatisfied" in reason
+    assert not blocked_folder.running_path.exists()  # never started
+    subprocess.run(["scancel", str(job_c.job_id)], check=False)
+    assert str(job_c.job_id) not in (slurm_live_jobs([str(job_b.job_id)]) or set())
+
+
+def test_scontrol_requeue_of_a_running_cell_resumes_and_writes_once(slurm_env):
+    results = slurm_env / "results"
+    job, folder = selftest_job(results, ["n_tasks=1", "sleep_s=6"])
+    submitted = make_executor("slurm", results / "jobs", PROFILES["cpu"], name="requeue").submit(job)
+    steps = folder.path / "selftest_steps.json"
+    wait_for(lambda: steps.exists() and json.loads(steps.read_text())["done"] >= 10, 120, "10 sleep steps")
+    out = subprocess.run(["scontrol", "requeue", str(submitted.job_id)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    # SLURM holds a requeued batch job for two minutes (reason BeginTime); let it start again at once
+    wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", str(submitted.job_id), "-o", "%r"],
+                                                   capture_output=True, text=True).stdout, 60, "the requeued job")
+    subprocess.run(["scontrol", "update", f"jobid={submitted.job_id}", "StartTime=now"], check=True)
+    wait_for(lambda: folder.result_path.exists(), 240, "the requeued cell's result")
+    events = [e["event"] for e in read_events(folder.path)]
+    assert events.count("started") == 2 and events.count("result_written") == 1, events
+    result = folder.read_result()
+    assert result["info"]["resumed_from_step"] >= 10 and result["timings"]["attempt"] == 2
+
+
+@pytest.mark.slow
+def test_two_task_job_rendezvous_through_slurm(slurm_env):
+    from slurm.profiles import apply_overrides
+
+    results = slurm_env / "results"
+    profiles = apply_overrides(PROFILES, ["cpu.tasks_per_node=2", "cpu.cpus=1"])
+    import io
+
+    from bench.runner import Runner
+
+    plan = build_plan("selftest", load_suite("selftest"), results_root=results, option_pairs=["n_tasks=1"])
+    summary = Runner(plan, "slurm", profiles, stream=io.StringIO(), poll_s=0.3).run()
+    logs = "\n".join(p.read_text()[-2000:] for p in plan.store.jobs_dir.glob("*.err"))
+    assert summary.states == {"done": 1}, logs
+    info = plan.store.cell(plan.cells[0].cell_id).read_result()["info"]
+    assert info["world_size"] == 2 and info["all_reduce_sum"] == 3.0
+
+
+@pytest.mark.slow
+def test_knn_suite_runs_on_the_local_cluster(tmp_path, encoder_pair, bench_env):
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "knn", "--checkpoints", ",".join(map(str, encoder_pair)), "--executor", "slurm",
+                     "--results", str(results), "--no-progress", "ks=5"], bench_env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(results / "knn.csv")
+    assert len(table) == 2 and set(table["n"]) == {360} and (table["mean"] > 30).all()
