@@ -318,7 +318,8 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
             torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.clip_grad_norm)
         optimizer.step()
         for key, value in {"total_loss": loss, **loss_dict}.items():
-            smoothed[key] = 0.9 * smoothed.get(key, float(value)) + 0.1 * float(value)
+            number = float(value.detach())
+            smoothed[key] = 0.9 * smoothed.get(key, number) + 0.1 * number
         if rank == 0 and (iteration % 20 == 0 or iteration == schedule.max_iter - 1):
             progress.set_postfix(loss=f"{smoothed['total_loss']:.3f}", lr=f"{lr:.3g}")
             with open(log_path, "a") as handle:

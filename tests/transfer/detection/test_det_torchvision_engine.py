@@ -1,0 +1,83 @@
+"""A few iterations of each task with the torchvision engine on CPU, then COCOeval."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from transfer.detection.configs import DetectionJob, Schedule, embedded_protocol
+from transfer.detection.engines import NonFiniteLossError
+from transfer.detection.engines.torchvision_engine import build_model, load_encoder_into, train_and_evaluate
+
+
+def tiny_job(root: Path, task: str, out: Path, iterations: int = 3) -> DetectionJob:
+    kind = "person_keypoints" if task == "keypoint_rcnn" else "instances"
+    protocol = embedded_protocol(task)
+    return DetectionJob(
+        task=task, recipe="fpn", arch="resnet18",
+        train_json=root / f"annotations/{kind}_train2017.json", train_images=root / "train2017",
+        val_json=root / f"annotations/{kind}_val2017.json", val_images=root / "val2017",
+        num_classes=1 if task == "keypoint_rcnn" else 10,
+        schedule=Schedule(ims_per_batch=2, base_lr=0.005, max_iter=iterations, steps=(iterations - 1,), warmup_iters=1,
+                          clip_grad_norm=10.0),
+        input=protocol.input, pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.25, 0.25, 0.25), output_dir=out,
+        anchor_sizes=protocol.anchor_sizes,
+        keypoint_names=("top", "bottom", "left_extreme", "right_extreme") if task == "keypoint_rcnn" else (),
+        keypoint_flip_map=(("left_extreme", "right_extreme"),) if task == "keypoint_rcnn" else (),
+        keypoint_oks_sigmas=(0.08,) * 4 if task == "keypoint_rcnn" else (),
+        precise_bn_iters=2,
+    )
+
+
+def encoder_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "iou_types"), [("mask_rcnn", ("bbox", "segm")), ("keypoint_rcnn", ("bbox", "keypoints"))])
+def test_few_iterations_then_cocoeval(tmp_path, small_coco, encoder_r18, task, iou_types):
+    torch.manual_seed(0)
+    job = tiny_job(small_coco, task, tmp_path / "out")
+    result = train_and_evaluate(job, encoder_state(encoder_r18), embedded_protocol(task).heads)
+    for iou_type in iou_types:
+        value = result.metrics[f"{iou_type}/AP"]
+        assert 0.0 <= value <= 100.0
+        assert math.isfinite(result.metrics[f"{iou_type}/AP50"])
+    assert result.info["engine"] == "torchvision" and result.info["iterations"] == 3
+    assert result.info["norm"] == "BN" and result.info["precise_bn_iters"] == 2
+    log = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["iteration"] == 0 and log[-1]["iteration"] == 2
+    assert all(math.isfinite(entry["total_loss"]) for entry in log)
+    assert log[0]["lr"] == pytest.approx(0.005 * 0.001)  # warmup starts at warmup_factor x lr
+    categories = result.per_category["bbox"]
+    if categories:
+        assert sum(categories.values()) / len(categories) == pytest.approx(result.metrics["bbox/AP"], abs=1e-6)
+
+
+def test_backbone_weights_are_the_encoders(small_coco, tmp_path, encoder_r18):
+    job = tiny_job(small_coco, "mask_rcnn", tmp_path)
+    model = build_model(job, embedded_protocol("mask_rcnn").heads)
+    state = encoder_state(encoder_r18)
+    load_encoder_into(model, state, "resnet18", str(encoder_r18))
+    assert torch.equal(model.backbone.body.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert torch.equal(model.backbone.body.bn1.running_var, state["bn1.running_var"])
+    assert all(p.requires_grad for p in model.backbone.body.parameters())  # FREEZE_AT 0: every stage trains
+
+
+def test_nan_loss_stops_the_run_with_a_message(tmp_path, small_coco, encoder_r18):
+    state = encoder_state(encoder_r18)
+    state["conv1.weight"] = torch.full_like(state["conv1.weight"], float("nan"))
+    job = replace(tiny_job(small_coco, "mask_rcnn", tmp_path / "out"), precise_bn_iters=0)
+    with pytest.raises(NonFiniteLossError, match=r"mask_rcnn: loss became nan at iteration 0 \(lr .*loss_classifier=nan"):
+        train_and_evaluate(job, state, embedded_protocol("mask_rcnn").heads)
+
+
+def test_torchvision_engine_refuses_c4(small_coco, tmp_path):
+    job = replace(tiny_job(small_coco, "mask_rcnn", tmp_path), arch="resnet50")
+    with pytest.raises(ValueError, match="C4 recipe needs engine=detectron2"):
+        build_model(replace(job, recipe="c4"), embedded_protocol("mask_rcnn").heads)
