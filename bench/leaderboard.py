@@ -91,7 +91,8 @@ def scan_suite(root: Path, suite: str) -> Scan:
                 "suite": result["suite"],
                 "task": result["task"]["name"],
                 "metric": metric_name,
-                "model": model_label(checkpoint or None),
+                # suites without checkpoints (pretrain, estimators) compare their tasks with each other
+                "model": model_label(checkpoint) if checkpoint else result["task"]["name"],
                 "method": checkpoint.get("method"),
                 "sampler": checkpoint.get("sampler"),
                 "sampler_params": json.dumps(checkpoint.get("sampler_params"), sort_keys=True)
@@ -167,18 +168,26 @@ def tied_ranks(means: np.ndarray, ci95: np.ndarray, higher_is_better: bool = Tru
 
 
 def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """Add `rank` per (suite, task, metric) and `avg_rank` per (suite, model): the headline column."""
+    """Add `rank` per (suite, column) and `avg_rank` per (suite, model): the headline column.
+
+    `column` is "task metric" when models are checkpoints; in a suite without checkpoints the models
+    are its tasks (e.g. pretraining recipes), compared per metric."""
     if agg.empty:
-        return agg.assign(rank=pd.Series(dtype=float), avg_rank=pd.Series(dtype=float))
+        return agg.assign(column=pd.Series(dtype=str), rank=pd.Series(dtype=float), avg_rank=pd.Series(dtype=float))
+    agg = agg.copy()
+    checkpointless = agg["model"] == agg["task"]
+    agg["column"] = np.where(checkpointless, agg["metric"], agg["task"] + " " + agg["metric"])
     parts = []
-    for _, group in agg.groupby(["suite", "task", "metric"], sort=True):
+    for _, group in agg.groupby(["suite", "column"], sort=True):
         group = group.copy()
         group["rank"] = tied_ranks(group["mean"].to_numpy(), group["ci95"].to_numpy(),
                                    bool(group["higher_is_better"].iloc[0]))
         parts.append(group)
     ranked = pd.concat(parts, ignore_index=True)
     ranked["avg_rank"] = ranked.groupby(["suite", "model"])["rank"].transform("mean")
-    return ranked.sort_values(["suite", "avg_rank", "model", "task", "metric"], ignore_index=True)
+    return ranked.sort_values(["suite", "avg_rank", "model", "task", "metric"], ignore_index=True)[
+        ["suite", "model", "task", "metric", "column", *MODEL_KEYS, "mean", "std", "n", "ci95", "n_seeds",
+         "higher_is_better", "rank", "avg_rank", "code_version"]]
 
 
 PAIRED_COLUMNS = ["suite", "task", "metric", "seed", "ring_model", "nce_model", "method", "pretrain_dataset",
@@ -236,8 +245,6 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     """Models as rows (sorted by average rank), `mean ± ci95 (rank)` per task/metric, best rank in bold."""
     if ranked.empty:
         return "_no results_\n"
-    ranked = ranked.copy()
-    ranked["column"] = ranked["task"] + " " + ranked["metric"]
     columns = sorted(ranked["column"].unique())
     models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
     header = "| model | avg rank | " + " | ".join(columns) + " |"
@@ -265,7 +272,7 @@ def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     ranked = ranked.copy()
-    ranked["column"] = ranked["task"] + "\n" + ranked["metric"]
+    ranked["column"] = ranked["column"].str.replace(" ", "\n", n=1, regex=False)
     columns = sorted(ranked["column"].unique())
     models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
     width = 0.8 / max(len(models), 1)
@@ -371,6 +378,7 @@ def write_all(root: str | os.PathLike, suites: Iterable[str] | None = None, plot
     longs = []
     for suite in names:
         written += write_suite_tables(root, suite, plot=plot)
+    for suite in suites_in(root):  # long.csv always covers every suite in the folder
         longs.append(long_table(scan_suite(root, suite)))
     if longs:
         long_path = root / "long.csv"

@@ -112,33 +112,41 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.runner import Runner
 
+    chain_on_slurm = bool(then) and executor == "slurm"
     runner = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
-                    wait=not args.no_wait, progress=not args.no_progress, stream=stream)
+                    wait=not args.no_wait and not chain_on_slurm, progress=not args.no_progress, stream=stream)
     summary = runner.run()
     print(f"{plan.suite.name}: {summary.total} cells: kept {summary.skipped_done}, submitted {summary.submitted}, "
           f"watched {summary.adopted}; planning {plan_seconds:.2f}s, submission {summary.submit_seconds:.2f}s",
           file=stream)
-    if args.no_wait:
-        print(f"submitted; follow with: python -m bench.status --suite {plan.suite.name} --results {plan.store.root}",
-              file=stream)
-        return 0
-    print("states: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.states.items())), file=stream)
+    code = 0
+    plans = [plan]
     if then:
         from bench.chain import run_then
 
-        code = run_then(args, plan, then, executor, profiles, stream)
-        if code:
-            return code
-    if not args.no_leaderboard and summary.states.get("done"):
-        try:
-            from bench.leaderboard import write_suite_tables
-        except ImportError:
-            pass
-        else:
-            written = write_suite_tables(plan.store.root, plan.suite.name)
-            for path in written:
+        live = list(summary.job_ids) + [str(t.owner.get("job_id")) for t in runner.adopted if t.owner]
+        then_code, then_plans = run_then(plan, then, executor, profiles, pretrain_job_ids=live,
+                                         max_parallel=args.max_parallel, wait=not args.no_wait, force=args.force,
+                                         progress=not args.no_progress, stream=stream,
+                                         seeds=parse_seeds(args.seeds))
+        code = max(code, then_code)
+        plans += then_plans
+        if chain_on_slurm and not args.no_wait:
+            from collections import Counter
+
+            summary.states = Counter(plan.store.cell(p.cell_id).state().state for p in plan.cells)
+    if args.no_wait:
+        print(f"submitted; follow with: python -m bench.status --results {plan.store.root}", file=stream)
+        return code
+    print(f"{plan.suite.name} states: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.states.items())),
+          file=stream)
+    if not args.no_leaderboard:
+        from bench.leaderboard import write_suite_tables
+
+        for done_plan in plans:
+            for path in write_suite_tables(done_plan.store.root, done_plan.suite.name):
                 print(f"wrote {path}", file=stream)
-    return 1 if summary.failed else 0
+    return max(code, 1 if summary.failed else 0)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class Runner:
         self.notes: list[str] = []
         self._executors: dict[str, Any] = {}
         self.summary = RunSummary(total=len(plan.cells))
+        self.adopted: list[Tracked] = []
 
     # ---------------------------------------------------------------- helpers
     def say(self, message: str) -> None:
@@ -177,6 +178,7 @@ class Runner:
         done, in_flight, to_submit = self.classify()
         self.summary.skipped_done = len(done)
         self.summary.adopted = len(in_flight)
+        self.adopted = in_flight
         tracked_all = done + in_flight + to_submit
         if in_flight:
             self.say(f"{len(in_flight)} cell(s) already owned by live jobs; watching them instead of resubmitting")

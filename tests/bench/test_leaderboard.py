@@ -1,0 +1,86 @@
+"""Leaderboard maths: CI-aware tied ranks, seed aggregation, paired Ring-vs-NCE statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.leaderboard import aggregate, long_table, paired_comparisons, rank_table, scan_suite, tied_ranks
+from bench.store import SCHEMA_VERSION, ResultStore, publish_json_once
+from bench.suite import Metric
+
+
+def test_models_within_the_interval_of_the_best_tie_and_share_the_average_rank():
+    # best 80 +- 1; 79.5 +- 1 is within sqrt(2) of it; 70 is clearly worse; 69.8 ties with 70
+    ranks = tied_ranks(np.array([80.0, 79.5, 70.0, 69.8]), np.array([1.0, 1.0, 0.5, 0.5]))
+    assert ranks.tolist() == [1.5, 1.5, 3.5, 3.5]
+
+
+def test_lower_is_better_and_missing_values_get_no_rank():
+    ranks = tied_ranks(np.array([0.2, 0.1, np.nan]), np.array([0.0, 0.0, 0.0]), higher_is_better=False)
+    assert ranks[0] == 2 and ranks[1] == 1 and np.isnan(ranks[2])
+
+
+def test_all_tied_models_share_the_middle_rank():
+    assert tied_ranks(np.array([1.0, 1.1, 0.9]), np.array([5.0, 5.0, 5.0])).tolist() == [2.0, 2.0, 2.0]
+
+
+def _store_cell(root, cid, sampler, task, samples, seed=0, method="moco", sha=None):
+    ids = [f"ep{i}" for i in range(len(samples))]
+    metric = Metric.from_samples(samples, ids).to_json()
+    checkpoint = {"path": f"/x/{sampler}.pt", "sha256": sha or (sampler * 16)[:64], "method": method,
+                  "sampler": sampler, "sampler_params": {}, "arch": "resnet18", "pretrain_dataset": "digits",
+                  "epochs": 10, "seed": 0}
+    result = {"schema_version": SCHEMA_VERSION, "cell_id": cid, "suite": "s", "protocol_version": "1",
+              "task": {"name": task, "params": {}}, "seed": seed, "metrics": {"acc": metric},
+              "checkpoint": checkpoint, "code_version": "test", "engine": "e"}
+    folder = ResultStore(root, "s").cell(cid).path
+    folder.mkdir(parents=True)
+    assert publish_json_once(folder / "result.json", result)
+
+
+def test_paired_statistics_match_scipy_and_use_only_shared_samples(tmp_path):
+    rng = np.random.default_rng(0)
+    nce = rng.normal(60, 10, 50)
+    ring = nce + rng.normal(2, 3, 50)
+    _store_cell(tmp_path, "c-nce", "nce", "omniglot", nce.tolist())
+    _store_cell(tmp_path, "c-ring", "ring", "omniglot", ring.tolist()[:45])  # 5 episodes missing
+    scan = scan_suite(tmp_path, "s")
+    paired = paired_comparisons(long_table(scan), scan.samples)
+    assert len(paired) == 1
+    row = paired.iloc[0]
+    diff = ring[:45] - nce[:45]
+    assert row["n"] == 45
+    assert row["mean_diff"] == pytest.approx(diff.mean())
+    assert row["ci95_diff"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(45))
+    assert row["p_ttest"] == pytest.approx(stats.ttest_rel(ring[:45], nce[:45]).pvalue)
+    assert row["p_sign"] == pytest.approx(stats.binomtest(int((diff > 0).sum()), 45).pvalue)
+
+
+def test_twins_must_share_method_and_several_seeds_are_averaged(tmp_path):
+    _store_cell(tmp_path, "a0", "nce", "t", [50.0, 60.0], seed=0)
+    _store_cell(tmp_path, "a1", "nce", "t", [70.0, 80.0], seed=1)
+    _store_cell(tmp_path, "b0", "ring", "t", [1.0, 2.0], method="simclr")
+    scan = scan_suite(tmp_path, "s")
+    long = long_table(scan)
+    assert paired_comparisons(long, scan.samples).empty  # simclr/ring has no simclr/nce twin
+    agg = aggregate(long)
+    nce = agg[agg["sampler"] == "nce"].iloc[0]
+    assert (nce["mean"], nce["n_seeds"], nce["n"]) == (65.0, 2, 2)
+    assert nce["ci95"] == pytest.approx(1.96 * 10.0 / np.sqrt(2))
+    ranked = rank_table(agg)
+    assert ranked.set_index("sampler").loc["nce", "rank"] == 1.0
+
+
+def test_leaderboard_reads_only_valid_files(tmp_path):
+    _store_cell(tmp_path, "good", "nce", "t", [1.0, 2.0])
+    bad = ResultStore(tmp_path, "s").cell("bad").path
+    bad.mkdir(parents=True)
+    (bad / "result.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION})[:-3])
+    scan = scan_suite(tmp_path, "s")
+    assert len(scan.rows) == 1 and len(scan.corrupt) == 1 and "bad/result.json" in scan.corrupt[0]
+    assert isinstance(long_table(scan), pd.DataFrame)
