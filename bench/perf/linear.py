@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 
-def benchmark_checkpoint(path: Path, paper_epochs: int, device: str | None, workers: int) -> dict:
+def benchmark_checkpoint(path: Path, paper_epochs: int, device: str | None, workers: int, repeats: int) -> dict:
+    import numpy as np
+
     from pretrain.checkpoint import load_encoder
     from transfer.features import FeatureCache
     from transfer.linear.evaluate import evaluate_encoder
@@ -35,24 +37,26 @@ def benchmark_checkpoint(path: Path, paper_epochs: int, device: str | None, work
     common = dict(dataset_name="digits", num_classes=10, device=device, workers=workers, source="embedded")
     compute_features(encoder, test, device, workers=workers)  # warm-up (first-call allocations)
 
-    start = time.perf_counter()
-    compute_features(encoder, train, device, workers=workers)
-    compute_features(encoder, test, device, workers=workers)
-    extraction_s = time.perf_counter() - start
-
+    # alternate the two measurements so load changes on a shared machine hit both alike
+    extraction, fast_total = [], []
     with tempfile.TemporaryDirectory() as cache_dir:
-        start = time.perf_counter()
-        fast = evaluate_encoder(encoder, train, test, cache=FeatureCache(cache_dir), protocol="fast", **common)
-        fast_total_s = time.perf_counter() - start
-        # the paper protocol reads the test features from the cache the fast run filled
-        start = time.perf_counter()
-        paper = evaluate_encoder(encoder, train, test, cache=FeatureCache(cache_dir), protocol="paper",
-                                 paper=PaperRecipe(epochs=paper_epochs), knn=None, **common)
-        paper_total_s = time.perf_counter() - start
-    timings = paper.info["timings"]
-    epoch_s = (timings["paper_data_s"] + timings["paper_forward_s"] + timings["paper_linear_s"]) / paper_epochs
-    train_pass_s = fast.info["timings"]["features_train_s"]
-    return {
+        for repeat in range(repeats):
+            start = time.perf_counter()
+            compute_features(encoder, train, device, workers=workers)
+            compute_features(encoder, test, device, workers=workers)
+            extraction.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            fast = evaluate_encoder(encoder, train, test, cache=FeatureCache(Path(cache_dir) / str(repeat)),
+                                    protocol="fast", **common)
+            fast_total.append(time.perf_counter() - start)
+        paper = None
+        if paper_epochs > 0:  # reads the test features from the cache the fast run filled
+            start = time.perf_counter()
+            paper = evaluate_encoder(encoder, train, test, cache=FeatureCache(Path(cache_dir) / "0"),
+                                     protocol="paper", paper=PaperRecipe(epochs=paper_epochs), knn=None, **common)
+            paper_total_s = time.perf_counter() - start
+    ratios = np.array(fast_total) / np.array(extraction)
+    row = {
         "checkpoint": str(path),
         "method": encoder.metadata["method"],
         "sampler": encoder.metadata["sampler"],
@@ -61,30 +65,41 @@ def benchmark_checkpoint(path: Path, paper_epochs: int, device: str | None, work
         "image_size": size,
         "n_train": len(train),
         "n_test": len(test),
-        "extraction_pass_s": extraction_s,
-        "fast_total_s": fast_total_s,
-        "fast_over_extraction": fast_total_s / extraction_s,
+        "repeats": repeats,
+        "extraction_pass_s": float(np.median(extraction)),
+        "extraction_images_per_s": (len(train) + len(test)) / float(np.median(extraction)),
+        "fast_total_s": float(np.median(fast_total)),
+        "fast_over_extraction": float(np.median(ratios)),
+        "fast_over_extraction_all": [round(float(r), 3) for r in ratios],
         "fast_timings": fast.info["timings"],
         "lbfgs_evaluations": fast.info["fast"]["lbfgs_evaluations"],
-        "paper_epochs": paper_epochs,
-        "paper_total_s": paper_total_s,
-        "paper_epoch_s": epoch_s,
-        "paper_epoch_over_train_pass": epoch_s / train_pass_s,
-        "paper_share_forward": timings["paper_forward_s"] / (epoch_s * paper_epochs),
-        "paper_share_data": timings["paper_data_s"] / (epoch_s * paper_epochs),
-        "paper_share_linear": timings["paper_linear_s"] / (epoch_s * paper_epochs),
         "top1_fast": fast.linear_top1,
-        "top1_paper": paper.linear_top1,
         "top1_knn": fast.knn_top1,
-        "paper_minus_fast": paper.linear_top1 - fast.linear_top1,
-        "_correct": {"fast": fast.linear_correct, "paper": paper.linear_correct, "knn": fast.knn_correct},
+        "_correct": {"fast": fast.linear_correct, "knn": fast.knn_correct},
     }
+    if paper is not None:
+        timings = paper.info["timings"]
+        epoch_s = (timings["paper_data_s"] + timings["paper_forward_s"] + timings["paper_linear_s"]) / paper_epochs
+        row |= {
+            "paper_epochs": paper_epochs,
+            "paper_total_s": paper_total_s,
+            "paper_epoch_s": epoch_s,
+            "paper_epoch_over_train_pass": epoch_s / fast.info["timings"]["features_train_s"],
+            "paper_share_forward": timings["paper_forward_s"] / (epoch_s * paper_epochs),
+            "paper_share_data": timings["paper_data_s"] / (epoch_s * paper_epochs),
+            "paper_share_linear": timings["paper_linear_s"] / (epoch_s * paper_epochs),
+            "top1_paper": paper.linear_top1,
+            "paper_minus_fast": paper.linear_top1 - fast.linear_top1,
+        }
+        row["_correct"]["paper"] = paper.linear_correct
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.perf.linear", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", default="", help="comma list (default: the embedded NCE and Ring pair)")
-    parser.add_argument("--paper-epochs", type=int, default=100, help="paper protocol epochs (the paper: 100)")
+    parser.add_argument("--paper-epochs", type=int, default=100, help="paper protocol epochs (the paper: 100; 0: skip)")
+    parser.add_argument("--repeats", type=int, default=3, help="fast-protocol and extraction timings (median)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
@@ -105,19 +120,22 @@ def main(argv: list[str] | None = None) -> int:
         paths = [Path(p) for p in default_encoders()]
     rows = []
     for path in paths:
-        row = benchmark_checkpoint(path, args.paper_epochs, args.device, args.workers)
+        row = benchmark_checkpoint(path, args.paper_epochs, args.device, args.workers, args.repeats)
         rows.append(row)
-        print(f"{row['sampler']:>5} {row['method']}: extraction pass {row['extraction_pass_s']:.2f}s, fast total "
-              f"{row['fast_total_s']:.2f}s (x{row['fast_over_extraction']:.2f}); paper {row['paper_epochs']} ep "
-              f"{row['paper_total_s']:.1f}s, epoch {row['paper_epoch_s']:.2f}s = x{row['paper_epoch_over_train_pass']:.2f} "
-              f"of a train pass, forward {row['paper_share_forward']:.0%} / data {row['paper_share_data']:.0%} / "
-              f"linear {row['paper_share_linear']:.1%}; top-1 fast {row['top1_fast']:.2f}, paper "
-              f"{row['top1_paper']:.2f} (paper-fast {row['paper_minus_fast']:+.2f}), kNN {row['top1_knn']:.2f}",
-              flush=True)
+        line = (f"{row['sampler']:>5} {row['method']}: extraction pass {row['extraction_pass_s']:.2f}s "
+                f"({row['extraction_images_per_s']:.0f} img/s), fast total {row['fast_total_s']:.2f}s "
+                f"(x{row['fast_over_extraction']:.2f} median of {row['fast_over_extraction_all']}); "
+                f"top-1 fast {row['top1_fast']:.2f}, kNN {row['top1_knn']:.2f}")
+        if "paper_epochs" in row:
+            line += (f"; paper {row['paper_epochs']} ep {row['paper_total_s']:.1f}s, epoch {row['paper_epoch_s']:.2f}s = "
+                     f"x{row['paper_epoch_over_train_pass']:.2f} of a train pass, forward {row['paper_share_forward']:.0%}"
+                     f" / data {row['paper_share_data']:.0%} / linear {row['paper_share_linear']:.1%}; top-1 paper "
+                     f"{row['top1_paper']:.2f} (paper-fast {row['paper_minus_fast']:+.2f})")
+        print(line, flush=True)
     comparisons = {}
     by_sampler = {row["sampler"]: row for row in rows}
     if "ring" in by_sampler and "nce" in by_sampler:
-        for metric in ("fast", "paper", "knn"):
+        for metric in by_sampler["ring"]["_correct"]:
             diff = paired_difference(by_sampler["ring"]["_correct"][metric], by_sampler["nce"]["_correct"][metric])
             comparisons[metric] = diff.__dict__
             print(f"ring - nce ({metric}): {diff.delta:+.2f} points, 95% CI [{diff.ci95_low:+.2f}, "

@@ -154,7 +154,7 @@ class LinearSuite(Suite):
         "epochs": 100,  # paper protocol epochs
         "knn": True,  # kNN (k 200, t 0.07, cosine) from the cached features
         "knn_k": 200,
-        "fast_iters": 500,  # L-BFGS iterations of the fast protocol
+        "fast_iters": 100,  # L-BFGS iterations of the fast protocol
         "imagenet_classes": 1000,  # class folders expected under imagenet/train (e.g. 100 for a subset)
     }
     default_seeds = (0,)

@@ -176,3 +176,21 @@ def test_paired_difference_counts_discordant_images_and_tests_them():
     assert result.p_value == pytest.approx(0.0167, abs=0.001)  # exact binomial, 25 of 35 discordant
     same = paired_difference(a, a, bootstrap=100)
     assert (same.delta, same.p_value, same.ci95_low, same.ci95_high) == (0.0, 1.0, 0.0, 0.0)
+
+
+def test_closed_form_gradient_matches_autograd():
+    from torch.nn import functional as F
+
+    from transfer.linear.protocol import softmax_regression_loss
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 8, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 4, (50,), generator=generator)
+    weight = torch.randn(4, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True)
+    reference = F.cross_entropy(x @ weight.T + bias, y) + 0.5 * 0.01 * weight.pow(2).sum()
+    reference.backward()
+    loss, grad_weight, grad_bias = softmax_regression_loss(x, F.one_hot(y, 4).double(), weight.detach(), bias.detach(), 0.01)
+    torch.testing.assert_close(loss, reference.detach())
+    torch.testing.assert_close(grad_weight, weight.grad)
+    torch.testing.assert_close(grad_bias, bias.grad)
