@@ -45,6 +45,7 @@ class TrainConfig:
     bank_momentum: float = 0.5
     queue_size: int = 65536
     key_momentum: float = 0.999
+    ring_threshold_sample: int = 0  # 0: exact ring cuts for banks; >0: cuts from this many sampled columns
     # data
     dataset: str = "cifar10"
     data_root: str = ""
@@ -81,7 +82,8 @@ class TrainConfig:
 
     def method_settings(self, mean, std) -> MethodSettings:
         return MethodSettings(self.arch, self.stem, self.embed_dim, self.temperature, self.num_negatives,
-                              self.bank_momentum, self.queue_size, self.key_momentum, tuple(mean), tuple(std))
+                              self.bank_momentum, self.queue_size, self.key_momentum, self.ring_threshold_sample,
+                              tuple(mean), tuple(std))
 
     def validate(self) -> TrainConfig:
         try:

@@ -59,6 +59,7 @@ class MethodSettings:
     bank_momentum: float = 0.5  # IR paper; 0 = overwrite, as the released Ring configs
     queue_size: int = 65536
     key_momentum: float = 0.999
+    threshold_sample: int = 0  # >0: bank ring thresholds from this many sampled columns (faster, approximate)
     mean: tuple = (0.485, 0.456, 0.406)  # normalisation of the input views, needed by CMC's Lab split
     std: tuple = (0.229, 0.224, 0.225)
 
@@ -147,7 +148,7 @@ class InstanceRecognition(ContrastiveMethod):
         super().__init__(settings, sampler, num_samples)
         generator = generator or torch.Generator().manual_seed(0)
         self.register_buffer("bank", _init_bank(num_samples, settings.embed_dim, generator))
-        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives)
+        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives, settings.threshold_sample)
         self.updates = BankUpdater()
 
     def loss(self, views, index, w_out, generator):
@@ -179,7 +180,7 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
         self._set_forward("_forward_colour", self.colour_encoder)
         self.register_buffer("bank_l", _init_bank(num_samples, settings.embed_dim, generator))
         self.register_buffer("bank_ab", _init_bank(num_samples, settings.embed_dim, generator))
-        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives)
+        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives, settings.threshold_sample)
         self.updates = BankUpdater()
         self.register_buffer("mean", torch.tensor(settings.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(settings.std).view(1, 3, 1, 1), persistent=False)

@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", help="named recipe (see --list)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.add_argument("--out", help="output folder (default results/pretrain/<recipe>)")
+    parser.add_argument("--out", help="output folder (default runs/pretrain/<recipe>)")
     parser.add_argument("--resume", action="store_true", help="continue the training state in --out exactly")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.show_config:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
-        out_dir = Path(args.out or Path("results") / "pretrain" / args.recipe)
+        out_dir = Path(args.out or Path("runs") / "pretrain" / args.recipe)
         started = time.perf_counter()
         path = train(config, out_dir, resume=args.resume)
     except (ConfigError, ResumeError, TrainingDiverged, ValueError) as error:

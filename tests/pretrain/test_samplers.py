@@ -102,3 +102,30 @@ def test_bad_percentiles_raise(w_out, w_in):
 def test_unknown_sampler_lists_valid_names():
     with pytest.raises(ValueError, match="valid samplers: nce, ring, ball, dcl, hcl, mochi"):
         SamplerConfig("rings")
+
+
+@pytest.mark.parametrize("w_out,w_in", [(0.6, 0.1), (1.0, 0.1), (0.3, 0.0), (0.2, 0.5)])
+def test_sample_band_stays_in_the_exact_band_on_both_paths(w_out, w_in):
+    from pretrain.samplers import sample_band
+
+    generator = torch.Generator().manual_seed(2)
+    similarity = torch.randn(8, 4000, generator=generator)
+    draws = sample_band(similarity, w_out, w_in, 3000, generator)
+    lower, upper = ring_bounds(4000, w_out, w_in)
+    ranks = torch.gather(exact_ranks(similarity), 1, draws)
+    assert int(ranks.min()) >= lower and int(ranks.max()) < upper
+    # uniform over the band: each tenth of the band gets about a tenth of the draws
+    tenths = ((ranks - lower) * 10 // (upper - lower)).flatten().numpy()
+    assert stats.chisquare(np.bincount(tenths, minlength=10)).pvalue > 1e-4
+
+
+def test_sampled_thresholds_are_close_to_the_exact_band():
+    from pretrain.samplers import sample_band
+
+    generator = torch.Generator().manual_seed(4)
+    similarity = torch.randn(8, 40000, generator=generator)
+    draws = sample_band(similarity, 0.5, 0.1, 2000, generator, threshold_sample=4096)
+    lower, upper = ring_bounds(40000, 0.5, 0.1)
+    ranks = torch.gather(exact_ranks(similarity), 1, draws)
+    slack = 0.01 * 40000  # about 4 standard errors of a 4,096-column quantile
+    assert int(ranks.min()) >= lower - slack and int(ranks.max()) < upper + slack
