@@ -298,7 +298,8 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
         progress.close()
-        return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "w_out": w_out, "steps": count,
+        band = w_out if config.sampler in ("ring", "ball") else None
+        return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "w_out": band, "steps": count,
                 "train_seconds": round(time.perf_counter() - started, 3)}
 
     def fit(self, until_epoch: int | None = None) -> Path | None:
