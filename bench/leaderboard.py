@@ -53,11 +53,21 @@ def model_label(checkpoint: dict[str, Any] | None) -> str:
             f"e{checkpoint.get('epochs')} s{checkpoint.get('seed')} {sha}")
 
 
+try:  # orjson parses the per-sample arrays several times faster; the standard library works too
+    import orjson
+
+    _parse = orjson.loads
+    _PARSE_ERRORS: tuple[type[BaseException], ...] = (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError)
+except ImportError:  # pragma: no cover - depends on the environment
+    _parse = json.loads
+    _PARSE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+
+
 def _load(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
-            result = json.loads(handle.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            result = _parse(handle.read())
+    except _PARSE_ERRORS as error:
         raise CorruptResult(f"{path}: not valid JSON ({error})") from None
     return validate_result(result, path)
 
@@ -129,22 +139,21 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
     if long.empty:
         return pd.DataFrame(columns=keys + MODEL_KEYS + ["mean", "std", "n", "ci95", "n_seeds",
                                                          "higher_is_better", "code_version"])
-    rows = []
-    for key, group in long.groupby(keys, sort=True, dropna=False):
-        first = group.iloc[0]
-        row = dict(zip(keys, key))
-        row.update({k: first[k] for k in MODEL_KEYS})
-        if len(group) == 1:
-            row.update(mean=first["mean"], std=first["std"], n=int(first["n"]), ci95=first["ci95"], n_seeds=1)
-        else:
-            means = group["mean"].to_numpy(dtype=float)
-            std = float(means.std())
-            row.update(mean=float(means.mean()), std=std, n=len(means), ci95=1.96 * std / math.sqrt(len(means)),
-                       n_seeds=len(means))
-        row["higher_is_better"] = bool(first["higher_is_better"])
-        row["code_version"] = ",".join(sorted({str(v) for v in group["code_version"]}))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    grouped = long.groupby(keys, sort=True, dropna=False)
+    first = grouped.first()
+    count = grouped["mean"].count()
+    seed_mean = grouped["mean"].mean()
+    seed_std = grouped["mean"].std(ddof=0).fillna(0.0)
+    single = count == 1
+    out = first[MODEL_KEYS].copy()
+    out["mean"] = np.where(single, first["mean"], seed_mean)
+    out["std"] = np.where(single, first["std"], seed_std)
+    out["n"] = np.where(single, first["n"], count).astype(int)
+    out["ci95"] = np.where(single, first["ci95"], 1.96 * seed_std / np.sqrt(count))
+    out["n_seeds"] = count.astype(int)
+    out["higher_is_better"] = first["higher_is_better"].astype(bool)
+    out["code_version"] = grouped["code_version"].agg(lambda v: ",".join(sorted({str(x) for x in v})))
+    return out.reset_index()
 
 
 def tied_ranks(means: np.ndarray, ci95: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
@@ -195,6 +204,40 @@ PAIRED_COLUMNS = ["suite", "task", "metric", "seed", "ring_model", "nce_model", 
                   "p_ttest", "p_sign", "test"]
 
 
+def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:
+    """The samples both cells evaluated, in the same order (a fast path when the id lists are equal)."""
+    if ids_r == ids_n:
+        return np.asarray(values_r, dtype=float), np.asarray(values_n, dtype=float)
+    lookup = dict(zip(ids_n, values_n))
+    pairs = [(v, lookup[i]) for i, v in zip(ids_r, values_r) if i in lookup]
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
+    ring, nce = zip(*pairs)
+    return np.asarray(ring, dtype=float), np.asarray(nce, dtype=float)
+
+
+def sign_test_p(positives: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Two-sided exact sign test (binomial, p = 1/2): 2 * the smaller tail, capped at 1; 1 for no trials."""
+    from scipy import special  # scipy.special imports far faster than scipy.stats
+
+    positives, trials = np.asarray(positives), np.asarray(trials)
+    smaller = np.minimum(positives, trials - positives)
+    p = np.minimum(1.0, 2.0 * special.bdtr(smaller, trials, 0.5))
+    return np.where(trials > 0, p, 1.0)
+
+
+def paired_t_p(mean: np.ndarray, sd: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Two-sided paired t-test p-values from the differences' mean, sd (ddof=1) and count."""
+    from scipy import special
+
+    mean, sd, n = (np.asarray(a, dtype=float) for a in (mean, sd, n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean / (sd / np.sqrt(n))
+        p = 2.0 * special.stdtr(np.maximum(n - 1, 1), -np.abs(t))
+    p = np.where((sd == 0) & (mean == 0), 1.0, p)  # identical samples: no difference at all
+    return np.where((sd == 0) & (mean != 0), np.nan, p)  # a constant non-zero shift: t is undefined
+
+
 def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     """Each Ring checkpoint against its NCE twin (same method, data, epochs, arch, seed), per task,
     metric and evaluation seed, on the samples both evaluated (matching sample_ids).
@@ -202,43 +245,40 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     mean_diff = mean(ring - nce); ci95_diff = 1.96 * sd(diff, ddof=1) / sqrt(n); p_ttest is the
     two-sided paired t-test, p_sign the two-sided exact sign test (ties dropped). Positive diffs
     favour Ring when higher is better."""
-    from scipy import stats
-
-    rows = []
     if long.empty:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     twin_keys = ["suite", "task", "metric", "seed", "method", "pretrain_dataset", "epochs", "arch", "ckpt_seed"]
     ring = long[long["sampler"] == "ring"]
     nce = long[long["sampler"] == "nce"]
     merged = ring.merge(nce, on=twin_keys, suffixes=("_ring", "_nce"))
-    for _, row in merged.iterrows():
-        ids_r, values_r = samples.get((row["cell_id_ring"], row["metric"]), (None, None))
-        ids_n, values_n = samples.get((row["cell_id_nce"], row["metric"]), (None, None))
+    rows, stats_in = [], []
+    for record in merged[twin_keys + ["model_ring", "model_nce", "cell_id_ring", "cell_id_nce"]].to_dict("records"):
+        ids_r, values_r = samples.get((record["cell_id_ring"], record["metric"]), (None, None))
+        ids_n, values_n = samples.get((record["cell_id_nce"], record["metric"]), (None, None))
         if not values_r or not values_n or ids_r is None or ids_n is None:
             continue  # no per-sample values: no paired statistic (the leaderboard still shows both means)
-        lookup = dict(zip(ids_n, values_n))
-        pairs = [(v, lookup[i]) for i, v in zip(ids_r, values_r) if i in lookup]
-        if not pairs:
+        a, b = _aligned(ids_r, values_r, ids_n, values_n)
+        if a.size == 0:
             continue
-        diff = np.array([a - b for a, b in pairs], dtype=float)
-        n = len(diff)
+        diff = a - b
+        n = diff.size
         sd = float(diff.std(ddof=1)) if n > 1 else 0.0
-        if n > 1 and sd > 0:
-            p_t = float(stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
-        else:
-            p_t = 1.0 if not np.any(diff) else float("nan")
-        nonzero = diff[diff != 0]
-        p_sign = float(stats.binomtest(int((nonzero > 0).sum()), len(nonzero), 0.5).pvalue) if len(nonzero) else 1.0
+        stats_in.append((float(diff.mean()), sd, n, int((diff > 0).sum()), int((diff != 0).sum())))
         rows.append({
-            "suite": row["suite"], "task": row["task"], "metric": row["metric"], "seed": row["seed"],
-            "ring_model": row["model_ring"], "nce_model": row["model_nce"], "method": row["method"],
-            "pretrain_dataset": row["pretrain_dataset"], "epochs": row["epochs"], "ckpt_seed": row["ckpt_seed"],
-            "arch": row["arch"], "n": n, "ring_mean": float(np.mean([a for a, _ in pairs])),
-            "nce_mean": float(np.mean([b for _, b in pairs])), "mean_diff": float(diff.mean()),
-            "ci95_diff": 1.96 * sd / math.sqrt(n), "p_ttest": p_t, "p_sign": p_sign,
+            "suite": record["suite"], "task": record["task"], "metric": record["metric"], "seed": record["seed"],
+            "ring_model": record["model_ring"], "nce_model": record["model_nce"], "method": record["method"],
+            "pretrain_dataset": record["pretrain_dataset"], "epochs": record["epochs"],
+            "ckpt_seed": record["ckpt_seed"], "arch": record["arch"], "n": n, "ring_mean": float(a.mean()),
+            "nce_mean": float(b.mean()), "mean_diff": float(diff.mean()), "ci95_diff": 1.96 * sd / math.sqrt(n),
             "test": "paired t-test; exact sign test",
         })
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    if not rows:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    mean, sd, n, positives, trials = (np.array(column) for column in zip(*stats_in))
+    table = pd.DataFrame(rows)
+    table["p_ttest"] = paired_t_p(mean, sd, n)
+    table["p_sign"] = sign_test_p(positives, trials)
+    return table[PAIRED_COLUMNS]
 
 
 def markdown_table(ranked: pd.DataFrame) -> str:
@@ -317,11 +357,11 @@ def suite_hooks(suite: str):
 
 
 def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
-                       stream=None) -> list[Path]:
+                       stream=None, scan: Scan | None = None) -> list[Path]:
     """Build and write <suite>.csv, .md, .png and <suite>_paired.csv from the stored cells."""
     stream = stream or sys.stderr
     root = Path(root)
-    scan = scan_suite(root, suite)
+    scan = scan if scan is not None else scan_suite(root, suite)
     for message in scan.corrupt:
         print(f"corrupt result (not tabulated; `bench.run` recomputes it): {message}", file=stream)
     long = long_table(scan)
@@ -376,10 +416,12 @@ def write_all(root: str | os.PathLike, suites: Iterable[str] | None = None, plot
     names = list(suites) if suites else suites_in(root)
     written = []
     longs = []
+    scans = {}
     for suite in names:
-        written += write_suite_tables(root, suite, plot=plot)
+        scans[suite] = scan_suite(root, suite)
+        written += write_suite_tables(root, suite, plot=plot, scan=scans[suite])
     for suite in suites_in(root):  # long.csv always covers every suite in the folder
-        longs.append(long_table(scan_suite(root, suite)))
+        longs.append(long_table(scans[suite] if suite in scans else scan_suite(root, suite)))
     if longs:
         long_path = root / "long.csv"
         _atomic_text(long_path, pd.concat(longs, ignore_index=True).to_csv(index=False))
