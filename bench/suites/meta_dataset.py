@@ -1,0 +1,358 @@
+"""Meta-Dataset transfer: few-shot probes on frozen features (episodic) or the Ring paper's linear mode.
+
+Tasks are sources (`<records>/<source>/dataset_spec.json`; default the embedded digits source).
+Episodes are drawn once per suite from `episode_seed` and stored as index lists in the shared
+folder, so every checkpoint sees the very same episodes (paired comparisons). Metrics are query
+accuracies in %, mean +- 1.96 * population std / sqrt(episodes), with per-episode samples.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+MODES = ("episodic", "linear")
+SPLIT_NAMES = ("TRAIN", "VALID", "TEST")
+PROBE_NAMES = ("ncc", "logreg", "sgd")
+SHOTS = ("variable", "5w1s", "5w5s")
+DISTANCES = ("cosine", "euclidean")
+
+
+@dataclass(frozen=True)
+class MetaDatasetOptions:
+    records: Path | None  # None: the embedded digits source
+    sources: tuple[str, ...] | None  # None: every source found
+    split: str
+    mode: str
+    probes: tuple[str, ...]
+    distance: str
+    episodes: int
+    shots: tuple[str, ...]
+    image_size: str
+    episode_seed: int
+    batch_size: int
+    linear_epochs: int
+    linear_max_per_class: int
+    device: str
+
+    @property
+    def embedded(self) -> bool:
+        return self.records is None
+
+
+def _int(options: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = options[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}") from None
+    if isinstance(value, bool) or number < minimum:
+        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}")
+    return number
+
+
+def _choices(options: Mapping[str, Any], key: str, valid: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in str(options[key]).split(",") if n.strip())
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise InputError(f"option {key}={options[key]!r}: unknown {', '.join(bad) or '(empty)'}; "
+                         f"valid: a comma list of {', '.join(valid)}")
+    return names
+
+
+def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDatasetOptions:
+    merged = dict(MetaDatasetSuite.options) | dict(options)
+    unknown = sorted(set(merged) - set(MetaDatasetSuite.options))
+    if unknown:
+        raise InputError(f"unknown meta_dataset option(s) {', '.join(unknown)}; valid: {', '.join(MetaDatasetSuite.options)}")
+    records_text = str(merged["records"]).strip()
+    records = Path(records_text) if records_text else data_root
+    sources_text = str(merged["sources"]).strip()
+    sources = None if sources_text in ("", "all") else tuple(s.strip() for s in sources_text.split(",") if s.strip())
+    split = str(merged["split"]).strip().upper()
+    if split not in SPLIT_NAMES:
+        raise InputError(f"option split={merged['split']!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    mode = str(merged["mode"]).strip()
+    if mode not in MODES:
+        raise InputError(f"option mode={mode!r}: expected one of {', '.join(MODES)}")
+    image_size = str(merged["image_size"]).strip().lower()
+    if image_size != "auto" and not (image_size.isdigit() and int(image_size) >= 8):
+        raise InputError(f"option image_size={merged['image_size']!r}: expected auto or a size in pixels (84, 126, 224...)")
+    distance = str(merged["distance"]).strip()
+    if distance not in DISTANCES:
+        raise InputError(f"option distance={distance!r}: expected one of {', '.join(DISTANCES)}")
+    return MetaDatasetOptions(
+        records=records,
+        sources=sources,
+        split=split,
+        mode=mode,
+        probes=_choices(merged, "probes", PROBE_NAMES),
+        distance=distance,
+        episodes=_int(merged, "episodes", 1),
+        shots=_choices(merged, "shots", SHOTS),
+        image_size=image_size,
+        episode_seed=_int(merged, "episode_seed", 0),
+        batch_size=_int(merged, "batch_size", 1),
+        linear_epochs=_int(merged, "linear_epochs", 1),
+        linear_max_per_class=_int(merged, "linear_max_per_class", 0),
+        device=str(merged["device"]).strip(),
+    )
+
+
+def records_dir(opts: MetaDatasetOptions) -> Path:
+    if opts.embedded:
+        from transfer.meta_dataset.embedded import embedded_records
+
+        return embedded_records()
+    return opts.records
+
+
+def _usable(spec, opts: MetaDatasetOptions) -> str | None:
+    """Why the source cannot be evaluated with these options, or None."""
+    if opts.mode == "linear":
+        return None
+    classes = spec.classes(opts.split)
+    if len(classes) < 5:
+        return f"its {opts.split} split has {len(classes)} classes, fewer than the 5 an episode needs"
+    return None
+
+
+def selected_sources(opts: MetaDatasetOptions, strict: bool = True) -> tuple[list[str], list[str]]:
+    """(source names to evaluate, notes on sources left out because their split cannot make episodes)."""
+    from transfer.meta_dataset.embedded import EMBEDDED_SOURCE
+    from transfer.meta_dataset.spec import SpecError, find_sources, load_spec
+
+    if opts.embedded:
+        names = [EMBEDDED_SOURCE]
+        if opts.sources and set(opts.sources) != {EMBEDDED_SOURCE}:
+            raise InputError(f"option sources={','.join(opts.sources)}: the embedded records hold only {EMBEDDED_SOURCE!r}; "
+                             "pass records=DIR (or --data-root) for real Meta-Dataset sources")
+        return names, []
+    try:
+        folders = find_sources(opts.records)
+    except SpecError as error:
+        raise InputError(str(error)) from None
+    found = [f.name for f in folders]
+    if opts.sources:
+        missing = [s for s in opts.sources if s not in found]
+        if missing:
+            raise InputError(f"{opts.records}: no source folder(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
+        candidates = list(opts.sources)
+    else:
+        candidates = found
+    if not candidates:
+        raise InputError(f"{opts.records}: no source folders (expected <records>/<source>/dataset_spec.json)")
+    names, notes = [], []
+    for name in candidates:
+        try:
+            spec = load_spec(opts.records / name)
+        except SpecError as error:
+            raise InputError(str(error)) from None
+        reason = _usable(spec, opts)
+        if reason is None:
+            names.append(name)
+        elif opts.sources and strict:
+            raise InputError(f"{opts.records / name}: cannot evaluate source {name}: {reason}")
+        else:
+            notes.append(f"{name} not evaluated: {reason}")
+    if not names:
+        raise InputError(f"{opts.records}: no source can be evaluated on split {opts.split}: " + "; ".join(notes))
+    return names, notes
+
+
+def episodes_file(shared_dir: Path, source: str, opts: MetaDatasetOptions, shots: str, fingerprint: str) -> Path:
+    name = f"{source}-{opts.split}-{shots}-seed{opts.episode_seed}-n{opts.episodes}-{fingerprint}.json"
+    return Path(shared_dir) / "episodes" / name
+
+
+def linear_file(shared_dir: Path, source: str, opts: MetaDatasetOptions, fingerprint: str) -> Path:
+    name = f"{source}-seed{opts.episode_seed}-max{opts.linear_max_per_class}-{fingerprint}.json"
+    return Path(shared_dir) / "linear_splits" / name
+
+
+class MetaDatasetSuite(Suite):
+    name = "meta_dataset"
+    protocol_version = "1"
+    options = {
+        "records": "",  # folder of converted sources; empty: --data-root, else the embedded digits source
+        "sources": "all",  # comma list of source folder names
+        "split": "TEST",  # episodic mode: the split episodes are drawn from
+        "mode": "episodic",  # episodic (few-shot probes) or linear (the Ring paper's per-source linear head)
+        "probes": "ncc,logreg",  # comma list of ncc, logreg, sgd
+        "distance": "cosine",  # ncc scores: cosine or euclidean
+        "episodes": 600,
+        "shots": "variable",  # comma list of variable, 5w1s, 5w5s
+        "image_size": "auto",  # auto: the checkpoint's size if 84/126/224 (or on the embedded source), else 84
+        "episode_seed": 0,  # seeds the episodes and the linear split (shared by every checkpoint)
+        "batch_size": 128,  # feature extraction batch
+        "linear_epochs": 100,
+        "linear_max_per_class": 0,  # linear mode: cap images per class (0 = all)
+        "device": "",  # empty: cuda when available
+    }
+
+    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+        opts = parse_options(options, data_root)
+        names, _ = selected_sources(opts)
+        records_label = "embedded" if opts.embedded else str(opts.records)
+        tasks = []
+        for source in names:
+            if opts.mode == "linear":
+                tasks.append(Task(f"{source}/linear", {"source": source, "mode": "linear", "records": records_label}))
+                continue
+            for shots in opts.shots:
+                name = source if shots == "variable" else f"{source}/{shots}"
+                tasks.append(Task(name, {"source": source, "mode": "episodic", "split": opts.split, "shots": shots,
+                                         "records": records_label}))
+        return tasks
+
+    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, load_encoder
+        from transfer.meta_dataset.checker import check_source
+        from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
+        from transfer.meta_dataset.records import RecordError
+        from transfer.meta_dataset.spec import SPLITS, SpecError
+
+        opts = parse_options(options, data_root)
+        if not opts.embedded and not opts.records.is_dir():
+            raise InputError(f"{opts.records}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
+        root = records_dir(opts)
+        opts = parse_options(dict(options) | {"records": str(root)}, None)
+        names, notes = selected_sources(opts)
+        for note in notes:
+            print(f"meta_dataset: {note}", file=sys.stderr)
+        splits = SPLITS if opts.mode == "linear" else (opts.split,)
+        for source in names:
+            try:
+                spec = check_source(root / source, splits=splits, full=False)
+                if opts.mode == "episodic":
+                    for shots in opts.shots:
+                        EpisodeSampler(spec, opts.split, shots, seed=opts.episode_seed)
+            except (SpecError, RecordError) as error:
+                raise InputError(str(error)) from None
+            except EpisodeError as error:
+                raise InputError(f"{root / source}: {error}") from None
+        for path in checkpoints:
+            try:
+                load_encoder(path)
+            except CheckpointError as error:
+                raise InputError(str(error)) from None
+
+    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
+        from transfer.meta_dataset.episodes import EpisodeSet, draw_episodes, linear_split
+        from transfer.meta_dataset.evaluate import spec_fingerprint
+        from transfer.meta_dataset.spec import load_spec
+
+        opts = parse_options(options, data_root)
+        root = records_dir(opts)
+        opts = parse_options(dict(options) | {"records": str(root)}, None)
+        names, _ = selected_sources(opts)
+        for source in names:
+            spec = load_spec(root / source)
+            fingerprint = spec_fingerprint(spec)
+            if opts.mode == "linear":
+                path = linear_file(shared_dir, source, opts, fingerprint)
+                if not path.is_file():
+                    split = linear_split(spec, opts.episode_seed, max_per_class=opts.linear_max_per_class)
+                    _write_json(path, {"source": source, "seed": opts.episode_seed, **split})
+                continue
+            for shots in opts.shots:
+                path = episodes_file(shared_dir, source, opts, shots, fingerprint)
+                if path.is_file():
+                    EpisodeSet.load(path)  # drawn earlier for the same spec, seed and count: reuse
+                    continue
+                draw_episodes(spec, opts.split, shots, opts.episodes, opts.episode_seed).save(path)
+
+    def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        import numpy as np
+
+        from pretrain.checkpoint import load_encoder
+        from transfer.features import FeatureCache, pick_device
+        from transfer.meta_dataset import evaluate
+        from transfer.meta_dataset.episodes import EpisodeSet
+        from transfer.meta_dataset.spec import load_spec
+
+        opts = parse_options(cell.options, cell.data_root)
+        root = records_dir(opts)
+        source = cell.task.params["source"]
+        spec = load_spec(root / source)
+        fingerprint = evaluate.spec_fingerprint(spec)
+        encoder = load_encoder(cell.checkpoint)
+        size, size_rule = evaluate.resolve_image_size(opts.image_size, int(encoder.metadata["image_size"]), opts.embedded)
+        device = pick_device(opts.device or None)
+        cache = FeatureCache(evaluate.feature_cache_root(cell.shared_dir))
+        info: dict[str, Any] = {
+            "source": source,
+            "schema": spec.schema,
+            "records": "embedded digits" if opts.embedded else str(root),
+            "image_size": size,
+            "image_size_rule": size_rule,
+            "preprocessing": evaluate.PREPROCESSING,
+            "device": str(device),
+        }
+        started = time.perf_counter()
+        if cell.task.params["mode"] == "linear":
+            path = linear_file(cell.shared_dir, source, opts, fingerprint)
+            split = _read_json(path, "linear split")
+            train = evaluate.source_features(encoder, spec, [tuple(p) for p in split["train"]], size, cache, device, opts.batch_size)
+            test = evaluate.source_features(encoder, spec, [tuple(p) for p in split["test"]], size, cache, device, opts.batch_size)
+            correct = evaluate.run_linear(train, test, seed=cell.seed, epochs=opts.linear_epochs, device=device)
+            ids = [f"{source}/{c}/{r}" for c, r in test.images]
+            info |= {"protocol": "linear: SGD lr 0.01, momentum 0.9, wd 1e-5, batch 256, frozen pooled features, "
+                                 f"{opts.linear_epochs} epochs, per-class 80/20 split (seed {opts.episode_seed})",
+                     "train_images": len(train.images), "test_images": len(test.images),
+                     "classes": len({c for c, _ in test.images}),
+                     "feature_seconds": round(train.seconds + test.seconds, 3)}
+            metrics = {"acc/linear": Metric.from_samples(correct * 100.0, ids)}
+        else:
+            shots = cell.task.params["shots"]
+            path = episodes_file(cell.shared_dir, source, opts, shots, fingerprint)
+            episode_set = EpisodeSet.load(path) if path.is_file() else None
+            if episode_set is None:
+                raise InputError(f"{path}: episode list missing; Suite.prepare draws it before the cells run")
+            table = evaluate.source_features(encoder, spec, episode_set.used_images(), size, cache, device, opts.batch_size)
+            accuracies, probe_seconds = evaluate.run_episodes(table, episode_set, opts.probes, opts.distance, device, cell.seed)
+            ids = episode_set.episode_ids()
+            metrics = {f"acc/{probe}": Metric.from_samples(acc * 100.0, ids) for probe, acc in accuracies.items()}
+            episodes = episode_set.episodes
+            info |= {
+                "split": opts.split,
+                "shots": shots,
+                "episodes": len(episodes),
+                "episode_seed": opts.episode_seed,
+                "mean_way": float(np.mean([e.way for e in episodes])),
+                "mean_support": float(np.mean([e.support_size() for e in episodes])),
+                "mean_query": float(np.mean([sum(len(q) for q in e.query) for e in episodes])),
+                "excluded_classes": episode_set.excluded_classes,
+                "probes": {"ncc": f"nearest centroid, {opts.distance}",
+                           "logreg": "multinomial L-BFGS on L2-normalised features, C=10",
+                           "sgd": "linear head, SGD 100 epochs (Closer Look baseline)"},
+                "images_embedded": len(table.images),
+                "feature_seconds": round(table.seconds, 3),
+                "features_cached": table.cached,
+                "probe_seconds": round(probe_seconds, 3),
+            }
+        info["seconds"] = round(time.perf_counter() - started, 3)
+        return CellOutput(metrics=metrics, info=info)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    tmp.replace(path)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    import json
+
+    if not path.is_file():
+        raise InputError(f"{path}: {what} missing; Suite.prepare writes it before the cells run")
+    return json.loads(path.read_text())
