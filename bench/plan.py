@@ -167,6 +167,7 @@ def build_plan(
     data_root: Path | None = None,
     seeds: Sequence[int] | None = None,
     identities: Mapping[Path, dict[str, Any]] | None = None,
+    task_names: Sequence[str] | None = None,
 ) -> Plan:
     """Validate everything that can be checked up front and expand checkpoint x task x seed."""
     options = parse_options(suite, option_pairs)
@@ -188,6 +189,12 @@ def build_plan(
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise InputError(f"suite {suite.name} lists a task name twice: {sorted({n for n in names if names.count(n) > 1})}")
+    if task_names:
+        unknown = [name for name in task_names if name not in names]
+        if unknown:
+            raise InputError(f"unknown task(s) {', '.join(map(repr, unknown))} for suite {suite.name} with these "
+                             f"options; valid tasks: {', '.join(names)}")
+        tasks = [task for task in tasks if task.name in set(task_names)]
     identities = dict(identities or {})
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="cells running at once (SLURM: slurm_array_parallelism; local: processes)")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
+    parser.add_argument("--tasks", default=None, metavar="NAMES",
+                        help="comma list: run only these tasks of the suite (default: all)")
     parser.add_argument("--seeds", default=None, help="comma list of seeds (default: the suite's default_seeds)")
     parser.add_argument("--resource", action="append", default=[], metavar="[PROFILE.]KEY=VALUE",
                         help="override a resource profile, e.g. eval.gpus=2, pretrain.partition=big, timeout_min=30")
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"--then {later.name}: that suite evaluates no checkpoint")
         plan_start = time.time()
         plan = build_plan(args.suite, suite, results_root=results_root, option_pairs=args.overrides,
-                          checkpoint_specs=args.checkpoints, data_root=args.data_root, seeds=parse_seeds(args.seeds))
+                          checkpoint_specs=args.checkpoints, data_root=args.data_root, seeds=parse_seeds(args.seeds),
+                          task_names=[t.strip() for t in (args.tasks or "").split(",") if t.strip()] or None)
         plan_seconds = time.time() - plan_start
         if args.dry_run:
             from bench.runner import describe_plan

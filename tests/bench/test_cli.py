@@ -53,6 +53,8 @@ def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, encoder_pair, ben
     (["--suite", "knn", "--checkpoints", "/nonexistent/*.pt"], "matches no file"),
     (["--suite", "selftest", "--resource", "eval.gpu=2"], "unknown key 'gpu'; valid keys: gpus"),
     (["--suite", "selftest", "--executor", "local", "--no-wait"], "--no-wait needs the slurm executor"),
+    (["--suite", "selftest", "--tasks", "probe0001,probe9"], "unknown task(s) 'probe9' for suite selftest with these "
+                                                             "options; valid tasks: probe0000, probe0001"),
 ])
 def test_user_errors_exit_2_with_one_clean_paragraph(tmp_path, bench_env, encoder_pair, args, message):
     if "--checkpoints" not in args and args[1] == "knn":
