@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import write_encoder
 
 from bench.run import main as bench_run
+from pretrain.checkpoint import load_encoder
+from transfer.features import FeatureCache
+from transfer.linear.protocol import cached_features, compute_features, open_linear_split
 
 
 @pytest.mark.slow
@@ -20,8 +24,10 @@ def test_paper_and_fast_protocols_through_the_local_executor(tmp_path, monkeypat
     results = tmp_path / "results"
     common = ["--suite", "linear", "--executor", "local", "--checkpoints", f"{nce},{ring}", "--results", str(results),
               "--no-progress"]
-    assert bench_run(common + ["epochs=1", "--no-leaderboard"]) == 0
-    assert bench_run(common + ["protocol=fast"]) == 0
+    # fast first, two tasks per cell: each task extracts half of every split, rank 0 merges and fits
+    two_tasks = ["--resource", "linear.tasks_per_node=2", "--resource", "linear.gpus=0"]
+    assert bench_run(common + two_tasks + ["protocol=fast", "--no-leaderboard"]) == 0
+    assert bench_run(common + ["epochs=1"]) == 0
     stored = [json.loads(path.read_text()) for path in sorted((results / "linear" / "cells").glob("*/result.json"))]
     assert sorted((r["task"]["name"], r["checkpoint"]["sampler"]) for r in stored) == [
         ("digits/fast", "nce"), ("digits/fast", "ring"), ("digits/paper-1ep", "nce"), ("digits/paper-1ep", "ring")]
@@ -33,11 +39,19 @@ def test_paper_and_fast_protocols_through_the_local_executor(tmp_path, monkeypat
         assert result["info"]["protocol"] == result["task"]["params"]["protocol"]
         if result["info"]["protocol"] == "fast":
             assert linear["mean"] > 50.0
+            assert result["info"]["world_size"] == 2
         else:  # one epoch is 6 SGD steps at lr 0.01: too few to learn, but the run is complete
             assert result["info"]["paper"]["epochs_run"] == 1 and result["info"]["paper"]["final_train_loss"] > 0
-    # the fast cells found the features the paper cells had extracted (test split) or extracted them once
-    fast = [r for r in stored if r["task"]["params"]["protocol"] == "fast"]
-    assert all(r["info"]["features_test_cached"] for r in fast)
+            assert result["info"]["world_size"] == 1
+        # the paper cells read the features the sharded fast cells merged
+        assert result["info"]["features_test_cached"] and result["info"]["features_train_cached"]
+    # the merged shards are the features a single process extracts
+    encoder = load_encoder(nce)
+    images = open_linear_split("digits", None, "test", encoder.metadata["image_size"])
+    cache = FeatureCache(results / "linear" / "shared" / "features")
+    merged = cached_features(encoder, images, "digits", "test", cache, "cpu", source="embedded")
+    assert cache.misses == 0
+    np.testing.assert_allclose(merged, compute_features(encoder, images, "cpu"), rtol=1e-4, atol=1e-5)
     # the leaderboard pairs Ring with its NCE twin image by image (exact sign test = McNemar here)
     import pandas as pd
 
@@ -48,5 +62,5 @@ def test_paper_and_fast_protocols_through_the_local_executor(tmp_path, monkeypat
     assert (paired["n"] == 360).all()
     assert paired["p_sign"].between(0, 1).all()
     # a second run keeps every stored cell
-    assert bench_run(common + ["protocol=fast", "--no-leaderboard"]) == 0
+    assert bench_run(common + two_tasks + ["protocol=fast", "--no-leaderboard"]) == 0
     assert len(list((results / "linear" / "cells").glob("*/result.json"))) == 4
