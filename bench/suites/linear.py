@@ -94,7 +94,7 @@ class LinearOptions:
         datasets_text = str(merged["datasets"]).strip()
         datasets = None
         if datasets_text != "auto":
-            datasets = tuple(name.strip() for name in datasets_text.split(",") if name.strip())
+            datasets = tuple(dict.fromkeys(name.strip() for name in datasets_text.split(",") if name.strip()))
             bad = [name for name in datasets if name not in DATASETS]
             if bad or not datasets:
                 raise InputError(f"option datasets={datasets_text!r}: unknown {', '.join(bad) or '(empty)'}; "
@@ -108,6 +108,9 @@ class LinearOptions:
             fast_iters=_as_int(merged["fast_iters"], "fast_iters", 1),
             imagenet_classes=_as_int(merged["imagenet_classes"], "imagenet_classes", 2),
         )
+
+
+_REPORTED_ABSENT: set[tuple[Path, tuple[str, ...]]] = set()
 
 
 def found_datasets(data_root: Path) -> list[str]:
@@ -133,7 +136,8 @@ def selected_datasets(opts: LinearOptions, data_root: Path | None) -> list[str]:
         raise InputError(f"--data-root {data_root} holds none of the linear datasets; expected one or more of: "
                          + "; ".join(DATASETS[name].layout for name in REAL_DATASETS))
     absent = [name for name in REAL_DATASETS if name not in found]
-    if absent:
+    if absent and (data_root, tuple(absent)) not in _REPORTED_ABSENT:
+        _REPORTED_ABSENT.add((data_root, tuple(absent)))  # check() and the plan both list the tasks
         print(f"linear: datasets=auto evaluates {', '.join(found)}; not found under {data_root}: {', '.join(absent)}",
               file=sys.stderr)
     return found
