@@ -6,7 +6,8 @@ paper  the released Ring code's protocol (ring.md section 3.1): frozen encoder i
        pretraining augmentation and runs them through the encoder; top-1 on the test split with
        the test transform.
 fast   features extracted once without augmentation and cached; the same linear layer fitted on
-       the cache by full-batch L-BFGS (standardised features, the same weight decay).
+       the cache by full-batch L-BFGS (standardised features, the same weight decay, at most
+       100 iterations by default, closed-form gradient; on the GPU when there is one).
 knn    weighted kNN on the same cached features (k 200, temperature 0.07, cosine).
 
 Both linear protocols evaluate on the same cached test features, so per-image correctness lines
@@ -33,7 +34,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from transfer.features import FeatureCache, extract_features, pick_device
+from transfer.features import FeatureCache, cache_key, extract_features, pick_device
 
 PROTOCOLS = ("paper", "fast")
 FEATURES_VERSION = "linear-eval-transform-v1"  # bump when the evaluation transform changes
@@ -230,18 +231,12 @@ def cached_features(
     """Evaluation-transform features from the cache, extracted on a miss (once, under a file lock).
     `source` (e.g. the data root) keeps equally named datasets from different folders apart."""
     parts = feature_cache_parts(encoder, dataset, dataset_name, split, source)
-    key_path = cache.path(_cache_key(parts))
+    key_path = cache.path(cache_key(**parts))
     with _file_lock(key_path.with_suffix(".lock")):
         return cache.get_or_compute(
             parts,
             lambda: compute_features(encoder, dataset, device, batch_size, workers, desc=f"{dataset_name}/{split}"),
         )
-
-
-def _cache_key(parts: dict[str, Any]) -> str:
-    from transfer.features import cache_key
-
-    return cache_key(**parts)
 
 
 # ---------------------------------------------------------------------------------------------
