@@ -73,11 +73,18 @@ class CocoDetOptions:
         return cls(engine, tasks, recipe, scale, batch, max_iter)
 
 
+def is_embedded(data_root: Path | None) -> bool:
+    """No --data-root, or a --data-root holding a built embedded digits set (small tests and benchmarks)."""
+    from transfer.detection.embedded import MARKER
+
+    return data_root is None or (Path(data_root) / MARKER).is_file()
+
+
 def _engine_for(opts: CocoDetOptions, data_root: Path | None) -> str:
     from transfer.detection.engines import DETECTRON2_INSTALL_HINT, resolve_engine
 
     try:
-        return resolve_engine(opts.engine, embedded=data_root is None)
+        return resolve_engine(opts.engine, embedded=is_embedded(data_root))
     except ModuleNotFoundError:
         raise InputError(f"coco_det: engine=detectron2 but detectron2 is not importable here. {DETECTRON2_INSTALL_HINT}") from None
 
@@ -145,7 +152,7 @@ class CocoDetSuite(Suite):
         engine = _engine_for(opts, data_root)
         if opts.recipe == "c4" and engine != "detectron2":
             raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
-        dataset = "digits" if data_root is None else "coco2017"
+        dataset = "digits" if is_embedded(data_root) else "coco2017"
         tasks = []
         for name in opts.tasks:
             try:
@@ -161,7 +168,7 @@ class CocoDetSuite(Suite):
                 "ims_per_batch": opts.ims_per_batch,
                 "max_iter": opts.max_iter,
             }
-            profile = "detection" if data_root is not None else "cpu"
+            profile = "cpu" if dataset == "digits" else "detection"
             label = name if opts.recipe == "fpn" else f"{name}_c4"
             tasks.append(Task(name=f"{dataset}/{label}", params=params, profile=profile))
         return tasks
@@ -226,10 +233,9 @@ class CocoDetSuite(Suite):
         task, engine = params["task"], params["engine"]
         if cell.data_root is None:
             root = build_embedded_coco(Path(cell.shared_dir) / EMBEDDED_DIR)  # no-op when prepare() built it
-            protocol = embedded_protocol(task)
         else:
             root = resolve_coco_root(cell.data_root)
-            protocol = coco_protocol(task)
+        protocol = embedded_protocol(task) if params["dataset"] == "digits" else coco_protocol(task)
         kind = TASK_KINDS[task]
         train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
         summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
@@ -266,7 +272,7 @@ class CocoDetSuite(Suite):
             keypoint_oks_sigmas=tuple(summary.keypoint_oks_sigmas),
             precise_bn_iters=protocol.precise_bn_iters,
         )
-        stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]))
+        stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)
         if engine == "detectron2":
             from transfer.detection.convert import convert_checkpoint_to_detectron2

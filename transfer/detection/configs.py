@@ -304,11 +304,14 @@ def write_config(config: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def describe_schedule(schedule: Schedule, reference: Schedule, length_scale: float) -> str:
+def describe_schedule(schedule: Schedule, reference: Schedule, length_scale: float, max_iter_override: int = 0) -> str:
     """The stated scaling, e.g. for logs and result info."""
     factor = schedule.ims_per_batch / reference.ims_per_batch
+    if max_iter_override:
+        iterations = f"{schedule.max_iter} iterations (max_iter={max_iter_override})"
+    else:
+        iterations = f"{schedule.max_iter} iterations = {reference.max_iter} x {length_scale:g} / {factor:g}"
     return (
         f"batch {schedule.ims_per_batch} (reference {reference.ims_per_batch}): lr {reference.base_lr:g} x {factor:g} = "
-        f"{schedule.base_lr:g}; {schedule.max_iter} iterations = {reference.max_iter} x {length_scale:g} / {factor:g}; "
-        f"steps {list(schedule.steps)}; warmup {schedule.warmup_iters}"
+        f"{schedule.base_lr:g}; {iterations}; steps {list(schedule.steps)}; warmup {schedule.warmup_iters}"
     )

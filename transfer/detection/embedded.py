@@ -1,7 +1,7 @@
 """The embedded detection dataset: a real COCO 2017-layout dataset made from scikit-learn's digits.
 
-Each canvas (96 x 96 px by default) holds 2-4 non-overlapping digits upscaled 3-5x (24-40 px), on a dark
-noisy background. Per digit it records
+Each canvas (96 x 96 px by default) holds 2-4 non-overlapping digits upscaled 3-5x (24-40 px, bilinear),
+in the embedded encoders' pretraining colours (yellow strokes on a blue, slightly noisy background). Per digit it records
 - a box and a category (ten classes, "zero" ... "nine") in instances_{train,val}2017.json,
 - polygon masks traced around the digit's pixels (ink above a threshold, holes filled, one polygon per
   4-connected part), and
@@ -32,8 +32,14 @@ MARKER = "ringbench_embedded.json"
 
 
 def default_parameters(canvas: int = 96, train_images: int = 512, val_images: int = 128, seed: int = 0) -> dict[str, Any]:
+    from pretrain.data import DIGITS_BACKGROUND, DIGITS_STROKE
+
     return {
         "version": EMBEDDED_VERSION,
+        # The pretraining colours of the embedded encoders (yellow strokes on blue), so the detection
+        # images come from the domain the encoders were pretrained on.
+        "background_rgb": [float(v) for v in DIGITS_BACKGROUND],
+        "stroke_rgb": [float(v) for v in DIGITS_STROKE],
         "canvas": canvas,
         "train_images": train_images,
         "val_images": val_images,
@@ -129,6 +135,14 @@ def _digit_instance(digit: np.ndarray, scale: int, left: int, top: int) -> dict[
     return {"segmentation": polygons, "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "keypoints": keypoints}
 
 
+def _upscale(intensity: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upscaling, as the pretraining images are rendered."""
+    import torch
+
+    tensor = torch.from_numpy(intensity.astype(np.float32))[None, None]
+    return torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+
+
 def _render_split(
     split: str, digit_images: np.ndarray, digit_labels: np.ndarray, count: int, params: dict[str, Any], root: Path, rng: np.random.Generator
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -142,7 +156,7 @@ def _render_split(
     ann_id = 1
     for image_index in range(count):
         image_id = image_index + 1
-        pixels = rng.normal(0.08, 0.03, size=(canvas, canvas)).clip(0, 1)
+        pixels = rng.normal(0.04, 0.03, size=(canvas, canvas)).clip(0, 1)  # ink intensity, 0 = background
         placed: list[tuple[int, int, int, int]] = []
         wanted = int(rng.integers(params["digits_per_image"][0], params["digits_per_image"][1] + 1))
         attempts = 0
@@ -159,9 +173,9 @@ def _render_split(
             if instance is None:
                 continue
             placed.append((left, top, left + size, top + size))
-            brightness = rng.uniform(0.75, 1.0)
+            brightness = rng.uniform(0.8, 1.0)
             pixels[top : top + size, left : left + size] = np.maximum(
-                pixels[top : top + size, left : left + size], np.kron(digit / 16.0, np.ones((scale, scale))) * brightness
+                pixels[top : top + size, left : left + size], _upscale(digit / 16.0, size) * brightness
             )
             rles = mask_utils.frPyObjects(instance["segmentation"], canvas, canvas)
             area = float(mask_utils.area(mask_utils.merge(rles)))
@@ -172,7 +186,8 @@ def _render_split(
             )
             ann_id += 1
         file_name = f"{image_id:06d}.png"
-        rgb = (np.repeat(pixels[:, :, None], 3, axis=2) * 255).round().astype(np.uint8)
+        background, stroke = np.asarray(params["background_rgb"]), np.asarray(params["stroke_rgb"])
+        rgb = (background + pixels[:, :, None] * (stroke - background)).round().clip(0, 255).astype(np.uint8)
         Image.fromarray(rgb).save(image_dir / file_name)
         images.append({"id": image_id, "file_name": file_name, "height": canvas, "width": canvas})
     info = {"description": f"RingBench embedded digits COCO ({split})", "version": str(EMBEDDED_VERSION)}

@@ -1,0 +1,104 @@
+"""The coco_det suite: options, up-front refusals, the random control, and a run through bench.run."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bench.suite import InputError
+from bench.suites.coco_det import CocoDetSuite, random_control_encoder
+from tests.bench.conftest import run_bench
+from tests.transfer.detection.conftest import make_encoder
+from transfer.detection.engines import detectron2_available
+
+
+def options(**overrides):
+    return dict(CocoDetSuite.options) | overrides
+
+
+def test_embedded_tasks_use_torchvision():
+    tasks = CocoDetSuite().tasks(options(), None)
+    assert [t.name for t in tasks] == ["digits/mask_rcnn", "digits/keypoint_rcnn"]
+    assert {t.params["engine"] for t in tasks} == {"torchvision"}
+    assert {t.profile for t in tasks} == {"cpu"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tasks": "mask_rcnn,panoptic"}, r"unknown panoptic; valid: mask_rcnn, keypoint_rcnn"),
+        ({"engine": "mmdet"}, r"engine='mmdet': expected one of auto, detectron2, torchvision"),
+        ({"recipe": "c5"}, r"recipe='c5'"),
+        ({"schedule_scale": 0.0}, r"schedule_scale=0.0: expected a number > 0"),
+        ({"recipe": "c4", "engine": "torchvision"}, r"recipe=c4 .* runs on Detectron2 only"),
+        ({"max_iter": -1}, r"must be >= 0"),
+    ],
+)
+def test_bad_options_are_refused(overrides, message):
+    with pytest.raises(InputError, match=message):
+        CocoDetSuite().tasks(options(**overrides), None)
+
+
+@pytest.mark.skipif(detectron2_available(), reason="checks the message shown when detectron2 is absent")
+def test_detectron2_asked_for_but_absent_says_how_to_install():
+    with pytest.raises(InputError, match=r"detectron2 is not importable.*install it from source.*--no-build-isolation"):
+        CocoDetSuite().tasks(options(engine="detectron2"), None)
+
+
+def test_check_refuses_bad_checkpoints_and_data(tmp_path, encoder_r18, encoder_cifar, small_coco):
+    suite = CocoDetSuite()
+    suite.check(options(), small_coco, [encoder_r18])  # the small embedded set under --data-root is valid
+    with pytest.raises(InputError, match=r"cifar stem .* needs the ImageNet stem"):
+        suite.check(options(), None, [encoder_cifar])
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match=r"checkpoint refused: .*broken.pt"):
+        suite.check(options(), None, [broken])
+    with pytest.raises(InputError, match=r"missing COCO 2017 files"):
+        suite.check(options(), tmp_path, [encoder_r18])
+
+
+def test_random_control_encoder(tmp_path, monkeypatch, encoder_r18):
+    from pretrain.checkpoint import load_encoder
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    path = random_control_encoder(encoder_r18)
+    control = load_encoder(path)
+    reference = load_encoder(encoder_r18)
+    assert control.metadata["method"] == "random" and control.metadata["epochs"] == 0
+    assert control.metadata["mean"] == reference.metadata["mean"] and control.metadata["stem"] == "imagenet"
+    assert random_control_encoder(encoder_r18) == path  # built once
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "other"))
+    again = load_encoder(random_control_encoder(encoder_r18))
+    assert all((again.model.state_dict()[k] == v).all() for k, v in control.model.state_dict().items())  # seeded
+
+
+@pytest.mark.slow
+def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco, monkeypatch):
+    import os
+
+    from tests.bench.conftest import REPO
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    bench_env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    bench_env.pop("RINGBENCH_RESULTS", None)
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    pair = [make_encoder(folder / "nce.pt", sampler="nce", seed=0), make_encoder(folder / "ring.pt", sampler="ring", seed=0)]
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "coco_det", "--checkpoints", ",".join(map(str, pair)), "--data-root", str(small_coco),
+                     "--executor", "local", "--results", str(results), "--no-progress", "max_iter=2"], bench_env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(results / "coco_det.csv")
+    assert set(table["task"]) == {"digits/mask_rcnn", "digits/keypoint_rcnn"}
+    assert {"bbox/AP", "segm/AP", "keypoints/AP"} <= set(table["metric"])
+    assert table["mean"].between(0, 100).all()
+    segm = table[(table["metric"] == "segm/AP")]
+    assert set(segm["n"]) == {10}  # per-category APs of the ten digit classes are the samples
+    paired = pd.read_csv(results / "coco_det_paired.csv")
+    assert {"bbox/AP", "segm/AP", "keypoints/AP"} <= set(paired["metric"])
+    stored = [json.loads(path.read_text()) for path in (results / "coco_det" / "cells").glob("*/result.json")]
+    assert len(stored) == 4 and {r["engine"] for r in stored} == {"torchvision"}
+    assert all("2 iterations (max_iter=2)" in r["info"]["schedule_stated"] for r in stored)
