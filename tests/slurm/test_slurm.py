@@ -138,3 +138,15 @@ def test_knn_suite_runs_on_the_local_cluster(tmp_path, encoder_pair, bench_env):
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(results / "knn.csv")
     assert len(table) == 2 and set(table["n"]) == {360} and (table["mean"] > 30).all()
+
+
+@pytest.mark.slow
+def test_pretrain_then_knn_submitted_together_with_afterok(tmp_path, bench_env):
+    from tests.bench.test_chain import TINY, check_chain
+
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "pretrain", "--then", "knn", "--executor", "slurm", "--results", str(results),
+                     "--no-progress", TINY], bench_env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(afterok)" in out.stderr
+    check_chain(results)

@@ -1,0 +1,41 @@
+"""--suite pretrain --then knn: the evaluation suite runs on the encoders the pretraining cells produce."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.bench.conftest import run_bench
+
+TINY = 'overrides={"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 32, "image_size": 8, "knn_every": 0}'
+
+
+def check_chain(results) -> None:
+    pretrain = pd.read_csv(results / "pretrain.csv")
+    assert sorted(pretrain["model"].unique()) == ["digits_default_nce", "digits_default_ring"]
+    encoders = []
+    for result_path in (results / "pretrain" / "cells").glob("*/result.json"):
+        encoder = json.loads(result_path.read_text())["info"]["encoder"]
+        assert encoder.startswith(str(result_path.parent.resolve()))  # trained inside its own cell folder
+        encoders.append(encoder)
+    knn = [json.loads(p.read_text()) for p in (results / "knn" / "cells").glob("*/result.json")]
+    assert sorted(r["checkpoint"]["path"] for r in knn) == sorted(encoders)
+    assert {r["checkpoint"]["sampler"] for r in knn} == {"nce", "ring"}
+    paired = pd.read_csv(results / "knn_paired.csv")
+    assert len(paired) == 2 and set(paired["n"]) == {360}  # the twins share method, data, epochs, seed
+
+
+@pytest.mark.slow
+def test_pretrain_then_knn_in_the_debug_executor(tmp_path, bench_env):
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "pretrain", "--then", "knn", "--executor", "debug", "--results", str(results),
+                     "--no-progress", TINY], bench_env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_chain(results)
+
+
+def test_then_is_refused_for_other_suites(tmp_path, bench_env):
+    out = run_bench(["--suite", "selftest", "--then", "knn", "--results", str(tmp_path)], bench_env)
+    assert out.returncode == 2 and "--then chains evaluation suites after --suite pretrain only" in out.stderr
