@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     chain_on_slurm = bool(then) and executor == "slurm"
     runner = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
                     wait=not args.no_wait and not chain_on_slurm, progress=not args.no_progress, stream=stream)
-    summary = runner.run()
+    try:
+        summary = runner.run()
+    except user_error_types() as error:  # a bad partition, or sbatch refusing the request
+        print(f"error: {error}", file=stream)
+        return EXIT_USER_ERROR
     print(f"{plan.suite.name}: {summary.total} cells: kept {summary.skipped_done}, submitted {summary.submitted}, "
           f"watched {summary.adopted}; planning {plan_seconds:.2f}s, submission {summary.submit_seconds:.2f}s",
           file=stream)

@@ -26,6 +26,10 @@ from slurm.profiles import ResourceProfile, get_profile
 TERMINAL = ("done", "failed")
 
 
+class SubmissionError(ValueError):
+    """The scheduler refused a submission (bad partition, account, limits); the message says why."""
+
+
 @dataclass
 class Tracked:
     planned: PlannedCell
@@ -175,6 +179,8 @@ class Runner:
 
     # ---------------------------------------------------------------- run
     def run(self) -> RunSummary:
+        for name in sorted({p.cell.task.profile for p in self.plan.cells}):
+            self.executor_for(name)  # fit every profile (and refuse a bad partition) before submitting
         done, in_flight, to_submit = self.classify()
         self.summary.skipped_done = len(done)
         self.summary.adopted = len(in_flight)
@@ -293,9 +299,14 @@ class Runner:
         submit_start = time.time()
         for profile_name, members in groups.items():
             executor = self.executor_for(profile_name)
-            with executor.batch():
-                for tracked in members:
-                    tracked.job = executor.submit(self.cell_job(tracked.planned))
+            try:
+                with executor.batch():
+                    for tracked in members:
+                        tracked.job = executor.submit(self.cell_job(tracked.planned))
+            except RuntimeError as error:  # sbatch refused (FailedJobError / FailedSubmissionError)
+                raise SubmissionError(f"sbatch refused the {profile_name!r} array of {len(members)} cell(s) "
+                                      f"({self.summary.submitted} cell(s) were submitted before): "
+                                      f"{str(error).strip()}") from None
             for tracked in members:
                 self.mark_submitted(tracked, str(tracked.job.job_id))
             self.summary.submitted += len(members)

@@ -42,6 +42,16 @@ def local_gpu_count() -> int:
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
+def slurm_partitions() -> list[str] | None:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return [p.rstrip("*") for p in out.stdout.split()]
+
+
 def slurm_node_limits(partition: str | None) -> dict[str, int] | None:
     """Largest CPUs, memory (GB) and GPUs of any node in the partition, from sinfo; None if unknown."""
     command = ["sinfo", "-h", "-N", "-o", "%c|%m|%G"]
@@ -77,6 +87,13 @@ def fit_profile(profile: ResourceProfile, executor: str, notes: list[str]) -> Re
             if profile.tasks_per_node is None:
                 changes["tasks_per_node"] = max(gpus, 1)
     elif executor == "slurm":
+        if profile.partition:
+            partitions = slurm_partitions()
+            if partitions is not None and profile.partition not in partitions:
+                from bench.suite import InputError
+
+                raise InputError(f"partition {profile.partition!r} does not exist on this cluster; "
+                                 f"partitions: {', '.join(partitions) or '(none)'}")
         limits = slurm_node_limits(profile.partition)
         if limits:
             if profile.gpus > limits["gpus"]:

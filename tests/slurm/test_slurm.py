@@ -150,3 +150,12 @@ def test_pretrain_then_knn_submitted_together_with_afterok(tmp_path, bench_env):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(afterok)" in out.stderr
     check_chain(results)
+
+
+def test_an_unknown_partition_is_refused_before_submission(tmp_path, bench_env):
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "selftest", "--executor", "slurm", "--results", str(results),
+                     "--resource", "cpu.partition=nosuch"], bench_env)
+    assert out.returncode == 2
+    assert "partition 'nosuch' does not exist on this cluster; partitions: local" in out.stderr
+    assert not list(results.rglob("submitted.json"))
