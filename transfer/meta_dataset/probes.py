@@ -3,12 +3,14 @@
 - `ncc`: nearest centroid. Prototype = mean raw support feature per class. Cosine similarity
   between query and prototype by default (URL/TSA's `cos`); `euclidean` = negative squared distance
   (Meta-Dataset's ProtoNet).
-- `logreg`: multinomial logistic regression fit on the L2-normalised support features, L-BFGS,
+- `logreg`: multinomial logistic regression fit on the support features, centred on the support
+  mean and L2-normalised (query features get the same transform), L-BFGS,
   fixed L2 penalty in scikit-learn's convention `C * sum(CE) + 0.5 * ||W||^2` with C = 10 and an
   unpenalised bias. All episodes of a chunk are solved jointly: the objective is a sum of
   independent per-episode problems (each scaled by 1 / support size), so the joint minimiser is
   every episode's own minimiser.
-- `sgd`: the "Closer Look" baseline head: a linear layer on the raw support features, SGD lr 0.01,
+- `sgd`: the "Closer Look" baseline head: a linear layer on the same centred features scaled to
+  length 10 (raw pooled features are too large for its learning rate), SGD lr 0.01,
   momentum 0.9, dampening 0.9, weight decay 1e-3, mini-batch 4, 100 epochs.
 Plus `train_linear`, the Ring paper's non-episodic linear classifier over all classes of a source.
 """
@@ -25,6 +27,7 @@ from torch.nn import functional as F
 PROBES = ("ncc", "logreg", "sgd")
 LOGREG_C = 10.0
 LOGREG_MAX_ITER = 50  # agrees with sklearn (tol 1e-4) on >99% of query predictions
+SGD_FEATURE_SCALE = 10.0
 NEG = -1e9  # logit for padded (absent) classes
 
 
@@ -99,9 +102,20 @@ def ncc_logits(batch: PaddedEpisodes, distance: str = "cosine") -> torch.Tensor:
     raise ValueError(f"unknown NCC distance {distance!r}; valid: cosine, euclidean")
 
 
+def centred_unit_features(batch: PaddedEpisodes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subtract each episode's support mean, then L2-normalise (support and query alike).
+
+    Pooled ResNet features share a large common direction (a random encoder's have cosine ~0.99);
+    without centring, a fixed L2 penalty swamps the small class differences left after normalising.
+    """
+    mask = batch.support_mask[..., None]
+    mean = (batch.support * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
+    support = F.normalize(batch.support - mean, dim=-1) * mask
+    return support.contiguous(), F.normalize(batch.query - mean, dim=-1)
+
+
 def logreg_logits(batch: PaddedEpisodes, c: float = LOGREG_C, max_iter: int = LOGREG_MAX_ITER) -> torch.Tensor:
-    support = (F.normalize(batch.support, dim=-1) * batch.support_mask[..., None]).contiguous()
-    query = F.normalize(batch.query, dim=-1)
+    support, query = centred_unit_features(batch)
     count, _, dim = support.shape
     n_max = batch.class_mask.shape[1]
     sizes = batch.support_mask.sum(1)  # (E,)
@@ -138,6 +152,10 @@ def sgd_logits(
     count, s_max, dim = batch.support.shape
     n_max = batch.class_mask.shape[1]
     device = batch.support.device
+    support, query = centred_unit_features(batch)
+    # length 10, as cosine heads scale logits by 10: raw pooled features are too large for lr 0.01
+    # (it diverges), unit-length ones too small for 100 epochs of a 1-shot support set
+    support, query = support * SGD_FEATURE_SCALE, query * SGD_FEATURE_SCALE
     generator = torch.Generator(device="cpu").manual_seed(seed)
     bound = 1.0 / dim**0.5  # nn.Linear's default initialisation
     weight = ((torch.rand(count, dim, n_max, generator=generator) * 2 - 1) * bound).to(device).requires_grad_()
@@ -160,7 +178,7 @@ def sgd_logits(
                 rows = order[:, cols]  # (E, b)
                 valid = (cols[None, :] < sizes[:, None]).float()
                 active = (step < steps).float()
-                x = torch.gather(batch.support, 1, rows[..., None].expand(-1, -1, dim))
+                x = torch.gather(support, 1, rows[..., None].expand(-1, -1, dim))
                 y = torch.gather(batch.support_labels, 1, rows)
                 logits = (torch.einsum("ebd,edn->ebn", x, weight) + bias[:, None, :]).masked_fill(absent, NEG)
                 ce = F.cross_entropy(logits.reshape(-1, n_max), y.reshape(-1), reduction="none").view(count, -1)
@@ -178,7 +196,7 @@ def sgd_logits(
                         param.sub_(lr * mask * buf)
                     started |= active.bool()
     with torch.no_grad():
-        return torch.einsum("eqd,edn->eqn", batch.query, weight) + bias[:, None, :]
+        return torch.einsum("eqd,edn->eqn", query, weight) + bias[:, None, :]
 
 
 def evaluate_probes(

@@ -1,0 +1,81 @@
+"""The meta_dataset suite: up-front checks, and end to end through bench.run's local executor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from md_fixtures import write_bilevel_source, write_encoder, write_flat_source
+
+from bench.run import main as bench_run
+from bench.suite import InputError
+from bench.suites.meta_dataset import MetaDatasetSuite
+
+
+def test_check_rejects_bad_inputs_naming_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    suite = MetaDatasetSuite()
+    encoder = write_encoder(tmp_path / "enc.pt")
+    options = dict(suite.options)
+    with pytest.raises(InputError, match="nowhere: records folder does not exist"):
+        suite.check(options | {"records": str(tmp_path / "nowhere")}, None, [encoder])
+    records = tmp_path / "records"
+    folder = write_flat_source(records, "dtd", split_counts=(0, 0, 5), images=(6, 6))
+    suite.check(options | {"records": str(records)}, None, [encoder])  # fine
+    with pytest.raises(InputError, match="option probes=.ncc,knn.: unknown knn"):
+        suite.check(options | {"records": str(records), "probes": "ncc,knn"}, None, [encoder])
+    bad_checkpoint = tmp_path / "bad.pt"
+    bad_checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="bad.pt: not a readable torch checkpoint"):
+        suite.check(options | {"records": str(records)}, None, [bad_checkpoint])
+    (folder / "3.tfrecords").write_bytes((folder / "3.tfrecords").read_bytes()[:-3])
+    with pytest.raises(InputError, match=r"dtd/3.tfrecords: record 5 at byte \d+ is truncated"):
+        suite.check(options | {"records": str(records)}, None, [encoder])
+    (records / "mscoco").mkdir()
+    with pytest.raises(InputError, match="mscoco/dataset_spec.json: no dataset_spec.json"):
+        suite.check(options | {"records": str(records)}, None, [encoder])
+    with pytest.raises(InputError, match="no source folder"):
+        suite.check(options | {"records": str(records), "sources": "fungi"}, None, [encoder])
+
+
+def test_tasks_name_sources_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    records = tmp_path / "records"
+    write_flat_source(records, "traffic_sign", split_counts=(0, 0, 6), images=(4, 4))
+    write_bilevel_source(records, write_files=False)
+    write_flat_source(records, "aircraft", split_counts=(6, 0, 0), images=(4, 4))  # no TEST classes
+    suite = MetaDatasetSuite()
+    tasks = suite.tasks(dict(suite.options) | {"records": str(records), "shots": "variable,5w1s"}, None)
+    assert [t.name for t in tasks] == ["omniglot", "omniglot/5w1s", "traffic_sign", "traffic_sign/5w1s"]
+    with pytest.raises(InputError, match="aircraft: cannot evaluate source aircraft: its TEST split has 0 classes"):
+        suite.tasks(dict(suite.options) | {"records": str(records), "sources": "aircraft"}, None)
+
+
+@pytest.mark.slow
+def test_suite_end_to_end_on_the_embedded_source_through_the_local_executor(tmp_path, monkeypatch):
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs share two cores
+    nce = write_encoder(tmp_path / "nce.pt", seed=0, sampler="nce")
+    ring = write_encoder(tmp_path / "ring.pt", seed=1, sampler="ring")
+    results = tmp_path / "results"
+    args = ["--suite", "meta_dataset", "--executor", "local", "--checkpoints", f"{nce},{ring}",
+            "--results", str(results), "--no-progress", "episodes=40"]
+    assert bench_run(args) == 0
+    stored = [json.loads(p.read_text()) for p in sorted((results / "meta_dataset" / "cells").glob("*/result.json"))]
+    assert len(stored) == 2
+    ids = None
+    for result in stored:
+        assert result["task"]["name"] == "digits"
+        info = result["info"]
+        assert info["image_size"] == 32 and "pretraining size" in info["image_size_rule"]
+        assert info["mean_way"] == 5.0 and info["episodes"] == 40
+        for probe in ("acc/ncc", "acc/logreg"):
+            metric = result["metrics"][probe]
+            assert metric["n"] == 40 and 20.0 < metric["mean"] <= 100.0  # chance is 20%
+            assert ids is None or metric["sample_ids"] == ids  # the very same episodes for both encoders
+            ids = metric["sample_ids"]
+    # the leaderboard pairs the Ring encoder with its NCE twin episode by episode
+    assert (results / "meta_dataset.csv").is_file()
+    # a second run on the same folder keeps both cells (episodes and features are reused)
+    assert bench_run(args + ["--no-leaderboard"]) == 0
+    assert len(list((results / "meta_dataset" / "cells").glob("*/result.json"))) == 2
