@@ -383,6 +383,18 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
                    allow_distributed=allow_distributed).fit()
 
 
+def check_recipe(recipe_name: str, overrides: dict | None = None) -> TrainConfig:
+    """Validate a recipe, its overrides and its dataset on disk without training (for up-front checks).
+
+    Raises ConfigError or DatasetError (both ValueError) with a message naming the bad key or path."""
+    config = recipe_config(recipe_name, overrides or {})
+    size = {"image_size": config.image_size} if config.dataset == "digits" else {}
+    open_dataset(config.dataset, config.data_root or None, PRETRAIN_SPLIT[config.dataset], **size)
+    for split in MONITOR_SPLITS[config.dataset]:
+        open_dataset(config.dataset, config.data_root or None, split, **size)
+    return config
+
+
 def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.PathLike,
                  show_progress: bool = True, allow_distributed: bool = True) -> Path:
     """Train a recipe into `out_dir` and return its encoder path; resumes from the folder's state if
