@@ -128,6 +128,16 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     return save_encoder(path, backbone, metadata)
 
 
+def cpu_threads_for_cell() -> int | None:
+    """Torch threads for a CPU cell: SLURM's cpus-per-task, one under the local executor (which runs one
+    cell per core at once, so more threads would only oversubscribe), else torch's default."""
+    if "SLURM_CPUS_PER_TASK" in os.environ:
+        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    if "SUBMITIT_LOCAL_JOB_ID" in os.environ:
+        return 1
+    return None
+
+
 class CocoDetSuite(Suite):
     name = "coco_det"
     protocol_version = "1"
@@ -249,6 +259,9 @@ class CocoDetSuite(Suite):
             schedule = replace(schedule, max_iter=total, steps=(round(total * 3 / 4), round(total * 11 / 12)),
                                warmup_iters=min(schedule.warmup_iters, total // 5))
         num_gpus = torch.cuda.device_count()
+        threads = cpu_threads_for_cell() if num_gpus == 0 else None
+        if threads:
+            torch.set_num_threads(threads)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))  # tasks of a multi-task job, one GPU each
         job = DetectionJob(
             task=task,

@@ -296,6 +296,7 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
         start = int(state["iteration"])
     log_path = job.output_dir / "metrics.jsonl"
     started = time.perf_counter()
+    cpu_started = time.process_time()
     model.train()
     smoothed: dict[str, float] = {}
     progress = tqdm(range(start, schedule.max_iter), desc=f"{job.task} train", unit="it", disable=None if rank == 0 else True)
@@ -330,6 +331,7 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
             torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1}, tmp)
             os.replace(tmp, state_file)
     train_seconds = time.perf_counter() - started
+    train_cpu_seconds = time.process_time() - cpu_started
     precise_started = time.perf_counter()
     precise_iters = precise_bn(model, batches, job.precise_bn_iters, device)
     if world_size > 1:
@@ -342,6 +344,7 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
     results = predict_coco(model, val_split, job, device)
     metrics, per_category = evaluate_coco_detailed(job.val_json, results, job.keypoint_oks_sigmas or None)
     eval_seconds = time.perf_counter() - eval_started
+    total_cpu_seconds = time.process_time() - cpu_started
     state_file.unlink(missing_ok=True)
     info = {
         "engine": "torchvision",
@@ -362,6 +365,10 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
         "train_seconds": round(train_seconds, 2),
         "precise_bn_seconds": round(eval_started - precise_started, 2),
         "eval_seconds": round(eval_seconds, 2),
+        # CPU time of this process (all its threads): a contention-free measure of the work on shared machines
+        "train_cpu_seconds": round(train_cpu_seconds, 2),
+        "total_cpu_seconds": round(total_cpu_seconds, 2),
+        "torch_threads": torch.get_num_threads(),
         "detections": {k: len(v) for k, v in results.items()},
     }
     return metrics, per_category, info
