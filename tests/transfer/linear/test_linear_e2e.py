@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_encoder
+from linear_fixtures import write_encoder
 
 from bench.run import main as bench_run
 from pretrain.checkpoint import load_encoder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_SIZE, ColourImages, PatternImages, write_encoder
+from linear_fixtures import IMAGE_SIZE, ColourImages, PatternImages, write_encoder
 
 from pretrain.checkpoint import load_encoder
 from transfer.features import FeatureCache

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from layouts import write_cifar10, write_cifar100, write_imagefolder, write_stl10
+from linear_layouts import write_cifar10, write_cifar100, write_imagefolder, write_stl10
 
 from bench.suite import Cell, InputError
 from bench.suites.linear import METRIC_KNN, METRIC_LINEAR, LinearSuite
