@@ -113,3 +113,17 @@ def test_two_task_job_rendezvous_over_env_through_the_local_executor(job_env):
     assert summary.states == {"done": 1}, (plan.store.jobs_dir, list(plan.store.jobs_dir.glob("*err")))
     info = plan.store.cell(plan.cells[0].cell_id).read_result()["info"]
     assert info["world_size"] == 2 and info["all_reduce_sum"] == 3.0
+
+
+def test_status_reports_a_cell_whose_job_vanished_as_lost(job_env, bench_env):
+    from bench.store import ResultStore, atomic_write_json
+
+    results = job_env / "results"
+    folder = ResultStore(results, "selftest").cell("0" * 20)
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    atomic_write_json(folder.submitted_path, {"time": time.time(), "executor": "local", "job_id": str(dead),
+                                              "host": __import__("socket").gethostname(), "task": "probe0000",
+                                              "seed": 0, "checkpoint": None})
+    out = run_bench(["--results", str(results)], bench_env, module="bench.status")
+    assert out.returncode == 1
+    assert f"{'0' * 20}  lost      probe0000 seed=0 job {dead}: job {dead} ended without writing a result" in out.stdout
