@@ -265,21 +265,22 @@ class Runner:
         queue = list(to_submit)
         active: list[Tracked] = list(in_flight)
         everything = to_submit + in_flight
-        submit_start = time.time()
         while queue or active:
             while queue and sum(1 for t in active if t.job is not None) < limit:
                 tracked = queue.pop(0)
                 executor = self.executor_for(tracked.planned.cell.task.profile)
+                submit_start = time.time()
                 tracked.job = executor.submit(self.cell_job(tracked.planned))
                 self.mark_submitted(tracked, str(tracked.job.job_id))
+                self.summary.submit_seconds += time.time() - submit_start
                 self.summary.submitted += 1
                 active.append(tracked)
             still = []
             for tracked in active:
                 if tracked.job is not None:
                     finished = tracked.job.done()
-                else:
-                    finished = tracked.folder.result_path.exists() or not owner_alive(tracked.owner or {}, set())
+                else:  # a cell an earlier runner's job owns: done when its result appears or its job is gone
+                    finished = tracked.folder.result_path.exists() or not self._adopted_alive(tracked)
                 if finished:
                     self._finish(tracked)
                 else:
@@ -290,7 +291,20 @@ class Runner:
             self._update_bar(everything)
             if queue or active:
                 time.sleep(self.poll_s)
-        self.summary.submit_seconds = time.time() - submit_start
+
+    _live_cache: tuple[float, set[str] | None] = (0.0, None)
+
+    def _adopted_alive(self, tracked: Tracked) -> bool:
+        owner = tracked.owner or {}
+        if owner.get("executor") != "slurm":
+            return owner_alive(owner, set())
+        checked_at, live = self._live_cache
+        if time.time() - checked_at > 3.0:
+            ids = [str(t.owner.get("job_id")) for t in self.adopted
+                   if t.owner and t.owner.get("executor") == "slurm"]
+            live = slurm_live_jobs(ids)
+            self._live_cache = (time.time(), live)
+        return owner_alive(owner, live)
 
     def submit_slurm(self, to_submit: list[Tracked]) -> None:
         groups: dict[str, list[Tracked]] = {}
@@ -392,4 +406,4 @@ def results_root_default() -> Path:
     return Path(os.environ.get("RINGBENCH_RESULTS", "results"))
 
 
-__all__ = ["Runner", "RunSummary", "describe_plan", "results_root_default", "Path"]
+__all__ = ["Runner", "RunSummary", "SubmissionError", "describe_plan", "results_root_default"]
