@@ -16,6 +16,7 @@ def tiny(method, sampler, num_samples=12):
     return build_method(method, settings, config, num_samples)
 
 
+@pytest.mark.filterwarnings("ignore::pretrain.samplers.BandWarning")  # tiny bank; warn-once is tested elsewhere
 @pytest.mark.parametrize("method,sampler", COMBINATIONS)
 def test_one_training_step(method, sampler):
     model = tiny(method, sampler)
