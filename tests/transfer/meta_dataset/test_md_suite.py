@@ -79,3 +79,41 @@ def test_suite_end_to_end_on_the_embedded_source_through_the_local_executor(tmp_
     # a second run on the same folder keeps both cells (episodes and features are reused)
     assert bench_run(args + ["--no-leaderboard"]) == 0
     assert len(list((results / "meta_dataset" / "cells").glob("*/result.json"))) == 2
+
+
+@pytest.mark.slow
+def test_episodic_omniglot_and_linear_mode_on_real_format_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    records = tmp_path / "records"
+    write_bilevel_source(records, alphabets=((5,), (), (5, 6)), images=20)
+    encoder = write_encoder(tmp_path / "enc.pt", image_size=20)
+    results = tmp_path / "results"
+    common = ["--suite", "meta_dataset", "--executor", "debug", "--checkpoints", str(encoder), "--results", str(results),
+              "--no-progress", "--no-leaderboard", f"records={records}", "image_size=24"]
+    assert bench_run(common + ["episodes=12", "shots=variable,5w1s"]) == 0
+    assert bench_run(common + ["mode=linear"]) == 0
+    stored = {json.loads(p.read_text())["task"]["name"]: json.loads(p.read_text())
+              for p in (results / "meta_dataset" / "cells").glob("*/result.json")}
+    assert sorted(stored) == ["omniglot", "omniglot/5w1s", "omniglot/linear"]
+    variable, fixed, linear = stored["omniglot"], stored["omniglot/5w1s"], stored["omniglot/linear"]
+    assert variable["info"]["image_size"] == 24 and "set by the user" in variable["info"]["image_size_rule"]
+    assert 5 <= variable["info"]["mean_way"] <= 6 and variable["info"]["mean_query"] >= 50  # q = 10 per class
+    assert fixed["info"]["mean_way"] == 5 and fixed["info"]["mean_support"] == 5 and fixed["info"]["mean_query"] == 75
+    for result in (variable, fixed):
+        for probe in ("acc/ncc", "acc/logreg"):
+            assert result["metrics"][probe]["n"] == 12 and result["metrics"][probe]["mean"] > 60  # colour-coded classes
+    # linear mode: every class of the source (train and test alphabets), 80/20 per class
+    assert linear["info"]["classes"] == 16 and linear["info"]["test_images"] == 16 * 4
+    # 100 epochs of 1 SGD step on a random encoder's raw features: learning, well above the 6.25% chance
+    assert linear["metrics"]["acc/linear"]["n"] == 64 and linear["metrics"]["acc/linear"]["mean"] > 25
+
+
+def test_image_size_rule():
+    from transfer.meta_dataset.evaluate import resolve_image_size
+
+    assert resolve_image_size("auto", 224, embedded=False)[0] == 224
+    assert resolve_image_size("auto", 126, embedded=True)[0] == 126
+    assert resolve_image_size("auto", 32, embedded=True)[0] == 32  # digits: the encoder's own size
+    size, rule = resolve_image_size("auto", 32, embedded=False)
+    assert size == 84 and "Meta-Dataset's default" in rule
+    assert resolve_image_size("126", 32, embedded=False) == (126, "image_size=126 (set by the user)")
