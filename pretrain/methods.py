@@ -64,6 +64,11 @@ class MethodSettings:
     std: tuple = (0.229, 0.224, 0.225)
 
 
+def full_precision(tensor: torch.Tensor):
+    """Logits at t = 0.07 need float32: switch bf16 autocast off for the similarity products."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 def _init_bank(size: int, dim: int, generator: torch.Generator) -> torch.Tensor:
     bound = 1.0 / (dim / 3) ** 0.5
     return F.normalize(torch.rand(size, dim, generator=generator) * 2 * bound - bound, dim=1)
@@ -129,12 +134,13 @@ def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor, sampler: BankNegativ
     """(B, K) negative logits for bank methods; indices from the sampler, gradient through the anchors."""
     pool_size, dim = bank.shape
     full = pool_size <= sampler.num_negatives * dim  # one B x N matmul is cheaper than a B x K x D gather
-    if full:
-        logits = anchors @ bank.T / temperature
-        index = sampler(anchors, bank, w_out, generator, similarity=logits.detach())
-        return torch.gather(logits, 1, index), index
-    index = sampler(anchors, bank, w_out, generator)
-    return torch.einsum("bd,bkd->bk", anchors, bank[index]) / temperature, index
+    with full_precision(anchors):
+        if full:
+            logits = anchors.float() @ bank.float().T / temperature
+            index = sampler(anchors, bank, w_out, generator, similarity=logits.detach())
+            return torch.gather(logits, 1, index), index
+        index = sampler(anchors, bank, w_out, generator)
+        return torch.einsum("bd,bkd->bk", anchors.float(), bank[index].float()) / temperature, index
 
 
 class InstanceRecognition(ContrastiveMethod):
@@ -260,13 +266,14 @@ class MomentumContrast(ContrastiveMethod):
         query = self._forward_encoder(views[0]).float()
         self._momentum_update()
         keys = self._keys(views[1]).float().detach()
-        pos = (query * keys).sum(dim=1) / self.temperature
-        neg = query @ self.queue.T / self.temperature
         self._pending_keys = keys
-        if self.sampler.name == "mochi":
-            synthetic = mochi_negatives(query, self.queue, neg.detach(), self.sampler.mochi_hardest,
-                                        self.sampler.mochi_mixed, self.sampler.mochi_query_mixed, generator)
-            neg = torch.cat([neg, torch.einsum("bd,bsd->bs", query, synthetic) / self.temperature], dim=1)
+        with full_precision(query):
+            pos = (query * keys).sum(dim=1) / self.temperature
+            neg = query @ self.queue.float().T / self.temperature
+            if self.sampler.name == "mochi":
+                synthetic = mochi_negatives(query, self.queue, neg.detach(), self.sampler.mochi_hardest,
+                                            self.sampler.mochi_mixed, self.sampler.mochi_query_mixed, generator)
+                neg = torch.cat([neg, torch.einsum("bd,bsd->bs", query, synthetic) / self.temperature], dim=1)
         mask = pool_negative_mask(self.sampler, neg.detach(), w_out)
         return sampler_loss(self.sampler, pos, neg, self.temperature, mask)
 
@@ -291,7 +298,8 @@ class SimCLR(ContrastiveMethod):
     def loss(self, views, index, w_out, generator):
         batch = views[0].shape[0]
         embeddings = self._forward_encoder(torch.cat([views[0], views[1]])).float()
-        logits = embeddings @ embeddings.T / self.temperature
+        with full_precision(embeddings):
+            logits = embeddings @ embeddings.T / self.temperature
         rows = torch.arange(2 * batch, device=logits.device)
         partner = (rows + batch) % (2 * batch)
         pos = logits[rows, partner]
