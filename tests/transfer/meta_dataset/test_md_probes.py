@@ -40,6 +40,7 @@ def synthetic_episodes(separation: float, count: int = 40, dim: int = 64, seed: 
     return features, episodes
 
 
+@pytest.mark.slow
 def test_probes_reach_100_percent_on_separable_features():
     features, episodes = synthetic_episodes(separation=10.0)
     accuracies = evaluate_probes(features, episodes, ("ncc", "logreg", "sgd"), chunk=16)
@@ -85,6 +86,7 @@ def test_ci95_is_196_population_std_over_sqrt_n():
     assert metric.ci95 == pytest.approx(1.96 * std / math.sqrt(5))
 
 
+@pytest.mark.slow
 def test_feature_cache_hit_and_miss_on_a_real_source(tmp_path):
     from pretrain.checkpoint import load_encoder
 

@@ -123,11 +123,11 @@ def test_checker_catches_each_bad_input(sources, tmp_path, capsys):
         check_source(folder, full=True)
     folder = _copy_source(sources, tmp_path / "c")
     # an image that does not decode
-    records.write_records(folder / "8.tfrecords", [b"not an image"] * 10, 8)
+    records.write_records(folder / "8.tfrecords", [b"not an image"] * 11, 8)
     with pytest.raises(records.RecordError, match=r"8.tfrecords record 0: image does not decode"):
         check_source(folder)
     # a label that is not the class id
-    records.write_records(folder / "8.tfrecords", [b"x"] * 10, 3)
+    records.write_records(folder / "8.tfrecords", [b"x"] * 11, 3)
     with pytest.raises(records.RecordError, match=r"8.tfrecords: record 0 has label 3, expected the class id 8"):
         check_source(folder)
     # a source folder without a spec: the CLI prints its error line and fails
