@@ -24,7 +24,7 @@ SHOTS = ("variable", "5w1s", "5w5s")
 DISTANCES = ("cosine", "euclidean")
 PROBE_DESCRIPTIONS = {
     "ncc": "nearest centroid of raw pooled features, {distance} scores",
-    "logreg": "multinomial logistic regression, L-BFGS (30 iterations), C=10, features centred on the support mean "
+    "logreg": "multinomial logistic regression, L-BFGS (20 iterations from a nearest-centroid warm start), C=10, features centred on the support mean "
               "and L2-normalised",
     "sgd": "linear head on centred features of length 10, SGD lr 0.01 momentum 0.9 dampening 0.9 wd 1e-3, "
            "batch 4, 100 epochs (Closer Look baseline)",

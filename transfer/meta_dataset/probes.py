@@ -26,7 +26,8 @@ from torch.nn import functional as F
 
 PROBES = ("ncc", "logreg", "sgd")
 LOGREG_C = 10.0
-LOGREG_MAX_ITER = 30  # 99.7% of query predictions equal the converged fit on digits episodes
+LOGREG_WARM_START = 5.0  # times the class means of the centred, unit-length support features
+LOGREG_MAX_ITER = 20  # with the warm start, 99.5% of query predictions equal the converged fit (digits)
 SGD_FEATURE_SCALE = 10.0
 NEG = -1e9  # logit for padded (absent) classes
 
@@ -124,7 +125,10 @@ def logreg_logits(batch: PaddedEpisodes, c: float = LOGREG_C, max_iter: int = LO
     absent = (batch.class_mask == 0)[:, None, :]
     reg = (1.0 / (c * sizes))[:, None, None]  # per episode: (C * sum CE + 0.5 ||W||^2) / (C * S)
     # (E, N, D) so the products are x @ w^T: several times faster than (E, D, N) for a small N
-    weight = torch.zeros(count, n_max, dim, device=support.device)
+    # warm start: the nearest-centroid classifier (weights along the class means) is close to the fit
+    counts = targets.mul(batch.support_mask[..., None]).sum(1).clamp_min(1.0)  # (E, N)
+    centroids = torch.bmm(targets.mul(batch.support_mask[..., None]).transpose(1, 2), support) / counts[..., None]
+    weight = (LOGREG_WARM_START * centroids).contiguous()
     bias = torch.zeros(count, n_max, device=support.device)
     optimizer = torch.optim.LBFGS(
         [weight, bias], lr=1.0, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe",
