@@ -251,33 +251,45 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     ring = long[long["sampler"] == "ring"]
     nce = long[long["sampler"] == "nce"]
     merged = ring.merge(nce, on=twin_keys, suffixes=("_ring", "_nce"))
-    rows, stats_in = [], []
+    rows, ring_values, nce_values = [], [], []
     for record in merged[twin_keys + ["model_ring", "model_nce", "cell_id_ring", "cell_id_nce"]].to_dict("records"):
         ids_r, values_r = samples.get((record["cell_id_ring"], record["metric"]), (None, None))
         ids_n, values_n = samples.get((record["cell_id_nce"], record["metric"]), (None, None))
         if not values_r or not values_n or ids_r is None or ids_n is None:
             continue  # no per-sample values: no paired statistic (the leaderboard still shows both means)
-        a, b = _aligned(ids_r, values_r, ids_n, values_n)
-        if a.size == 0:
-            continue
-        diff = a - b
-        n = diff.size
-        sd = float(diff.std(ddof=1)) if n > 1 else 0.0
-        stats_in.append((float(diff.mean()), sd, n, int((diff > 0).sum()), int((diff != 0).sum())))
-        rows.append({
-            "suite": record["suite"], "task": record["task"], "metric": record["metric"], "seed": record["seed"],
-            "ring_model": record["model_ring"], "nce_model": record["model_nce"], "method": record["method"],
-            "pretrain_dataset": record["pretrain_dataset"], "epochs": record["epochs"],
-            "ckpt_seed": record["ckpt_seed"], "arch": record["arch"], "n": n, "ring_mean": float(a.mean()),
-            "nce_mean": float(b.mean()), "mean_diff": float(diff.mean()), "ci95_diff": 1.96 * sd / math.sqrt(n),
-            "test": "paired t-test; exact sign test",
-        })
+        if ids_r == ids_n:  # the usual case: both evaluated the same samples in the same order
+            a, b = values_r, values_n
+        else:
+            a, b = _aligned(ids_r, values_r, ids_n, values_n)
+            if len(a) == 0:
+                continue
+        rows.append(record)
+        ring_values.append(a)
+        nce_values.append(b)
     if not rows:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
-    mean, sd, n, positives, trials = (np.array(column) for column in zip(*stats_in))
-    table = pd.DataFrame(rows)
-    table["p_ttest"] = paired_t_p(mean, sd, n)
-    table["p_sign"] = sign_test_p(positives, trials)
+    # statistics for all pairs at once, one matrix per sample count
+    count = np.array([len(a) for a in ring_values])
+    stats_out = {key: np.zeros(len(rows)) for key in ("ring", "nce", "mean", "sd", "positive", "nonzero")}
+    for n in np.unique(count):
+        index = np.flatnonzero(count == n)
+        ring = np.array([ring_values[i] for i in index], dtype=float)
+        nce = np.array([nce_values[i] for i in index], dtype=float)
+        diff = ring - nce
+        stats_out["ring"][index] = ring.mean(axis=1)
+        stats_out["nce"][index] = nce.mean(axis=1)
+        stats_out["mean"][index] = diff.mean(axis=1)
+        stats_out["sd"][index] = diff.std(axis=1, ddof=1) if n > 1 else 0.0
+        stats_out["positive"][index] = (diff > 0).sum(axis=1)
+        stats_out["nonzero"][index] = (diff != 0).sum(axis=1)
+    table = pd.DataFrame(rows).rename(columns={"model_ring": "ring_model", "model_nce": "nce_model"})
+    table["n"] = count
+    table["ring_mean"], table["nce_mean"] = stats_out["ring"], stats_out["nce"]
+    table["mean_diff"] = stats_out["mean"]
+    table["ci95_diff"] = 1.96 * stats_out["sd"] / np.sqrt(count)
+    table["p_ttest"] = paired_t_p(stats_out["mean"], stats_out["sd"], count)
+    table["p_sign"] = sign_test_p(stats_out["positive"].astype(int), stats_out["nonzero"].astype(int))
+    table["test"] = "paired t-test; exact sign test"
     return table[PAIRED_COLUMNS]
 
 
