@@ -105,8 +105,10 @@ def read_records(path: str | Path, indices: Sequence[int] | None = None) -> list
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"{path}: class file does not exist")
+    if indices is not None and len(indices) == 0:
+        return []
     wanted = None if indices is None else set(int(i) for i in indices)
-    last = None if indices is None or len(indices) == 0 else max(wanted)
+    last = None if wanted is None else max(wanted)
     found: dict[int, tuple[bytes, int]] = {}
     ordered: list[tuple[bytes, int]] = []
     dataset = t.data.TFRecordDataset(str(path), buffer_size=1 << 20)
@@ -124,7 +126,7 @@ def read_records(path: str | Path, indices: Sequence[int] | None = None) -> list
         raise RecordError(f"{path}: record {index} is unreadable ({_op_message(error)})") from None
     if wanted is None:
         return ordered
-    if index <= (last if last is not None else -1):
+    if index <= last:
         raise RecordError(f"{path}: has {index} records but record {last} was asked for")
     return [found[int(i)] for i in indices]
 
