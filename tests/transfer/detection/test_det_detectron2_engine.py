@@ -76,6 +76,7 @@ def test_engine_module_imports_without_detectron2():
 
 
 @pytest.mark.slow
+@pytest.mark.detectron2
 @pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed (not on PyPI; install it from source to run this)")
 def test_detectron2_end_to_end_on_cpu(tmp_path, small_coco, encoder_r18):
     import torch
