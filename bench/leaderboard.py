@@ -138,7 +138,7 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
     keys = ["suite", "model", "task", "metric"]
     if long.empty:
         return pd.DataFrame(columns=keys + MODEL_KEYS + ["mean", "std", "n", "ci95", "n_seeds",
-                                                         "higher_is_better", "code_version"])
+                                                         "higher_is_better", "engine", "code_version"])
     grouped = long.groupby(keys, sort=True, dropna=False)
     first = grouped.first()
     count = grouped["mean"].count()
@@ -152,8 +152,13 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
     out["ci95"] = np.where(single, first["ci95"], 1.96 * seed_std / np.sqrt(count))
     out["n_seeds"] = count.astype(int)
     out["higher_is_better"] = first["higher_is_better"].astype(bool)
-    out["code_version"] = grouped["code_version"].agg(lambda v: ",".join(sorted({str(x) for x in v})))
+    out["engine"] = grouped["engine"].agg(_joined)  # which engine produced the number (coco_det)
+    out["code_version"] = grouped["code_version"].agg(_joined)
     return out.reset_index()
+
+
+def _joined(values: pd.Series) -> str:
+    return ",".join(sorted({str(v) for v in values if v is not None and v == v and v != ""}))
 
 
 def tied_ranks(means: np.ndarray, ci95: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
@@ -196,7 +201,7 @@ def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
     ranked["avg_rank"] = ranked.groupby(["suite", "model"])["rank"].transform("mean")
     return ranked.sort_values(["suite", "avg_rank", "model", "task", "metric"], ignore_index=True)[
         ["suite", "model", "task", "metric", "column", *MODEL_KEYS, "mean", "std", "n", "ci95", "n_seeds",
-         "higher_is_better", "rank", "avg_rank", "code_version"]]
+         "higher_is_better", "rank", "avg_rank", "engine", "code_version"]]
 
 
 PAIRED_COLUMNS = ["suite", "task", "metric", "seed", "ring_model", "nce_model", "method", "pretrain_dataset",
@@ -302,6 +307,10 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     header = "| model | avg rank | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
     best = ranked.groupby("column")["rank"].min()
+    engines = ranked.groupby("model")["engine"].agg(lambda v: ",".join(sorted({e for e in v if e})))
+    if engines.any():  # say which engine produced each row's numbers
+        header = header.replace("| avg rank |", "| engine | avg rank |")
+        lines = [header, "|" + "---|" * (len(columns) + 3)]
     for model in models:
         mine = ranked[ranked["model"] == model].set_index("column")
         cells = []
@@ -313,7 +322,8 @@ def markdown_table(ranked: pd.DataFrame) -> str:
             text = f"{r['mean']:.2f} ± {r['ci95']:.2f} ({r['rank']:g})"
             cells.append(f"**{text}**" if r["rank"] == best[column] else text)
         avg = mine["avg_rank"].iloc[0]
-        lines.append(f"| {model} | {avg:.2f} | " + " | ".join(cells) + " |")
+        engine = f" {engines[model]} |" if engines.any() else ""
+        lines.append(f"| {model} |{engine} {avg:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -84,3 +84,14 @@ def test_leaderboard_reads_only_valid_files(tmp_path):
     scan = scan_suite(tmp_path, "s")
     assert len(scan.rows) == 1 and len(scan.corrupt) == 1 and "bad/result.json" in scan.corrupt[0]
     assert isinstance(long_table(scan), pd.DataFrame)
+
+
+def test_the_table_says_which_engine_produced_each_number(tmp_path):
+    from bench.leaderboard import markdown_table
+
+    _store_cell(tmp_path, "c-nce", "nce", "coco", [30.0, 40.0])
+    _store_cell(tmp_path, "c-ring", "ring", "coco", [20.0, 30.0])
+    ranked = rank_table(aggregate(long_table(scan_suite(tmp_path, "s"))))
+    assert set(ranked["engine"]) == {"e"}
+    header = markdown_table(ranked).splitlines()[0]
+    assert header.startswith("| model | engine | avg rank |")
