@@ -112,16 +112,22 @@ def _check_metadata(metadata: dict, where: str) -> None:
         raise CheckpointError(f"{where}: mean and std must have 3 channels")
 
 
+def key_mismatch(expected, found) -> str:
+    """'' when the key sets agree, else how they differ: counts and the first few names of each side."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
+    return "; ".join(parts)
+
+
 def _check_state_dict(state_dict: dict, reference: dict, where: str) -> None:
-    missing = sorted(set(reference) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(reference))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
-        raise CheckpointError(f"{where}: state_dict does not match the architecture: " + "; ".join(parts))
+    mismatch = key_mismatch(reference, state_dict)
+    if mismatch:
+        raise CheckpointError(f"{where}: state_dict does not match the architecture: {mismatch}")
     for key, tensor in reference.items():
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise CheckpointError(

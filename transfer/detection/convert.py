@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pretrain.backbones import ARCHS, build_backbone
+from pretrain.checkpoint import key_mismatch
 
 DETECTRON2_AUTHOR = "RingBench"  # anything but "Caffe2" keeps Detectron2 from renaming Caffe2 blobs
 CONTAINER_KEYS = ("model", "__author__", "matching_heuristics")
@@ -99,15 +100,9 @@ def validate_torchvision_state_dict(state_dict: Mapping[str, Any], arch: str, wh
         )
     check_imagenet_stem(state_dict, where)
     reference = reference_shapes(arch)
-    missing = sorted(set(reference) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(reference))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
-        raise ConversionError(f"{where}: not a {arch} backbone: " + "; ".join(parts))
+    mismatch = key_mismatch(reference, state_dict)
+    if mismatch:
+        raise ConversionError(f"{where}: not a {arch} backbone: {mismatch}")
     for key, shape in reference.items():
         if tuple(state_dict[key].shape) != shape:
             raise ConversionError(f"{where}: {key} has shape {tuple(state_dict[key].shape)}, {arch} expects {shape}")
@@ -129,15 +124,9 @@ def validate_detectron2_model(model: Mapping[str, Any], arch: str, where: str = 
     if leftovers:
         raise ConversionError(f"{where}: unconverted names remain (first: {', '.join(leftovers[:5])})")
     expected = expected_detectron2_keys(arch)
-    missing = sorted(set(expected) - set(model))
-    unexpected = sorted(set(model) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:5])})")
-        raise ConversionError(f"{where}: Detectron2 key set differs from {arch}'s: " + "; ".join(parts))
+    mismatch = key_mismatch(expected, model)
+    if mismatch:
+        raise ConversionError(f"{where}: Detectron2 key set differs from {arch}'s: {mismatch}")
     for key, shape in expected.items():
         if tuple(np.shape(model[key])) != shape:
             raise ConversionError(f"{where}: {key} has shape {tuple(np.shape(model[key]))}, expected {shape}")

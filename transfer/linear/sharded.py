@@ -9,17 +9,15 @@ extraction would write, so everything downstream reads it as a cache hit.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from transfer.features import FeatureCache, cache_key
+from transfer.features import FeatureCache, cache_key, save_array_atomic
 from transfer.linear.protocol import (
     compute_features,
     data_source,
@@ -76,18 +74,6 @@ def task_device(context: ShardContext) -> torch.device:
     return torch.device(f"cuda:{context.local_rank % count}" if count > 1 else "cuda")
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sharded_cached_features(
     encoder: Any,
     dataset: Dataset,
@@ -116,7 +102,7 @@ def sharded_cached_features(
         try:
             features = compute_features(encoder, Subset(dataset, indices), device or task_device(context),
                                         batch_size, workers, desc=f"{dataset_name}/{split} shard {context.rank}")
-            _save_atomic(shard_path, features)
+            save_array_atomic(shard_path, features)
         except BaseException as error:
             shard_dir.mkdir(parents=True, exist_ok=True)
             error_path.write_text(f"{type(error).__name__}: {error}")
