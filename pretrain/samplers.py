@@ -23,6 +23,20 @@ SAMPLERS = ("nce", "ring", "ball", "dcl", "hcl", "mochi")
 BAND_SAMPLERS = ("ring", "ball")
 
 
+def _generator_device(generator: torch.Generator | None, device) -> torch.device:
+    """Where to draw: on the generator's own device (the training loop keeps one CPU generator so its
+    state is device-independent), then move the draws to `device`."""
+    return generator.device if generator is not None else torch.device(device)
+
+
+def _randint(high: int, shape: tuple, generator: torch.Generator | None, device) -> torch.Tensor:
+    return torch.randint(0, high, shape, generator=generator, device=_generator_device(generator, device)).to(device)
+
+
+def _rand(shape: tuple, generator: torch.Generator | None, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=_generator_device(generator, device)).to(device)
+
+
 def check_sampler_name(name: str) -> str:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
@@ -88,7 +102,7 @@ def uniform_indices(num_anchors: int, pool_size: int, k: int, generator: torch.G
     """(B, k) pool indices drawn uniformly with replacement (the NCE noise distribution for banks)."""
     if pool_size < 1:
         raise ValueError("cannot sample negatives from an empty pool")
-    return torch.randint(0, pool_size, (num_anchors, k), generator=generator, device=device)
+    return _randint(pool_size, (num_anchors, k), generator, device)
 
 
 def sampled_band_thresholds(similarity: torch.Tensor, w_out: float, w_in: float, sample_size: int,
@@ -100,8 +114,7 @@ def sampled_band_thresholds(similarity: torch.Tensor, w_out: float, w_in: float,
     cost of one small sort instead of a partial selection over the whole pool.
     """
     lower, upper = ring_bounds(similarity.shape[1], w_out, w_in)
-    columns = torch.randint(0, similarity.shape[1], (sample_size,), generator=generator,
-                            device=similarity.device)
+    columns = _randint(similarity.shape[1], (sample_size,), generator, similarity.device)
     ordered = similarity.index_select(1, columns).sort(dim=1, descending=True).values
     infinite = torch.full((similarity.shape[0],), float("inf"), device=similarity.device, dtype=similarity.dtype)
     pool_size = similarity.shape[1]
@@ -124,7 +137,7 @@ def sample_from_mask(mask: torch.Tensor, k: int, generator: torch.Generator | No
         raise ValueError(f"anchor {row} has an empty negative band; widen w_out or grow the pool")
     columns = found[:, 1]
     offsets = torch.cumsum(counts, dim=0) - counts
-    uniform = torch.rand(mask.shape[0], k, generator=generator, device=mask.device)
+    uniform = _rand((mask.shape[0], k), generator, mask.device)
     position = (uniform * counts.unsqueeze(1)).long().clamp_max(counts.unsqueeze(1) - 1)
     return columns[offsets.unsqueeze(1) + position]
 
@@ -153,15 +166,15 @@ def mochi_negatives(
     hard = pool[hardest]  # (B, N, D)
     parts = []
     if num_mixed > 0:
-        pick = torch.randint(0, num_hardest, (batch, num_mixed, 2), generator=generator, device=query.device)
+        pick = _randint(num_hardest, (batch, num_mixed, 2), generator, query.device)
         first = torch.gather(hard, 1, pick[..., 0:1].expand(-1, -1, hard.shape[2]))
         second = torch.gather(hard, 1, pick[..., 1:2].expand(-1, -1, hard.shape[2]))
-        alpha = torch.rand(batch, num_mixed, 1, generator=generator, device=query.device)
+        alpha = _rand((batch, num_mixed, 1), generator, query.device)
         parts.append(F.normalize(alpha * first + (1 - alpha) * second, dim=2))
     if num_query_mixed > 0:
-        pick = torch.randint(0, num_hardest, (batch, num_query_mixed, 1), generator=generator, device=query.device)
+        pick = _randint(num_hardest, (batch, num_query_mixed, 1), generator, query.device)
         chosen = torch.gather(hard, 1, pick.expand(-1, -1, hard.shape[2]))
-        beta = 0.5 * torch.rand(batch, num_query_mixed, 1, generator=generator, device=query.device)
+        beta = 0.5 * _rand((batch, num_query_mixed, 1), generator, query.device)
         parts.append(F.normalize(beta * query.unsqueeze(1) + (1 - beta) * chosen, dim=2))
     if not parts:
         return query.new_zeros(batch, 0, query.shape[1])
@@ -173,7 +186,7 @@ def _draw_in_band(values: torch.Tensor, outer: torch.Tensor | None, inner: torch
     """(B, k) uniform column draws with outer <= value < inner, by rejection; rows left short use a mask."""
     rows, width = values.shape
     draws = math.ceil(1.1 * k / max(accept_rate, 1e-6)) + 64  # >= 8 standard deviations of spare draws at K = 4096
-    candidates = torch.randint(0, width, (rows, draws), generator=generator, device=values.device)
+    candidates = _randint(width, (rows, draws), generator, values.device)
     drawn = torch.gather(values, 1, candidates)
     accept = torch.ones_like(drawn, dtype=torch.bool)
     if outer is not None:
