@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints", action="append", default=[], metavar="PATHS|GLOB",
                         help="encoder files: paths, comma lists, globs or folders; repeatable "
                              "(default: the embedded NCE and Ring pair)")
-    parser.add_argument("--data-root", type=Path, default=None, help="dataset folder for suites that read one")
+    parser.add_argument("--data-root", "--records", type=Path, default=None, dest="data_root",
+                        help="dataset folder for suites that read one (--records: the same, for Meta-Dataset records)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="auto: SLURM when a controller answers, else local; debug runs in-process")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, resources, executor) and exit")

@@ -73,3 +73,12 @@ def test_a_bad_checkpoint_is_refused_before_submission(tmp_path, bench_env):
     assert out.returncode == 2
     assert "broken.pt: not a readable torch checkpoint" in out.stderr
     assert not (tmp_path / "r" / "knn" / "jobs").exists()
+
+
+def test_records_is_the_data_root_and_a_missing_folder_is_named(tmp_path, encoder_pair, bench_env):
+    missing = tmp_path / "md_records"
+    out = run_bench(["--suite", "meta_dataset", "--records", str(missing), "--checkpoints",
+                     ",".join(map(str, encoder_pair)), "--results", str(tmp_path / "results"), "--dry-run"], bench_env)
+    assert out.returncode == 2
+    assert str(missing) in out.stderr + out.stdout
+    assert not (tmp_path / "results" / "meta_dataset" / "cells").exists()
