@@ -20,7 +20,8 @@ from bench.job import CellJob
 from bench.plan import Plan, PlannedCell
 from bench.progress import ProgressView
 from bench.store import CellFolder, CellState, append_event, atomic_write_json
-from slurm.executors import fit_profile, make_executor, pid_alive, slurm_live_jobs
+from slurm.executors import fit_profile, make_executor, slurm_live_jobs
+from slurm.local_cluster import pid_alive
 from slurm.profiles import ResourceProfile, get_profile
 
 TERMINAL = ("done", "failed")

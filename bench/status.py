@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench.store import CellFolder, CellState, ResultStore, suites_in
-from slurm.executors import pid_alive, slurm_live_jobs
+from slurm.executors import slurm_live_jobs
+from slurm.local_cluster import pid_alive
 
 
 def _label(folder: CellFolder) -> str:

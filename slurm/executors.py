@@ -159,16 +159,3 @@ def slurm_live_jobs(job_ids: list[str]) -> set[str] | None:
     return set(out.stdout.split())
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (finished child not yet reaped) counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True

@@ -54,7 +54,8 @@ def _read_pid(name: str) -> int | None:
         return None
 
 
-def _alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether `pid` runs on this host; a zombie (finished, not yet reaped) counts as dead."""
     if not pid:
         return False
     try:
@@ -161,7 +162,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def start(timeout: float = 60.0) -> int:
     base = state_dir()
-    if all(_alive(_read_pid(name)) for name in DAEMONS) and is_up():
+    if all(pid_alive(_read_pid(name)) for name in DAEMONS) and is_up():
         print(f"local SLURM cluster already running (state in {base})")
         return 0
     if os.geteuid() != 0:
@@ -231,13 +232,13 @@ def stop(quiet: bool = False) -> int:
     stopped = []
     for name in DAEMONS:
         pid = _read_pid(name)
-        if not _alive(pid):
+        if not pid_alive(pid):
             continue
         os.kill(pid, signal.SIGTERM)
         deadline = time.time() + 10
-        while _alive(pid) and time.time() < deadline:
+        while pid_alive(pid) and time.time() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
         stopped.append(name)
         _pid_file(name).unlink(missing_ok=True)
@@ -249,7 +250,7 @@ def stop(quiet: bool = False) -> int:
 
 
 def status() -> int:
-    running = {name: _alive(_read_pid(name)) for name in DAEMONS}
+    running = {name: pid_alive(_read_pid(name)) for name in DAEMONS}
     print("daemons: " + ", ".join(f"{n}={'up' if ok else 'down'}" for n, ok in running.items()))
     if not all(running.values()):
         return 1

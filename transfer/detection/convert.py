@@ -17,7 +17,6 @@ import io
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from pretrain.backbones import ARCHS, build_backbone
-from pretrain.checkpoint import key_mismatch
+from pretrain.checkpoint import atomic_write, key_mismatch
 
 DETECTRON2_AUTHOR = "RingBench"  # anything but "Caffe2" keeps Detectron2 from renaming Caffe2 blobs
 CONTAINER_KEYS = ("model", "__author__", "matching_heuristics")
@@ -142,18 +141,7 @@ def convert_from_detectron2(model: Mapping[str, Any], arch: str, where: str = "d
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
 def write_detectron2_pickle(path: str | os.PathLike, model: Mapping[str, np.ndarray], arch: str) -> Path:
