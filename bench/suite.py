@@ -111,6 +111,14 @@ class Suite(ABC):
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
     uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
 
+    @classmethod
+    def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The suite's defaults overridden by `options`; an unknown key is an InputError listing the valid ones."""
+        unknown = sorted(set(options) - set(cls.options))
+        if unknown:
+            raise InputError(f"unknown {cls.name} option(s) {', '.join(unknown)}; valid: {', '.join(cls.options)}")
+        return dict(cls.options) | dict(options)
+
     def default_checkpoints(self) -> list[Path]:
         """The embedded NCE and Ring encoders, trained once on the bundled digits and cached."""
         from pretrain.embedded import default_encoders

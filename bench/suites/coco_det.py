@@ -45,10 +45,7 @@ class CocoDetOptions:
         from transfer.detection.configs import RECIPES
         from transfer.detection.engines import ENGINES
 
-        merged = dict(CocoDetSuite.options) | dict(options)
-        unknown = sorted(set(merged) - set(CocoDetSuite.options))
-        if unknown:
-            raise InputError(f"unknown coco_det option(s) {', '.join(unknown)}; valid: {', '.join(CocoDetSuite.options)}")
+        merged = CocoDetSuite.complete_options(options)
         engine = str(merged["engine"])
         if engine not in ENGINES:
             raise InputError(f"option engine={engine!r}: expected one of {', '.join(ENGINES)}")

@@ -84,10 +84,7 @@ class LinearOptions:
     def parse(cls, options: Mapping[str, Any]) -> LinearOptions:
         from transfer.linear.protocol import PROTOCOLS
 
-        merged = dict(LinearSuite.options) | dict(options)
-        unknown = sorted(set(merged) - set(LinearSuite.options))
-        if unknown:
-            raise InputError(f"unknown linear option(s) {', '.join(unknown)}; valid: {', '.join(LinearSuite.options)}")
+        merged = LinearSuite.complete_options(options)
         protocol = str(merged["protocol"])
         if protocol not in PROTOCOLS:
             raise InputError(f"option protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")

@@ -74,10 +74,7 @@ def _choices(options: Mapping[str, Any], key: str, valid: Sequence[str]) -> tupl
 
 
 def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDatasetOptions:
-    merged = dict(MetaDatasetSuite.options) | dict(options)
-    unknown = sorted(set(merged) - set(MetaDatasetSuite.options))
-    if unknown:
-        raise InputError(f"unknown meta_dataset option(s) {', '.join(unknown)}; valid: {', '.join(MetaDatasetSuite.options)}")
+    merged = MetaDatasetSuite.complete_options(options)
     records_text = str(merged["records"]).strip()
     records = Path(records_text) if records_text else data_root
     sources_text = str(merged["sources"]).strip()

@@ -82,3 +82,11 @@ def test_records_is_the_data_root_and_a_missing_folder_is_named(tmp_path, encode
     assert out.returncode == 2
     assert str(missing) in out.stderr + out.stdout
     assert not (tmp_path / "results" / "meta_dataset" / "cells").exists()
+
+
+def test_suites_complete_their_options_and_refuse_unknown_keys():
+    suite = load_suite("coco_det")
+    options = suite.complete_options({"max_iter": 3})
+    assert options["max_iter"] == 3 and options["engine"] == suite.options["engine"]
+    with pytest.raises(InputError, match="unknown coco_det option.s. iters; valid: .*max_iter"):
+        suite.complete_options({"iters": 3})
