@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 # Bump when the default recipes change, so stale cached encoders are not reused.
-EMBEDDED_VERSION = 1
+EMBEDDED_VERSION = 2
 EMBEDDED_RECIPES = ("digits_default_nce", "digits_default_ring")
 # Extra config overrides for both encoders (empty in normal use; tests shrink the runs with it).
 EMBEDDED_OVERRIDES: dict = {}

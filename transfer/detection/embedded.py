@@ -7,7 +7,9 @@ in the embedded encoders' pretraining colours (yellow strokes on a blue, slightl
   4-connected part), and
 - four named keypoints, the digit's extreme points (top, bottom, left_extreme, right_extreme; flip pairs
   left_extreme <-> right_extreme by COCO's left_/right_ naming), in person_keypoints_{train,val}2017.json
-  under one category "digit" with its own OKS sigmas ("keypoint_oks_sigmas").
+  under the same ten digit categories, each with the keypoint names and its own OKS sigmas
+  ("keypoint_oks_sigmas"). COCOeval scores keypoints per category, so a keypoint counts only on a
+  detection of the right digit: the keypoint task needs recognition as well as localisation.
 Train and val canvases use disjoint digit images. Built once, atomically, and reused.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-EMBEDDED_VERSION = 1
+EMBEDDED_VERSION = 2
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 KEYPOINT_NAMES = ("top", "bottom", "left_extreme", "right_extreme")
 KEYPOINT_SKELETON = [[1, 3], [3, 2], [2, 4], [4, 1]]  # 1-based, COCO style
@@ -182,7 +184,7 @@ def _render_split(
             common = {"image_id": image_id, "bbox": instance["bbox"], "area": area, "iscrowd": 0, "segmentation": instance["segmentation"]}
             instances.append({"id": ann_id, "category_id": int(digit_labels[which]) + 1, **common})
             keypoint_annotations.append(
-                {"id": ann_id, "category_id": 1, **common, "keypoints": instance["keypoints"], "num_keypoints": len(KEYPOINT_NAMES)}
+                {"id": ann_id, "category_id": int(digit_labels[which]) + 1, **common, "keypoints": instance["keypoints"], "num_keypoints": len(KEYPOINT_NAMES)}
             )
             ann_id += 1
         file_name = f"{image_id:06d}.png"
@@ -203,13 +205,14 @@ def _render_split(
         "annotations": keypoint_annotations,
         "categories": [
             {
-                "id": 1,
-                "name": "digit",
+                "id": i + 1,
+                "name": name,
                 "supercategory": "digit",
                 "keypoints": list(KEYPOINT_NAMES),
                 "skeleton": KEYPOINT_SKELETON,
                 "keypoint_oks_sigmas": KEYPOINT_OKS_SIGMAS,
             }
+            for i, name in enumerate(DIGIT_NAMES)
         ],
     }
     return instances_json, keypoints_json

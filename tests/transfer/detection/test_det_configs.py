@@ -128,5 +128,5 @@ def test_lr_follows_warmup_then_steps():
 def test_embedded_protocol_is_cpu_sized():
     protocol = embedded_protocol("mask_rcnn")
     assert protocol.input.min_size_train == (96,) and protocol.input.max_size_test == 96
-    assert protocol.input.horizontal_flip is False and embedded_protocol("keypoint_rcnn").input.horizontal_flip is True
+    assert protocol.input.horizontal_flip is False and embedded_protocol("keypoint_rcnn").input.horizontal_flip is False
     assert protocol.anchor_sizes[0] == 16 and protocol.schedule.ims_per_batch == 4

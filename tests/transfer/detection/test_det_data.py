@@ -30,6 +30,11 @@ def test_embedded_layout_and_checks(small_coco):
     assert keypoints.keypoint_names == list(KEYPOINT_NAMES)
     assert keypoints.keypoint_flip_map == [("left_extreme", "right_extreme")]
     assert len(keypoints.keypoint_oks_sigmas) == 4
+    # Keypoints are annotated per digit class, with the same box and category as the instance.
+    assert [c["name"] for c in keypoints.categories] == [c["name"] for c in train.categories]
+    instances = json.loads((small_coco / "annotations" / "instances_val2017.json").read_text())["annotations"]
+    with_keypoints = json.loads((small_coco / "annotations" / "person_keypoints_val2017.json").read_text())["annotations"]
+    assert [(a["id"], a["category_id"], a["bbox"]) for a in with_keypoints] == [(a["id"], a["category_id"], a["bbox"]) for a in instances]
 
 
 def test_embedded_is_deterministic_and_rebuilt_only_on_change(tmp_path, small_coco):

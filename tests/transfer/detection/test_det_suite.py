@@ -99,6 +99,7 @@ def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco
     assert table["mean"].between(0, 100).all()
     segm = table[(table["metric"] == "segm/AP")]
     assert set(segm["n"]) == {10}  # per-category APs of the ten digit classes are the samples
+    assert set(table[table["metric"] == "keypoints/AP"]["n"]) == {10}  # keypoints are per digit class too
     paired = pd.read_csv(results / "coco_det_paired.csv")
     assert {"bbox/AP", "segm/AP", "keypoints/AP"} <= set(paired["metric"])
     stored = [json.loads(path.read_text()) for path in (results / "coco_det" / "cells").glob("*/result.json")]
