@@ -22,7 +22,7 @@ def tiny_job(root: Path, task: str, out: Path, iterations: int = 3) -> Detection
         task=task, recipe="fpn", arch="resnet18",
         train_json=root / f"annotations/{kind}_train2017.json", train_images=root / "train2017",
         val_json=root / f"annotations/{kind}_val2017.json", val_images=root / "val2017",
-        num_classes=1 if task == "keypoint_rcnn" else 10,
+        num_classes=10,  # the ten digit categories, for keypoints too
         schedule=Schedule(ims_per_batch=2, base_lr=0.005, max_iter=iterations, steps=(iterations - 1,), warmup_iters=1,
                           clip_grad_norm=10.0),
         input=protocol.input, pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.25, 0.25, 0.25), output_dir=out,
@@ -75,6 +75,12 @@ def test_nan_loss_stops_the_run_with_a_message(tmp_path, small_coco, encoder_r18
     job = replace(tiny_job(small_coco, "mask_rcnn", tmp_path / "out"), precise_bn_iters=0)
     with pytest.raises(NonFiniteLossError, match=r"mask_rcnn: loss became nan at iteration 0 \(lr .*loss_classifier=nan"):
         train_and_evaluate(job, state, embedded_protocol("mask_rcnn").heads)
+
+
+def test_class_count_mismatch_names_the_json(tmp_path, small_coco, encoder_r18):
+    job = replace(tiny_job(small_coco, "keypoint_rcnn", tmp_path / "out"), num_classes=1)
+    with pytest.raises(ValueError, match=r"person_keypoints_train2017.json: 10 categories but the job was built for num_classes=1"):
+        train_and_evaluate(job, encoder_state(encoder_r18), embedded_protocol("keypoint_rcnn").heads)
 
 
 def test_torchvision_engine_refuses_c4(small_coco, tmp_path):

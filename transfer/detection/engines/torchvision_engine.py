@@ -275,6 +275,10 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
     dataset = CocoDetectionDataset(
         train_split, with_masks=job.task == "mask_rcnn", with_keypoints=job.task == "keypoint_rcnn", train=True, horizontal_flip=job.input.horizontal_flip
     )
+    if len(dataset.category_ids) != job.num_classes:
+        raise ValueError(
+            f"{job.train_json}: {len(dataset.category_ids)} categories but the job was built for num_classes={job.num_classes}"
+        )
     per_device_batch = schedule.ims_per_batch // world_size
     loader = torch.utils.data.DataLoader(
         dataset,
