@@ -183,7 +183,7 @@ def build_plan(
         if checkpoint_specs:
             raise InputError(f"suite {suite.name} evaluates no checkpoint; drop --checkpoints")
         checkpoints = []
-    seeds = list(seeds) if seeds else list(suite.default_seeds)
+    seeds = list(seeds) if seeds else list(suite.seeds_for(Path(data_root) if data_root is not None else None))
     suite.check(options, data_root, checkpoints)
     tasks = suite.tasks(options, data_root)
     names = [task.name for task in tasks]

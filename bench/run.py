@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
     parser.add_argument("--tasks", default=None, metavar="NAMES",
                         help="comma list: run only these tasks of the suite (default: all)")
-    parser.add_argument("--seeds", default=None, help="comma list of seeds (default: the suite's default_seeds)")
+    parser.add_argument("--seeds", default=None, help="comma list of seeds (default: the suite's, e.g. 0,1,2 for coco_det on the embedded set, else 0)")
     parser.add_argument("--resource", action="append", default=[], metavar="[PROFILE.]KEY=VALUE",
                         help="override a resource profile, e.g. eval.gpus=2, pretrain.partition=big, timeout_min=30")
     parser.add_argument("--then", default="", metavar="SUITES",

@@ -119,6 +119,10 @@ class Suite(ABC):
             raise InputError(f"unknown {cls.name} option(s) {', '.join(unknown)}; valid: {', '.join(cls.options)}")
         return dict(cls.options) | dict(options)
 
+    def seeds_for(self, data_root: Path | None) -> tuple[int, ...]:
+        """The seeds run when --seeds is not given."""
+        return self.default_seeds
+
     def default_checkpoints(self) -> list[Path]:
         """The embedded NCE and Ring encoders, trained once on the bundled digits and cached."""
         from pretrain.embedded import default_encoders

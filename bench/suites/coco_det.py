@@ -147,6 +147,12 @@ class CocoDetSuite(Suite):
         "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
     }
     default_seeds = (0,)
+    # One fine-tuning run on the embedded set moves box AP by several points (measured 26.7-37.1 for one
+    # encoder over seeds 0-2), so the default run there shows three; real COCO keeps one (1x is costly).
+    embedded_default_seeds = (0, 1, 2)
+
+    def seeds_for(self, data_root: Path | None) -> tuple[int, ...]:
+        return self.embedded_default_seeds if data_root is None else self.default_seeds
 
     def default_checkpoints(self) -> list[Path]:
         pair = super().default_checkpoints()

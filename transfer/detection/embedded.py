@@ -11,6 +11,10 @@ in the embedded encoders' pretraining colours (yellow strokes on a blue, slightl
   ("keypoint_oks_sigmas"). COCOeval scores keypoints per category, so a keypoint counts only on a
   detection of the right digit: the keypoint task needs recognition as well as localisation.
 Train and val canvases use disjoint digit images. Built once, atomically, and reused.
+
+The default is few labelled images (64 train canvases, about 190 digits; 128 val canvases), the regime where
+a backbone's initialisation matters: with 512 train canvases a random backbone came within 1-2 keypoint
+AP of the pretrained ones, with 64 it stays 5-6 keypoint AP and 6-7 mask AP below them (three seeds).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ INK_THRESHOLD = 5  # of 16: digit cells at or above this are the object
 MARKER = "ringbench_embedded.json"
 
 
-def default_parameters(canvas: int = 96, train_images: int = 512, val_images: int = 128, seed: int = 0) -> dict[str, Any]:
+def default_parameters(canvas: int = 96, train_images: int = 64, val_images: int = 128, seed: int = 0) -> dict[str, Any]:
     from pretrain.data import DIGITS_BACKGROUND, DIGITS_STROKE
 
     return {

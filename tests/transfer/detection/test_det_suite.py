@@ -25,6 +25,19 @@ def test_embedded_tasks_use_torchvision():
     assert {t.profile for t in tasks} == {"cpu"}
 
 
+def test_embedded_default_runs_three_fine_tuning_seeds(tmp_path, small_coco, encoder_r18):
+    from bench.plan import build_plan
+
+    def seeds(data_root, given=None):
+        plan = build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(encoder_r18)],
+                          data_root=data_root, seeds=given)
+        return sorted({planned.cell.seed for planned in plan.cells})
+
+    assert seeds(None) == [0, 1, 2]  # the embedded default: one fine-tuning run is too noisy to read alone
+    assert seeds(small_coco) == [0]  # an explicit --data-root keeps the suite's single seed
+    assert seeds(None, [4]) == [4]  # --seeds always wins
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
