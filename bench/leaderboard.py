@@ -295,7 +295,29 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     table["p_ttest"] = paired_t_p(stats_out["mean"], stats_out["sd"], count)
     table["p_sign"] = sign_test_p(stats_out["positive"].astype(int), stats_out["nonzero"].astype(int))
     table["test"] = "paired t-test; exact sign test"
-    return table[PAIRED_COLUMNS]
+    table = table[PAIRED_COLUMNS]
+    return pd.concat([table, paired_over_seeds(table)], ignore_index=True) if table["seed"].nunique() > 1 else table
+
+
+def paired_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Rows with seed "all": the twins compared over evaluation seeds, each seed's mean being one paired
+    sample (n = seeds), for twins evaluated under two or more common seeds."""
+    keys = ["suite", "task", "metric", "ring_model", "nce_model", "method", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
+    rows = []
+    for group_key, group in per_seed.groupby(keys, sort=False, dropna=False):
+        if len(group) < 2:
+            continue
+        diff = group["ring_mean"].to_numpy(float) - group["nce_mean"].to_numpy(float)
+        n = len(diff)
+        sd = diff.std(ddof=1)
+        rows.append(dict(zip(keys, group_key)) | {
+            "seed": "all", "n": n, "ring_mean": group["ring_mean"].mean(), "nce_mean": group["nce_mean"].mean(),
+            "mean_diff": diff.mean(), "ci95_diff": 1.96 * sd / np.sqrt(n),
+            "p_ttest": float(paired_t_p(np.array([diff.mean()]), np.array([sd]), np.array([n]))[0]),
+            "p_sign": float(sign_test_p(np.array([(diff > 0).sum()]), np.array([(diff != 0).sum()]))[0]),
+            "test": "over seeds (samples: per-seed means); paired t-test; exact sign test",
+        })
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def markdown_table(ranked: pd.DataFrame) -> str:
@@ -405,10 +427,10 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     md.append(custom_table if custom_table is not None else markdown_table(ranked))
     if not paired.empty:
         md.append("\n## Ring vs NCE twins (paired, same samples)\n")
-        md.append("| task | metric | method | n | ring | nce | ring − nce | 95% CI | p (t) | p (sign) |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|")
+        md.append("| task | metric | method | seed | n | ring | nce | ring − nce | 95% CI | p (t) | p (sign) |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for _, r in paired.iterrows():
-            md.append(f"| {r['task']} | {r['metric']} | {r['method']} | {r['n']} | {r['ring_mean']:.2f} | "
+            md.append(f"| {r['task']} | {r['metric']} | {r['method']} | {r['seed']} | {r['n']} | {r['ring_mean']:.2f} | "
                       f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | "
                       f"{r['p_ttest']:.3g} | {r['p_sign']:.3g} |")
         md.append("")

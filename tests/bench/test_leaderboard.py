@@ -61,6 +61,26 @@ def test_paired_statistics_match_scipy_and_use_only_shared_samples(tmp_path):
     assert row["p_sign"] == pytest.approx(stats.binomtest(int((diff > 0).sum()), 45).pvalue)
 
 
+def test_twins_under_several_seeds_are_also_compared_over_seeds(tmp_path):
+    nce_means, ring_means = [50.0, 58.0, 61.0], [53.0, 57.0, 66.0]
+    for seed, (n_mean, r_mean) in enumerate(zip(nce_means, ring_means)):
+        _store_cell(tmp_path, f"n{seed}", "nce", "t", [n_mean - 1.0, n_mean + 1.0], seed=seed)
+        _store_cell(tmp_path, f"r{seed}", "ring", "t", [r_mean - 2.0, r_mean + 2.0], seed=seed)
+    _store_cell(tmp_path, "r-other", "ring", "u", [1.0, 2.0], seed=0)  # one seed only: no row over seeds
+    scan = scan_suite(tmp_path, "s")
+    paired = paired_comparisons(long_table(scan), scan.samples)
+    over = paired[paired["seed"] == "all"]
+    assert len(paired) == 4 and len(over) == 1
+    row = over.iloc[0]
+    diff = np.array(ring_means) - np.array(nce_means)
+    assert (row["task"], row["n"]) == ("t", 3)
+    assert (row["ring_mean"], row["nce_mean"]) == (pytest.approx(np.mean(ring_means)), pytest.approx(np.mean(nce_means)))
+    assert row["mean_diff"] == pytest.approx(diff.mean())
+    assert row["ci95_diff"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(3))
+    assert row["p_ttest"] == pytest.approx(stats.ttest_rel(ring_means, nce_means).pvalue)
+    assert row["p_sign"] == pytest.approx(stats.binomtest(2, 3).pvalue)
+
+
 def test_twins_must_share_method_and_several_seeds_are_averaged(tmp_path):
     _store_cell(tmp_path, "a0", "nce", "t", [50.0, 60.0], seed=0)
     _store_cell(tmp_path, "a1", "nce", "t", [70.0, 80.0], seed=1)
