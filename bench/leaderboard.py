@@ -296,7 +296,12 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     table["p_sign"] = sign_test_p(stats_out["positive"].astype(int), stats_out["nonzero"].astype(int))
     table["test"] = "paired t-test; exact sign test"
     table = table[PAIRED_COLUMNS]
-    return pd.concat([table, paired_over_seeds(table)], ignore_index=True) if table["seed"].nunique() > 1 else table
+    if table["seed"].nunique() > 1:
+        table = pd.concat([table, paired_over_seeds(table)], ignore_index=True)
+    # per task and metric: seeds in order, then the row over seeds
+    order = table["seed"].map(lambda seed: (1, 0) if seed == "all" else (0, int(seed)))
+    return table.assign(_order=order).sort_values(["suite", "task", "metric", "ring_model", "_order"], kind="stable",
+                                                  ignore_index=True).drop(columns="_order")
 
 
 def paired_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
