@@ -10,7 +10,8 @@ Engines: `detectron2` (the reference; installed from source by the user) or `tor
 part of each task and is stored in every result (the leaderboard's engine column).
 
 Default checkpoints: the embedded NCE and Ring encoders plus a randomly initialised control encoder,
-so the table shows what pretraining adds over a random backbone.
+so the table shows what pretraining adds over a random backbone. Default seeds (fine-tuning seeds): 0, 1, 2
+on the embedded set, where one run is noisy; 0 with --data-root.
 """
 
 from __future__ import annotations
