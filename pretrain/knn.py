@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 def _as_tensor(values, name: str, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
-        tensor = values.detach().cpu()
+        tensor = values.detach()  # stays on its device: ImageNet-sized kNN runs where the features are
     else:
         tensor = torch.from_numpy(np.asarray(values))
     if tensor.numel() == 0:
@@ -30,10 +30,12 @@ def knn_predict(
     num_classes: int | None = None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """Predicted labels (N_test,) by the exp(sim / t)-weighted vote of the k nearest training points."""
+    """Predicted labels (N_test,), on the CPU, by the exp(sim / t)-weighted vote of the k nearest training
+    points; computed on the training features' device."""
     train = F.normalize(_as_tensor(train_features, "train_features", torch.float32), dim=1)
     test = F.normalize(_as_tensor(test_features, "test_features", torch.float32), dim=1)
-    labels = _as_tensor(train_labels, "train_labels", torch.int64).reshape(-1)
+    test = test.to(train.device)
+    labels = _as_tensor(train_labels, "train_labels", torch.int64).reshape(-1).to(train.device)
     if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
         raise ValueError(f"features must be 2-d with equal widths; got {tuple(train.shape)} and {tuple(test.shape)}")
     if labels.shape[0] != train.shape[0]:
@@ -49,10 +51,10 @@ def knn_predict(
         similarity = test[start : start + chunk_size] @ train.T
         top_similarity, top_index = similarity.topk(k, dim=1)
         weights = (top_similarity / temperature).exp()
-        votes = torch.zeros(similarity.shape[0], num_classes)
+        votes = torch.zeros(similarity.shape[0], num_classes, device=train.device)
         votes.scatter_add_(1, labels[top_index], weights)
         predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
+    return torch.cat(predictions).cpu()
 
 
 def knn_accuracy(
@@ -64,7 +66,7 @@ def knn_accuracy(
     temperature: float = 0.07,
 ) -> float:
     """Top-1 accuracy in [0, 1] of the weighted kNN classifier; numpy arrays or torch tensors."""
-    truth = _as_tensor(test_labels, "test_labels", torch.int64).reshape(-1)
+    truth = _as_tensor(test_labels, "test_labels", torch.int64).reshape(-1).cpu()
     train_truth = _as_tensor(train_labels, "train_labels", torch.int64).reshape(-1)
     num_classes = int(max(train_truth.max().item(), truth.max().item()) + 1)
     predicted = knn_predict(train_features, train_truth, test_features, k, temperature, num_classes)

@@ -40,3 +40,12 @@ def test_random_features_are_near_chance():
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="train labels"):
         knn_accuracy(np.ones((3, 2)), np.zeros(2), np.ones((1, 2)), np.zeros(1))
+
+
+def test_mixed_inputs_give_the_same_labels_on_the_cpu():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(60, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, 60)
+    from_numpy = knn_predict(feats[:50], labels[:50], feats[50:], k=5)
+    mixed = knn_predict(torch.from_numpy(feats[:50]), labels[:50], feats[50:], k=5)
+    assert mixed.device.type == "cpu" and torch.equal(mixed, from_numpy)
