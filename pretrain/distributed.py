@@ -39,6 +39,15 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equal-shaped tensors from every rank along dim 0; gradients flow back to each owner."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+    return torch.cat(differentiable_all_gather(tensor.contiguous()))
+
+
 def broadcast(tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, source)

@@ -290,23 +290,36 @@ class MomentumContrast(ContrastiveMethod):
         self._pending_keys = None
 
 
+def simclr_logits(local: torch.Tensor, gathered: torch.Tensor, offset: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos (2B,), neg (2B, 2N - 2)) logits of one rank's anchors against the global batch.
+
+    `local` is this rank's [view 0; view 1] embeddings (2B rows), `gathered` every rank's, concatenated
+    (2N rows, this rank's at rows offset .. offset + 2B). Each anchor's positive is its other view; its
+    negatives are the other 2N - 2 embeddings (itself and its positive left out).
+    """
+    batch = local.shape[0] // 2
+    logits = local @ gathered.T / temperature
+    rows = torch.arange(2 * batch, device=logits.device)
+    own = offset + rows
+    partner = offset + (rows + batch) % (2 * batch)
+    pos = logits[rows, partner]
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    keep[rows, own] = False
+    keep[rows, partner] = False
+    return pos, logits[keep].view(2 * batch, gathered.shape[0] - 2)
+
+
 class SimCLR(ContrastiveMethod):
-    """SimCLR: both views are anchors; negatives are the other 2B - 2 embeddings of the local batch."""
+    """SimCLR: both views are anchors; negatives are the other 2N - 2 embeddings of the global batch
+    (gathered from every rank under DDP, with gradients flowing back to their owners)."""
 
     name = "simclr"
 
     def loss(self, views, index, w_out, generator):
-        batch = views[0].shape[0]
         embeddings = self._forward_encoder(torch.cat([views[0], views[1]])).float()
+        gathered = distributed.all_gather_with_grad(embeddings)
         with full_precision(embeddings):
-            logits = embeddings @ embeddings.T / self.temperature
-        rows = torch.arange(2 * batch, device=logits.device)
-        partner = (rows + batch) % (2 * batch)
-        pos = logits[rows, partner]
-        keep = torch.ones_like(logits, dtype=torch.bool)
-        keep[rows, rows] = False
-        keep[rows, partner] = False
-        neg = logits[keep].view(2 * batch, 2 * batch - 2)
+            pos, neg = simclr_logits(embeddings, gathered, distributed.rank() * embeddings.shape[0], self.temperature)
         mask = pool_negative_mask(self.sampler, neg.detach(), w_out)
         return sampler_loss(self.sampler, pos, neg, self.temperature, mask)
 

@@ -75,6 +75,31 @@ def test_simclr_masks_self_similarity():
     assert loss.item() == pytest.approx((expected / 6).item(), rel=1e-5)
 
 
+def test_simclr_over_ranks_equals_one_process_on_the_global_batch():
+    from pretrain.losses import sampler_loss
+    from pretrain.methods import simclr_logits
+
+    torch.manual_seed(0)
+    world, batch, t = 3, 4, 0.1
+    view0 = torch.nn.functional.normalize(torch.randn(world * batch, 8), dim=1)
+    view1 = torch.nn.functional.normalize(torch.randn(world * batch, 8), dim=1)
+    sampler = SamplerConfig("nce")
+    # one process holding the whole batch: rows [view 0; view 1]
+    single = torch.cat([view0, view1])
+    pos, neg = simclr_logits(single, single, 0, t)
+    assert neg.shape == (2 * world * batch, 2 * world * batch - 2)
+    expected = sampler_loss(sampler, pos, neg, t, None)
+    # the same images split over ranks: each rank holds [its view 0; its view 1] and sees every rank's rows
+    locals_ = [torch.cat([view0[r * batch:(r + 1) * batch], view1[r * batch:(r + 1) * batch]]) for r in range(world)]
+    gathered = torch.cat(locals_)
+    losses = []
+    for r, local in enumerate(locals_):
+        pos_r, neg_r = simclr_logits(local, gathered, r * 2 * batch, t)
+        assert neg_r.shape == (2 * batch, 2 * world * batch - 2)
+        losses.append(sampler_loss(sampler, pos_r, neg_r, t, None))
+    assert torch.stack(losses).mean().item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_ir_loss_matches_a_hand_computation():
     model = tiny("ir", "nce")
     model.eval()
