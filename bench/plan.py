@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.store import CellState, ResultStore, cell_id
-from bench.suite import Cell, InputError, Suite
+from bench.suite import Cell, InputError, Suite, comma_list
 
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
                  "image_size", "code_version")
@@ -32,7 +32,7 @@ def parse_value(key: str, text: str, default: Any) -> Any:
         if isinstance(default, float):
             return float(text)
         if isinstance(default, list | tuple):
-            items = [item.strip() for item in text.split(",") if item.strip()]
+            items = list(comma_list(text))
             if default and not isinstance(default[0], str):
                 items = [type(default[0])(item) for item in items]
             return type(default)(items)
@@ -183,7 +183,7 @@ def build_plan(
         if checkpoint_specs:
             raise InputError(f"suite {suite.name} evaluates no checkpoint; drop --checkpoints")
         checkpoints = []
-    seeds = list(seeds) if seeds else list(suite.seeds_for(Path(data_root) if data_root is not None else None))
+    seeds = list(seeds) if seeds else list(suite.seeds_for(data_root))
     suite.check(options, data_root, checkpoints)
     tasks = suite.tasks(options, data_root)
     names = [task.name for task in tasks]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
 
 TASK_KINDS = {"mask_rcnn": "instances", "keypoint_rcnn": "keypoints"}
 HEADLINE = {"bbox/AP", "segm/AP", "keypoints/AP"}  # reported with per-category samples
@@ -50,8 +50,7 @@ class CocoDetOptions:
         engine = str(merged["engine"])
         if engine not in ENGINES:
             raise InputError(f"option engine={engine!r}: expected one of {', '.join(ENGINES)}")
-        raw_tasks = merged["tasks"]
-        tasks = tuple(t.strip() for t in (raw_tasks.split(",") if isinstance(raw_tasks, str) else raw_tasks) if str(t).strip())
+        tasks = comma_list(merged["tasks"])
         bad = [t for t in tasks if t not in TASK_KINDS]
         if bad or not tasks:
             raise InputError(f"option tasks={','.join(tasks)!r}: unknown {', '.join(bad) or '(empty)'}; valid: {', '.join(TASK_KINDS)}")

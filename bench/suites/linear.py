@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class LinearOptions:
         datasets_text = str(merged["datasets"]).strip()
         datasets = None
         if datasets_text != "auto":
-            datasets = tuple(dict.fromkeys(name.strip() for name in datasets_text.split(",") if name.strip()))
+            datasets = tuple(dict.fromkeys(comma_list(datasets_text)))
             bad = [name for name in datasets if name not in DATASETS]
             if bad or not datasets:
                 raise InputError(f"option datasets={datasets_text!r}: unknown {', '.join(bad) or '(empty)'}; "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
 
 MODES = ("episodic", "linear")
 SPLIT_NAMES = ("TRAIN", "VALID", "TEST")
@@ -65,7 +65,7 @@ def _int(options: Mapping[str, Any], key: str, minimum: int) -> int:
 
 
 def _choices(options: Mapping[str, Any], key: str, valid: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in str(options[key]).split(",") if n.strip())
+    names = comma_list(str(options[key]))
     bad = [n for n in names if n not in valid]
     if bad or not names:
         raise InputError(f"option {key}={options[key]!r}: unknown {', '.join(bad) or '(empty)'}; "
@@ -78,7 +78,7 @@ def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDat
     records_text = str(merged["records"]).strip()
     records = Path(records_text) if records_text else data_root
     sources_text = str(merged["sources"]).strip()
-    sources = None if sources_text in ("", "all") else tuple(s.strip() for s in sources_text.split(",") if s.strip())
+    sources = None if sources_text in ("", "all") else comma_list(sources_text)
     split = str(merged["split"]).strip().upper()
     if split not in SPLIT_NAMES:
         raise InputError(f"option split={merged['split']!r}: expected one of {', '.join(SPLIT_NAMES)}")

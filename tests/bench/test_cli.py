@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.plan import parse_options
-from bench.suite import InputError
+from bench.suite import InputError, comma_list
 from bench.suites import SUITES, load_suite, suite_names
 from tests.bench.conftest import run_bench
 
@@ -90,3 +90,10 @@ def test_suites_complete_their_options_and_refuse_unknown_keys():
     assert options["max_iter"] == 3 and options["engine"] == suite.options["engine"]
     with pytest.raises(InputError, match="unknown coco_det option.s. iters; valid: .*max_iter"):
         suite.complete_options({"iters": 3})
+
+
+def test_comma_list_options_accept_text_or_sequences():
+    assert comma_list(" mask_rcnn, ,keypoint_rcnn ") == ("mask_rcnn", "keypoint_rcnn")
+    assert comma_list(["omniglot ", "", " aircraft"]) == ("omniglot", "aircraft")
+    assert comma_list(" , ") == ()
+    assert parse_options(load_suite("knn"), ["ks=5, 50,"])["ks"] == type(load_suite("knn").options["ks"])([5, 50])

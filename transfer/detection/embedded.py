@@ -13,7 +13,7 @@ in the embedded encoders' pretraining colours (yellow strokes on a blue, slightl
 Train and val canvases use disjoint digit images. Built once, atomically, and reused.
 
 The default is few labelled images (64 train canvases, about 190 digits; 128 val canvases), the regime where
-a backbone's initialisation matters: with 512 train canvases a random backbone came within 1-2 keypoint
+a backbone's initialisation matters: with 512 train canvases a random backbone came within 0.7-2.2 keypoint
 AP of the pretrained ones, with 64 it stays 5-6 keypoint AP and 6-7 mask AP below them (three seeds).
 """
 
