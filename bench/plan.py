@@ -118,7 +118,7 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
         return cache[key]
     from pretrain.checkpoint import load_encoder
 
-    loaded = load_encoder(resolved)
+    loaded = load_encoder(resolved, cmc_features=None)  # file and metadata only; suites pick the views
     identity = {"path": str(resolved), "sha256": loaded.sha256}
     identity.update({name: loaded.metadata.get(name) for name in IDENTITY_KEYS})
     cache = cache if isinstance(cache, dict) else {}

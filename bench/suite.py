@@ -27,6 +27,43 @@ def comma_list(value: Any) -> tuple[str, ...]:
     return tuple(text for text in (str(item).strip() for item in items) if text)
 
 
+# Options of every suite that embeds images for a checkpoint: which CMC encoders to evaluate and the
+# explicit override that feeds RGB to an encoder trained on another view. Part of the cell identity.
+VIEW_OPTIONS: dict[str, Any] = {
+    "cmc_features": "concat",  # CMC only: l | ab | concat (L + ab features, CMC's own evaluation)
+    "force_rgb_input": False,  # feed RGB to the exported backbone whatever view it was trained on
+}
+
+
+def view_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`cmc_features` and `force_rgb_input` from a suite's options, checked; an InputError names the bad value."""
+    from pretrain.views import CMC_FEATURES
+
+    features = str(options.get("cmc_features", VIEW_OPTIONS["cmc_features"])).strip().lower()
+    if features not in CMC_FEATURES:
+        raise InputError(f"option cmc_features={options.get('cmc_features')!r}: expected one of {', '.join(CMC_FEATURES)}")
+    force = options.get("force_rgb_input", False)
+    if not isinstance(force, bool):
+        text = str(force).strip().lower()
+        if text not in ("1", "true", "on", "yes", "0", "false", "off", "no"):
+            raise InputError(f"option force_rgb_input={force!r}: expected true or false")
+        force = text in ("1", "true", "on", "yes")
+    return {"cmc_features": features, "force_rgb_input": force}
+
+
+def load_checkpoint_for(path: Path, options: Mapping[str, Any], cmc_features: str | None = None):
+    """`load_encoder` with the suite's view options (`cmc_features` overrides the option, e.g. detection's
+    "l"); a refused file is an InputError naming it and why."""
+    from pretrain.checkpoint import CheckpointError, load_encoder
+
+    chosen = view_options(options)
+    try:
+        return load_encoder(path, cmc_features=cmc_features or chosen["cmc_features"],
+                            force_rgb_input=chosen["force_rgb_input"])
+    except CheckpointError as error:
+        raise InputError(str(error)) from None
+
+
 @dataclass(frozen=True)
 class Task:
     """One evaluation of a checkpoint. `params` is JSON-serialisable and part of the cell identity."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from pretrain.annealing import check_policy
 from pretrain.backbones import ARCHS, STEMS
-from pretrain.data import check_dataset_name
+from pretrain.data import augmentation_for, check_dataset_name
 from pretrain.methods import MethodSettings, check_combination
 from pretrain.samplers import SamplerConfig, check_sampler_name
 
@@ -52,6 +52,7 @@ class TrainConfig:
     image_size: int = 32
     crop_min_scale: float = 0.2
     hflip: bool = True
+    augmentation: str = "auto"  # auto (the method's own: cmc for CMC, else mocov2) | mocov2 | cmc
     workers: int = 0
     # optimisation (the paper's SGD recipe)
     batch_size: int = 256  # global, split across ranks
@@ -76,6 +77,9 @@ class TrainConfig:
     def resolved_anneal_epochs(self) -> int:
         return self.epochs // 2 if self.anneal_epochs < 0 else self.anneal_epochs
 
+    def resolved_augmentation(self) -> str:
+        return augmentation_for(self.method, self.augmentation)
+
     def sampler_config(self) -> SamplerConfig:
         return SamplerConfig(self.sampler, self.w_out, self.w_in, self.tau_plus, self.beta,
                              self.mochi_hardest, self.mochi_mixed, self.mochi_query_mixed)
@@ -92,6 +96,7 @@ class TrainConfig:
             self.sampler_config()
             check_policy(self.anneal)
             check_dataset_name(self.dataset)
+            self.resolved_augmentation()
         except ValueError as error:
             raise ConfigError(str(error)) from None
         checks = [

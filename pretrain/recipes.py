@@ -8,6 +8,13 @@ w_out falls linearly from 1.0 to 0.1 over the first half, w_in = 0.1 of the kept
 from the first epoch, no annealing; IR bank momentum 0; SimCLR w_out 0.5). MoCo uses a 65,536 queue
 for NCE and Ring alike (the released configs' 4,096 vs 65,536 confound is not copied).
 
+CMC recipes (method cmc, every dataset, digits included) use CMC's own augmentation, anchored on
+HobbitLong/CMC train_CMC.py (commit 0f2b643): RandomResizedCrop (lower scale `crop_low` 0.08 in the
+paper runs) and horizontal flip, then the Lab split (pretrain.views); no colour jitter, grayscale or
+blur. Their bank K is 4,096 (`num_negatives`): train_CMC.py's `nce_k` default in that version and the
+value of the Ring code's released IR configs; CMC's current HEAD defaults to 16,384
+(`num_negatives=16384` reproduces it). Bank momentum 0.5 is CMC's `nce_m`.
+
 Digits runs, `digits_{method}_{sampler}`, pretrain on the bundled scikit-learn digits and finish in
 a few minutes on 2 CPU cores; `digits_default_{nce,ring}` is the embedded pair.
 """
@@ -27,6 +34,9 @@ PAPER_DATASETS = {
 PAPER_METHODS = ("ir", "cmc", "moco", "simclr")
 RING_ANNEALED = {"sampler": "ring", "w_out": 0.1, "w_in": 0.1, "anneal": "linear", "anneal_epochs": -1}
 RING_RELEASED = {"sampler": "ring", "w_out": 0.1, "w_in": 0.1, "anneal": "constant"}
+# CMC's augmentation anchor (HobbitLong/CMC train_CMC.py): crop + flip, crop_low 0.08, no colour ops.
+CMC_AUGMENTATION = {"augmentation": "cmc"}
+CMC_PAPER = CMC_AUGMENTATION | {"crop_min_scale": 0.08}
 RELEASED_METHOD = {"ir": {"bank_momentum": 0.0}, "cmc": {"bank_momentum": 0.0}, "moco": {},
                    "simclr": {"w_out": 0.5, "lr_schedule": "constant"}}
 
@@ -41,7 +51,7 @@ DIGITS_BASE = {
 DIGITS_EPOCHS = {"ir": 8, "cmc": 4, "moco": 5, "simclr": 20}
 # SimCLR learns from in-batch negatives only, so it needs many steps: at batch 128 for 4 epochs (45 steps)
 # its kNN was 0.80, below an untrained ResNet-18 (0.889); batch 64 for 20 epochs (440 steps) reaches 0.95.
-DIGITS_METHOD = {"simclr": {"batch_size": 64}}
+DIGITS_METHOD = {"simclr": {"batch_size": 64}, "cmc": CMC_AUGMENTATION}
 DIGITS_RING = {"sampler": "ring", "w_out": 0.5, "w_in": 0.1, "anneal": "linear", "anneal_epochs": -1}
 DEFAULT_METHOD = "simclr"
 
@@ -50,7 +60,7 @@ def _paper_recipes() -> dict[str, dict]:
     recipes = {}
     for dataset, data in PAPER_DATASETS.items():
         for method in PAPER_METHODS:
-            base = {"method": method, **data}
+            base = {"method": method, **data} | (CMC_PAPER if method == "cmc" else {})
             recipes[f"{method}_nce_{dataset}"] = base | {"sampler": "nce"}
             recipes[f"{method}_ring_{dataset}"] = base | RING_ANNEALED
             recipes[f"{method}_ring_released_{dataset}"] = base | RING_RELEASED | RELEASED_METHOD[method]

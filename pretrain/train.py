@@ -42,6 +42,7 @@ from pretrain.data import (
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method
 from pretrain.recipes import recipe_config, recipe_names
+from pretrain.views import feature_model
 
 STATE_FORMAT = "ringbench-train-state"
 STATE_VERSION = 1
@@ -187,7 +188,7 @@ class Trainer:
                 print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
                       "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
         self.transform = pretrain_transform(config.image_size, self.mean, self.std, config.crop_min_scale,
-                                            config.hflip)
+                                            config.hflip, augmentation=config.resolved_augmentation())
         self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
         self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
                                                seed=config.seed, drop_last=True)
@@ -203,16 +204,17 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ monitor
     @torch.no_grad()
     def features(self, images) -> np.ndarray:
-        backbone = self.method.export_backbone()
-        was_training = backbone.training
-        backbone.eval()
+        """The method's own evaluation features (CMC: L + ab), each encoder on its input view."""
+        model = feature_model(self.method.export_encoders(), self.method.default_features(), self.mean, self.std)
+        was_training = model.training
+        model.eval()
         loader = DataLoader(TransformedImages(images, eval_transform(self.config.image_size, self.mean, self.std)),
                             batch_size=256, num_workers=self.config.workers)
         chunks = []
         for batch, _ in loader:
             with self._autocast():
-                chunks.append(backbone(batch.to(self.device)).float().cpu())
-        backbone.train(was_training)
+                chunks.append(model(batch.to(self.device)).float().cpu())
+        model.train(was_training)
         return torch.cat(chunks).numpy()
 
     def knn_monitor(self) -> float:
@@ -358,9 +360,11 @@ class Trainer:
             "epochs": config.epochs, "image_size": config.image_size,
             "mean": list(self.mean), "std": list(self.std), "config": config.to_dict(),
             "seed": config.seed, "code_version": code_version(), "recipe": config.recipe,
-            "knn_top1": knn_top1,
+            "knn_top1": knn_top1, "knn_features": "+".join(self.method.default_features()),
         }
-        return save_encoder(self.encoder_path, self.method.export_backbone(), metadata)
+        (_, (backbone, view)), *extra = self.method.export_encoders().items()
+        metadata["input_view"] = view
+        return save_encoder(self.encoder_path, backbone, metadata, extra=dict(extra))
 
 
 class _Subset:

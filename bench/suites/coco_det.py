@@ -24,12 +24,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list, load_checkpoint_for
 
 TASK_KINDS = {"mask_rcnn": "instances", "keypoint_rcnn": "keypoints"}
 HEADLINE = {"bbox/AP", "segm/AP", "keypoints/AP"}  # reported with per-category samples
 EMBEDDED_DIR = "digits_coco"
 RANDOM_CONTROL_FILE = "random_resnet18_imagenet.pt"
+# Detection fine-tunes one backbone: for CMC files the L encoder (on its lightness view), never the ab one.
+DETECTION_CMC_FEATURES = "l"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def random_control_encoder(reference: Path | None = None) -> Path:
         return path
     image_size, mean, std = 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     if reference is not None:
-        meta = load_encoder(reference).metadata
+        meta = load_encoder(reference, cmc_features=None).metadata
         image_size, mean, std = int(meta["image_size"]), list(meta["mean"]), list(meta["std"])
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -119,6 +121,7 @@ def random_control_encoder(reference: Path | None = None) -> Path:
         "image_size": image_size,
         "mean": mean,
         "std": std,
+        "input_view": "rgb",
         "config": {"init": "torchvision default (kaiming) with torch.manual_seed(0)"},
         "seed": 0,
     }
@@ -145,6 +148,7 @@ class CocoDetSuite(Suite):
         "schedule_scale": 1.0,  # multiplies iterations and lr steps (1 = 1x on COCO, the full embedded schedule)
         "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
         "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
+        "force_rgb_input": False,  # feed RGB to an encoder trained on another view (CMC's L encoder)
     }
     default_seeds = (0,)
     # One fine-tuning run on the embedded set moves box AP by several points (measured 26.7-37.1 for one
@@ -187,7 +191,6 @@ class CocoDetSuite(Suite):
         return tasks
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
         from transfer.detection.coco_data import CocoDataError, check_coco_root
         from transfer.detection.configs import check_recipe
 
@@ -205,8 +208,8 @@ class CocoDetSuite(Suite):
                           "images have no annotations; training skips them (as Detectron2 does)", file=sys.stderr)
         for path in checkpoints:
             try:
-                encoder = load_encoder(path)
-            except CheckpointError as error:
+                encoder = load_checkpoint_for(path, options, cmc_features=DETECTION_CMC_FEATURES)
+            except InputError as error:
                 raise InputError(f"coco_det: checkpoint refused: {error}") from None
             meta = encoder.metadata
             if meta["stem"] != "imagenet":
@@ -229,7 +232,6 @@ class CocoDetSuite(Suite):
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         import torch
 
-        from pretrain.checkpoint import load_encoder
         from transfer.detection.coco_data import check_coco_json, coco_split, resolve_coco_root
         from transfer.detection.configs import (
             DetectionJob,
@@ -253,7 +255,7 @@ class CocoDetSuite(Suite):
         train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
         summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
 
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, cell.options, cmc_features=DETECTION_CMC_FEATURES)
         meta = encoder.metadata
         batch = int(params["ims_per_batch"]) or protocol.schedule.ims_per_batch
         schedule = scale_schedule(protocol.schedule, batch, float(params["schedule_scale"]))
@@ -287,6 +289,7 @@ class CocoDetSuite(Suite):
             keypoint_flip_map=tuple(summary.keypoint_flip_map),
             keypoint_oks_sigmas=tuple(summary.keypoint_oks_sigmas),
             precise_bn_iters=protocol.precise_bn_iters,
+            input_view=encoder.backbone_view,
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)
@@ -300,7 +303,7 @@ class CocoDetSuite(Suite):
             from transfer.detection.engines import torchvision_engine
 
             result = torchvision_engine.train_and_evaluate(
-                job, encoder.model.state_dict(), protocol.heads, where=str(cell.checkpoint)
+                job, encoder.backbone.state_dict(), protocol.heads, where=str(cell.checkpoint)
             )
         if not result.metrics:  # a non-leader task of a multi-GPU job
             return CellOutput(metrics={}, info={"engine": engine, "role": "worker"})
@@ -324,6 +327,7 @@ class CocoDetSuite(Suite):
             "checkpoint_sampler": meta["sampler"],
             "pixel_mean": list(job.pixel_mean),
             "pixel_std": list(job.pixel_std),
+            **encoder.view_info(),
             "metric_samples": "headline APs carry per-category APs as samples (their mean is the COCO AP)",
         }
         return CellOutput(metrics=metrics, info=info)

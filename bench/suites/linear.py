@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+from bench.suite import (
+    VIEW_OPTIONS,
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    comma_list,
+    load_checkpoint_for,
+)
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,7 @@ class LinearSuite(Suite):
         "knn_k": 200,
         "fast_iters": 100,  # L-BFGS iterations of the fast protocol
         "imagenet_classes": 1000,  # class folders expected under imagenet/train (e.g. 100 for a subset)
+        **VIEW_OPTIONS,
     }
     default_seeds = (0,)
 
@@ -180,7 +191,6 @@ class LinearSuite(Suite):
         return tasks
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
         from pretrain.data import DatasetError
 
         opts = LinearOptions.parse(options)
@@ -206,12 +216,12 @@ class LinearSuite(Suite):
                       "images; kNN uses all of them", file=sys.stderr)
         for path in checkpoints:
             try:
-                load_encoder(path)
-            except CheckpointError as error:
+                load_checkpoint_for(path, options)
+            except InputError as error:
                 raise InputError(f"linear: checkpoint refused: {error}") from None
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
-        from pretrain.checkpoint import load_encoder
+
         from transfer.features import FeatureCache
         from transfer.linear.evaluate import evaluate_encoder
         from transfer.linear.protocol import FastRecipe, KnnRecipe, PaperRecipe, data_source, default_workers
@@ -222,7 +232,7 @@ class LinearSuite(Suite):
         opts = LinearOptions.parse(cell.options)
         params = cell.task.params
         name = params["dataset"]
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, cell.options)
         image_size = int(encoder.metadata["image_size"])
         train = open_split(name, cell.data_root, params["train_split"], image_size)
         test = open_split(name, cell.data_root, params["test_split"], image_size)
@@ -263,7 +273,7 @@ class LinearSuite(Suite):
         info = dict(evaluation.info)
         info |= {"engine": f"linear-{params['protocol']}", "dataset": name, "world_size": context.world_size,
                  "image_size": encoder.metadata["image_size"], "checkpoint_method": encoder.metadata["method"],
-                 "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers,
+                 "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers, **encoder.view_info(),
                  "feature_cache": {"hits": cache.hits, "misses": cache.misses}}
         return CellOutput(metrics=metrics, info=info)
 
