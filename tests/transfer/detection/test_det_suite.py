@@ -118,3 +118,33 @@ def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco
     stored = [json.loads(path.read_text()) for path in (results / "coco_det" / "cells").glob("*/result.json")]
     assert len(stored) == 4 and {r["engine"] for r in stored} == {"torchvision"}
     assert all("2 iterations (max_iter=2)" in r["info"]["schedule_stated"] for r in stored)
+
+
+def test_coco_det_fine_tunes_the_cmc_l_encoder_on_its_view(tmp_path, small_coco, monkeypatch):
+    import torch
+
+    from bench.suite import Cell
+    from tests.cmc_encoders import cmc_backbones, write_cmc_encoder, write_old_cmc_encoder
+    from transfer.detection.engines import EngineResult, torchvision_engine
+
+    seen = {}
+
+    def capture(job, state_dict, heads, where):
+        seen.update(job=job, state_dict=state_dict)
+        return EngineResult(metrics={"bbox/AP": 1.0}, per_category={}, info={})
+
+    monkeypatch.setattr(torchvision_engine, "train_and_evaluate", capture)
+    suite = CocoDetSuite()
+    path = write_cmc_encoder(tmp_path / "cmc.pt")
+    old = write_old_cmc_encoder(tmp_path / "old.pt")
+    with pytest.raises(InputError, match="old.pt: a CMC encoder file without metadata"):
+        suite.check(options(tasks="mask_rcnn"), small_coco, [old])
+    suite.check(options(tasks="mask_rcnn", force_rgb_input=True), small_coco, [old])
+    lightness, _ = cmc_backbones()
+    for checkpoint, opts, view in ((path, options(tasks="mask_rcnn"), "lightness"),
+                                   (old, options(tasks="mask_rcnn", force_rgb_input=True), "rgb")):
+        [task] = suite.tasks(opts, small_coco)
+        output = suite.run(Cell("coco_det", task, checkpoint, 0, opts, small_coco, tmp_path / "shared"), tmp_path / "cell")
+        assert seen["job"].input_view == view
+        assert output.info["input_view"] == view and output.info["cmc_features"] == "l"
+        assert all(torch.equal(seen["state_dict"][k], v) for k, v in lightness.state_dict().items())
