@@ -131,6 +131,7 @@ class Runner:
             protocol_version=self.plan.suite.protocol_version,
             checkpoint_identity=planned.checkpoint,
             executor=self.executor,
+            dataset=planned.dataset,
         )
 
     def mark_submitted(self, tracked: Tracked, job_id: str) -> None:

@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pretrain.atomic_files import create_temporary
 
 SCHEMA_VERSION = 1
 RESULT = "result.json"
@@ -55,8 +56,13 @@ def cell_id(
     protocol_version: str,
     checkpoint_sha256: str | None,
     options: Mapping[str, Any],
+    dataset_sha256: str | None = None,
 ) -> str:
-    """Stable identity of a cell: same inputs, same id, on every machine and Python run."""
+    """Stable identity of a cell: same inputs, same id, on every machine and Python run.
+
+    `dataset_sha256` is the fingerprint of the data the cell reads (bench.fingerprint); suites that
+    read none pass None and keep the ids they had before fingerprints existed. `options` must not
+    hold data paths (Suite.path_options): the fingerprint stands for the data, wherever it lives."""
     identity = {
         "checkpoint_sha256": checkpoint_sha256,
         "suite": suite,
@@ -66,12 +72,13 @@ def cell_id(
         "protocol_version": str(protocol_version),
         "options": dict(options),
     }
+    if dataset_sha256 is not None:
+        identity["dataset_sha256"] = str(dataset_sha256)
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:20]
 
 
-def _write_temporary(path: Path, text: str, fsync: bool = True) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _write_temporary(path: Path, text: str, fsync: bool = True) -> Path:
+    fd, tmp = create_temporary(path)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
         if fsync:

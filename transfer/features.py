@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -91,11 +90,6 @@ class FeatureCache:
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary file beside `path`, then rename: a killed writer leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from pretrain.atomic_files import atomic_write
+
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), fsync=False, suffix=".npy")
