@@ -64,9 +64,13 @@ try:  # orjson parses the per-sample arrays several times faster; the standard l
     import orjson
 
     _parse = orjson.loads
+
+    def _dumps_sorted(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     _PARSE_ERRORS: tuple[type[BaseException], ...] = (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError)
 except ImportError:  # pragma: no cover - depends on the environment
     _parse = json.loads
+    _dumps_sorted = None
     _PARSE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
 
 
@@ -127,7 +131,16 @@ def identity_of(result: dict[str, Any], defaults: SuiteDefaults) -> str:
     options = {k: v for k, v in (result.get("options") or {}).items() if k not in defaults.path_options}
     dataset = result.get("dataset") or {}
     identity = [result["task"].get("params") or {}, options, result.get("protocol_version"), dataset.get("sha256")]
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(_canonical(identity)).hexdigest()[:12]
+
+
+def _canonical(value: Any) -> bytes:
+    if _dumps_sorted is not None:
+        try:
+            return _dumps_sorted(value)
+        except TypeError:  # a value orjson does not serialise: the standard library's str() fallback
+            pass
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
 def scan_suite(root: Path, suite: str) -> Scan:
@@ -266,13 +279,13 @@ RANKED_COLUMNS = ["suite", "model", "task", "metric", "dataset", "setting", "col
 
 
 def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """Add `rank` per (suite, dataset, setting, column) and `avg_rank` per (suite, dataset, setting,
-    model): the headline column. Models are ranked only against models evaluated on the same data
-    with the same setting.
+    """Add `rank` per (suite, dataset, setting, column) and `avg_rank` per (suite, entry): the headline
+    column. Models are ranked only against models evaluated on the same data with the same setting.
 
     `column` is "task metric" when models are checkpoints; in a suite without checkpoints the models
     are its tasks (e.g. pretraining recipes), compared per metric. `entry` names a table row: the
-    model, its setting when not the default, and its dataset when the suite has several."""
+    model, its setting when not the default, and its dataset when one task was evaluated on several
+    (two COCO folders); a suite whose tasks are datasets (Meta-Dataset sources) keeps one row per model."""
     if agg.empty:
         return pd.DataFrame(columns=RANKED_COLUMNS)
     agg = agg.copy()
@@ -281,7 +294,7 @@ def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
     entry = agg["model"].astype(str)
     with_setting = agg["setting"] != ""
     entry = entry.where(~with_setting, entry + " [" + agg["setting"] + "]")
-    several = agg.groupby("suite")["dataset"].transform("nunique") > 1
+    several = agg.groupby(["suite", "task"])["dataset"].transform("nunique") > 1
     agg["entry"] = entry.where(~several, entry + " @ " + agg["dataset"])
     scope = ["suite", "dataset", "setting"]
     parts = []
@@ -291,8 +304,9 @@ def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
                                    bool(group["higher_is_better"].iloc[0]))
         parts.append(group)
     ranked = pd.concat(parts, ignore_index=True)
-    ranked["avg_rank"] = ranked.groupby([*scope, "model"], dropna=False)["rank"].transform("mean")
-    return ranked.sort_values([*scope, "avg_rank", "model", "task", "metric"], ignore_index=True)[RANKED_COLUMNS]
+    ranked["avg_rank"] = ranked.groupby(["suite", "entry"], dropna=False)["rank"].transform("mean")
+    return ranked.sort_values(["suite", "setting", "avg_rank", "entry", "task", "metric"],
+                              ignore_index=True)[RANKED_COLUMNS]
 
 
 PAIRED_COLUMNS = ["suite", "task", "metric", "dataset", "setting", "seed", "ring_model", "nce_model", "method",
@@ -425,22 +439,24 @@ def collapse_deterministic(per_seed: pd.DataFrame) -> pd.DataFrame:
 def paired_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Rows with seed "all": the twins compared over evaluation seeds, each seed's mean being one paired
     sample (n = seeds), for twins evaluated under two or more common seeds."""
-    keys = PAIR_KEYS
-    rows = []
-    for group_key, group in per_seed.groupby(keys, sort=False, dropna=False):
-        if len(group) < 2:
-            continue
-        diff = group["ring_mean"].to_numpy(float) - group["nce_mean"].to_numpy(float)
-        n = len(diff)
-        sd = diff.std(ddof=1)
-        rows.append(dict(zip(keys, group_key)) | {
-            "seed": "all", "n": n, "ring_mean": group["ring_mean"].mean(), "nce_mean": group["nce_mean"].mean(),
-            "mean_diff": diff.mean(), "ci95_diff": 1.96 * sd / np.sqrt(n),
-            "p_ttest": float(paired_t_p(np.array([diff.mean()]), np.array([sd]), np.array([n]))[0]),
-            "p_sign": float(sign_test_p(np.array([(diff > 0).sum()]), np.array([(diff != 0).sum()]))[0]),
-            "test": "over seeds (samples: per-seed means); paired t-test; exact sign test",
-        })
-    return pd.DataFrame(rows, columns=[*PAIRED_COLUMNS, "identity"])
+    columns = [*PAIRED_COLUMNS, "identity"]
+    diff = per_seed["ring_mean"].astype(float) - per_seed["nce_mean"].astype(float)
+    frame = per_seed[PAIR_KEYS].assign(ring_mean=per_seed["ring_mean"].astype(float),
+                                       nce_mean=per_seed["nce_mean"].astype(float), diff=diff,
+                                       positive=(diff > 0).astype(int), nonzero=(diff != 0).astype(int))
+    over = frame.groupby(PAIR_KEYS, sort=False, dropna=False).agg(
+        n=("diff", "size"), ring_mean=("ring_mean", "mean"), nce_mean=("nce_mean", "mean"),
+        mean_diff=("diff", "mean"), sd=("diff", "std"), positive=("positive", "sum"), nonzero=("nonzero", "sum"))
+    over = over[over["n"] >= 2].reset_index()
+    if over.empty:
+        return pd.DataFrame(columns=columns)
+    n = over["n"].to_numpy()
+    over["ci95_diff"] = 1.96 * over["sd"].to_numpy() / np.sqrt(n)
+    over["p_ttest"] = paired_t_p(over["mean_diff"].to_numpy(), over["sd"].to_numpy(), n)
+    over["p_sign"] = sign_test_p(over["positive"].to_numpy(), over["nonzero"].to_numpy())
+    over["seed"] = "all"
+    over["test"] = "over seeds (samples: per-seed means); paired t-test; exact sign test"
+    return over[columns]
 
 
 DETERMINISTIC_NOTE = ("† the same number under every evaluation seed (a deterministic evaluation): reported "
@@ -453,7 +469,7 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     if ranked.empty:
         return "_no results_\n"
     columns = sorted(ranked["column"].unique())
-    entries = ranked.drop_duplicates("entry").sort_values(["dataset", "setting", "avg_rank", "entry"])["entry"].tolist()
+    entries = ranked.drop_duplicates("entry").sort_values(["setting", "avg_rank", "entry"])["entry"].tolist()
     header = "| model | avg rank | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
     best = ranked.groupby(["dataset", "setting", "column"], dropna=False)["rank"].min()
@@ -461,19 +477,22 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     if engines.any():  # say which engine produced each row's numbers
         header = header.replace("| avg rank |", "| engine | avg rank |")
         lines = [header, "|" + "---|" * (len(columns) + 3)]
+    by_entry: dict[str, dict[str, dict[str, Any]]] = {}
+    for record in ranked.to_dict("records"):
+        by_entry.setdefault(record["entry"], {})[record["column"]] = record
     for entry in entries:
-        mine = ranked[ranked["entry"] == entry].set_index("column")
+        mine = by_entry[entry]
         cells = []
         for column in columns:
-            if column not in mine.index:
+            if column not in mine:
                 cells.append("missing")
                 continue
-            r = mine.loc[column]
+            r = mine[column]
             text = f"{r['mean']:.2f} ± {r['ci95']:.2f} ({r['rank']:g})"
             if r["rank"] == best[(r["dataset"], r["setting"], column)]:
                 text = f"**{text}**"
             cells.append(text + (" †" if r["deterministic"] else ""))
-        avg = mine["avg_rank"].iloc[0]
+        avg = next(iter(mine.values()))["avg_rank"]
         engine = f" {engines[entry]} |" if engines.any() else ""
         lines.append(f"| {entry} |{engine} {avg:.2f} | " + " | ".join(cells) + " |")
     if ranked["deterministic"].any():
@@ -562,7 +581,7 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
         md.append("| task | metric | dataset | setting | method | seed | n | ring | nce | ring − nce | 95% CI | p (t) "
                   "| p (sign) |")
         md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for _, r in paired.iterrows():
+        for r in paired.to_dict("records"):
             md.append(f"| {r['task']} | {r['metric']} | {r['dataset'] or '-'} | {r['setting'] or 'default'} | "
                       f"{r['method']} | {r['seed']} | {r['n']} | {r['ring_mean']:.2f} | "
                       f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | "
