@@ -457,6 +457,10 @@ def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile
         print(f"checkpoints ({len(plan.checkpoints)}):", file=stream)
         for path in plan.checkpoints:
             print(f"  {path}", file=stream)
+    datasets = {p.dataset["label"]: p.dataset for p in plan.cells if p.dataset}
+    if datasets:  # the fingerprints that are part of the cell ids below
+        print("datasets: " + ", ".join(f"{label} ({d['files']} files)" for label, d in sorted(datasets.items())),
+              file=stream)
     print(f"cells ({len(plan.cells)}):", file=stream)
     for planned in plan.cells:
         state = plan.store.cell(planned.cell_id).state().state
