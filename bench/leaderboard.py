@@ -528,16 +528,16 @@ def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from pretrain.atomic_files import atomic_write
+
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"), fsync=False, suffix=".png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from pretrain.atomic_files import atomic_write_text
+
+    atomic_write_text(path, text)  # a unique temporary: two runners finishing together may both write
 
 
 def suite_hooks(suite: str):

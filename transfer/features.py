@@ -84,7 +84,9 @@ class FeatureCache:
 
     def _write(self, path: Path, array: np.ndarray, parts: dict[str, Any]) -> None:
         save_array_atomic(path, array)
-        path.with_suffix(".json").write_text(json.dumps(parts, sort_keys=True, default=str, indent=1))
+        from pretrain.atomic_files import atomic_write_text
+
+        atomic_write_text(path.with_suffix(".json"), json.dumps(parts, sort_keys=True, default=str, indent=1))
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
