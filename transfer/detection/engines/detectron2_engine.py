@@ -100,6 +100,8 @@ def _register_extra_norm_head() -> None:
 
 def _viewed_mapper(cfg, is_train: bool, view: str):
     """Detectron2's DatasetMapper with its usual augmentations followed by the encoder's input view."""
+    import functools
+
     from detectron2.data import DatasetMapper
     from detectron2.data import detection_utils as utils
     from detectron2.data import transforms as T
@@ -112,7 +114,7 @@ def _viewed_mapper(cfg, is_train: bool, view: str):
     if view != "rgb":
         if cfg.INPUT.FORMAT != "RGB":
             raise ValueError(f"input view {view!r} needs INPUT.FORMAT RGB, the config has {cfg.INPUT.FORMAT}")
-        augmentations.append(T.ColorTransform(lambda image: view_pixels_uint8(image, view)))
+        augmentations.append(T.ColorTransform(functools.partial(view_pixels_uint8, view=view)))  # picklable for workers
     return DatasetMapper(cfg, is_train, augmentations=augmentations)
 
 
