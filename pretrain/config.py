@@ -7,14 +7,17 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 
-from pretrain.annealing import check_policy
 from pretrain.backbones import ARCHS, STEMS
 from pretrain.data import check_dataset_name
 from pretrain.methods import MethodSettings, check_combination
-from pretrain.samplers import SamplerConfig, check_sampler_name
+from pretrain.samplers import NegativeSampler, build_sampler, sampler_parameters
 
 LR_SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# sampler parameter -> the config field holding it, where the names differ
+SAMPLER_FIELDS = {"hardest": "mochi_hardest", "mixed": "mochi_mixed", "query_mixed": "mochi_query_mixed"}
 
 
 class ConfigError(ValueError):
@@ -73,12 +76,11 @@ class TrainConfig:
     deterministic: bool = True
     recipe: str = field(default="", metadata={"internal": True})
 
-    def resolved_anneal_epochs(self) -> int:
-        return self.epochs // 2 if self.anneal_epochs < 0 else self.anneal_epochs
-
-    def sampler_config(self) -> SamplerConfig:
-        return SamplerConfig(self.sampler, self.w_out, self.w_in, self.tau_plus, self.beta,
-                             self.mochi_hardest, self.mochi_mixed, self.mochi_query_mixed)
+    def build_sampler(self) -> NegativeSampler:
+        """The configured negative sampler, validated, with its schedule spread over `epochs`."""
+        names = sampler_parameters(self.sampler)
+        params = {name: getattr(self, SAMPLER_FIELDS.get(name, name)) for name in names}
+        return build_sampler(self.sampler, epochs=self.epochs, **params)
 
     def method_settings(self, mean, std) -> MethodSettings:
         return MethodSettings(self.arch, self.stem, self.embed_dim, self.temperature, self.num_negatives,
@@ -87,10 +89,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         try:
-            check_sampler_name(self.sampler)
-            check_combination(self.method, self.sampler)
-            self.sampler_config()
-            check_policy(self.anneal)
+            sampler = self.build_sampler()
+            check_combination(self.method, sampler)
             check_dataset_name(self.dataset)
         except ValueError as error:
             raise ConfigError(str(error)) from None
@@ -113,8 +113,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.sampler == "mochi" and self.queue_size < 2:
-            raise ConfigError("sampler 'mochi' needs a queue (queue_size >= 2)")
+        if sampler.needs_queue and self.queue_size < 2:
+            raise ConfigError(f"sampler {self.sampler!r} needs a queue (queue_size >= 2)")
         return self
 
     def to_dict(self) -> dict:

@@ -26,7 +26,6 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from pretrain import distributed
-from pretrain.annealing import outer_fraction
 from pretrain.checkpoint import atomic_torch_save, code_version, save_encoder
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import (
@@ -73,12 +72,6 @@ def lr_at(config: TrainConfig, epoch: int) -> float:
         drops = sum(epoch >= int(fraction * config.epochs) for fraction in config.lr_milestones)
         return config.lr * 0.1**drops
     return config.lr
-
-
-def w_out_at(config: TrainConfig, epoch: int) -> float:
-    if config.sampler not in ("ring", "ball"):
-        return config.w_out
-    return outer_fraction(config.anneal, config.w_out, epoch, config.resolved_anneal_epochs(), config.anneal_steps)
 
 
 def _rng_state() -> dict:
@@ -162,7 +155,8 @@ class Trainer:
         root = config.data_root or None
         self.images = open_dataset(config.dataset, root, PRETRAIN_SPLIT[config.dataset], **self._size_kw())
         settings = config.method_settings(self.mean, self.std)
-        self.method = build_method(config.method, settings, config.sampler_config(), len(self.images),
+        self.sampler = config.build_sampler()
+        self.method = build_method(config.method, settings, self.sampler, len(self.images),
                                    seed=config.seed).to(self.device)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -266,7 +260,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> dict:
         config = self.config
-        lr, w_out = lr_at(config, epoch), w_out_at(config, epoch)
+        lr = lr_at(config, epoch)
+        self.sampler.set_epoch(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.method.train()
@@ -282,7 +277,7 @@ class Trainer:
             views = [view.to(self.device, non_blocking=True) for view in views]
             index = index.to(self.device)
             with self._autocast():
-                loss = self.method.loss(views, index, w_out, self.generator)
+                loss = self.method.loss(views, index, self.generator)
             if not torch.isfinite(loss):
                 last = f"{self.state_path} (epoch {epoch})" if epoch > 0 else "none (first epoch)"
                 raise TrainingDiverged(
@@ -298,9 +293,8 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
         progress.close()
-        band = w_out if config.sampler in ("ring", "ball") else None
-        return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "w_out": band, "steps": count,
-                "train_seconds": round(time.perf_counter() - started, 3)}
+        return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, **self.sampler.epoch_record(),
+                "steps": count, "train_seconds": round(time.perf_counter() - started, 3)}
 
     def fit(self, until_epoch: int | None = None) -> Path | None:
         """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks).
@@ -345,15 +339,11 @@ class Trainer:
 
     def export(self, knn_top1: float | None = None) -> Path:
         config = self.config
-        params = config.sampler_config().params()
-        if config.sampler in ("ring", "ball"):
-            params |= {"anneal": config.anneal, "anneal_epochs": config.resolved_anneal_epochs(),
-                       "anneal_steps": config.anneal_steps, "w_out_final": w_out_at(config, config.epochs - 1)}
         if knn_top1 is None and self.metrics_path.exists():
             records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
             knn_top1 = next((r["knn_top1"] for r in reversed(records) if "knn_top1" in r), None)
         metadata = {
-            "method": config.method, "sampler": config.sampler, "sampler_params": params,
+            "method": config.method, "sampler": config.sampler, "sampler_params": self.sampler.metadata(),
             "arch": config.arch, "stem": config.stem, "pretrain_dataset": config.dataset,
             "epochs": config.epochs, "image_size": config.image_size,
             "mean": list(self.mean), "std": list(self.std), "config": config.to_dict(),

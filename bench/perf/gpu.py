@@ -51,22 +51,23 @@ def _autocast(device: torch.device):
 
 def pretraining_throughput(device: torch.device, arch: str, size: int, batch: int, queue: int, repeats: int) -> dict:
     from pretrain.methods import MethodSettings, build_method
-    from pretrain.samplers import SamplerConfig
+    from pretrain.samplers import build_sampler
 
     result = {"check": "pretrain_images_per_s", "method": "moco", "arch": arch, "image_size": size, "batch": batch,
               "queue": queue, "precision": "bf16" if device.type == "cuda" else "fp32"}
     views = [torch.randn(batch, 3, size, size, device=device) for _ in range(2)]
     index = torch.arange(batch, device=device)
-    for sampler in ("nce", "ring"):
+    samplers = {"nce": build_sampler("nce"), "ring": build_sampler("ring", w_out=0.1, w_in=0.1, anneal="constant")}
+    for sampler, negatives in samplers.items():
         settings = MethodSettings(arch=arch, stem="imagenet", queue_size=queue)
-        method = build_method("moco", settings, SamplerConfig(sampler, w_out=0.1, w_in=0.1), batch).to(device)
+        method = build_method("moco", settings, negatives, batch).to(device)
         parameters = [p for name in method.trainable_encoders() for p in getattr(method, name).parameters()]
         optimizer = torch.optim.SGD(parameters, lr=0.03, momentum=0.9, weight_decay=1e-4)
         generator = torch.Generator().manual_seed(0)
 
         def step(method=method, optimizer=optimizer, generator=generator):
             with _autocast(device):
-                loss = method.loss(views, index, 0.1, generator)
+                loss = method.loss(views, index, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
