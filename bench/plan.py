@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,58 +10,27 @@ from pathlib import Path
 from typing import Any
 
 from bench.store import CellState, ResultStore, cell_id
-from bench.suite import Cell, InputError, Suite, comma_list
+from bench.suite import Cell, InputError, Suite
+from pretrain.overrides import OverrideError, comma_list, kind_of, parse_text, split_pair
 
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
                  "image_size", "code_version")
 
 
-def parse_value(key: str, text: str, default: Any) -> Any:
-    """Convert a command-line string to the type of the option's default."""
-    try:
-        if isinstance(default, bool):
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, list | tuple):
-            items = list(comma_list(text))
-            if default and not isinstance(default[0], str):
-                items = [type(default[0])(item) for item in items]
-            return type(default)(items)
-        if isinstance(default, dict):
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-    except (ValueError, json.JSONDecodeError):
-        kind = type(default).__name__
-        raise InputError(f"option {key}={text!r}: expected a {kind} like the default {default!r}") from None
-    if default is None:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    return text
-
-
-def parse_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
+def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
+    """The suite's defaults with `key=value` pairs applied, each typed like its default."""
     options = dict(suite.options)
+    valid = ", ".join(sorted(suite.options)) or "(none)"
     for pair in pairs:
         if "=" not in pair:
-            raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: "
-                             f"{', '.join(sorted(suite.options)) or '(none)'}")
-        key, _, text = pair.partition("=")
+            raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: {valid}")
+        key, text = split_pair(pair)
         if key not in suite.options:
-            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: "
-                             f"{', '.join(sorted(suite.options)) or '(none)'}")
-        options[key] = parse_value(key, text, suite.options[key])
+            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: {valid}")
+        try:
+            options[key] = parse_text(key, text, kind_of(suite.options[key]), label="option ")
+        except OverrideError as error:
+            raise InputError(f"{error} like the default {suite.options[key]!r}") from None
     return options
 
 
@@ -70,8 +38,8 @@ def expand_checkpoints(specs: Sequence[str]) -> list[Path]:
     """Paths, comma lists, globs or folders (every *.pt inside) -> existing files, in order, no duplicates."""
     paths: list[Path] = []
     for spec in specs:
-        for item in [s for s in spec.split(",") if s.strip()]:
-            item = os.path.expanduser(item.strip())
+        for item in comma_list(spec):
+            item = os.path.expanduser(item)
             if glob.has_magic(item):
                 matches = sorted(glob.glob(item, recursive=True))
                 if not matches:
@@ -170,7 +138,7 @@ def build_plan(
     task_names: Sequence[str] | None = None,
 ) -> Plan:
     """Validate everything that can be checked up front and expand checkpoint x task x seed."""
-    options = parse_options(suite, option_pairs)
+    options = parse_suite_options(suite, option_pairs)
     if data_root is not None and not Path(data_root).exists():
         raise InputError(f"--data-root {data_root}: no such folder")
     store = ResultStore(results_root, suite.name)

@@ -16,15 +16,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pretrain.overrides import comma_list as comma_list  # re-exported for the suites
+
 
 class InputError(ValueError):
     """Bad input found before submission; the message names the file, key or value and what was expected."""
-
-
-def comma_list(value: Any) -> tuple[str, ...]:
-    """An option given as "a, b,c" or as a sequence: its non-empty, stripped items in order."""
-    items = value.split(",") if isinstance(value, str) else value
-    return tuple(text for text in (str(item).strip() for item in items) if text)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from slurm.profiles import ResourceProfile
+from slurm.profiles import ProfileError, ResourceProfile
 
 EXECUTORS = ("auto", "local", "debug", "slurm")
 
@@ -90,10 +90,8 @@ def fit_profile(profile: ResourceProfile, executor: str, notes: list[str]) -> Re
         if profile.partition:
             partitions = slurm_partitions()
             if partitions is not None and profile.partition not in partitions:
-                from bench.suite import InputError
-
-                raise InputError(f"partition {profile.partition!r} does not exist on this cluster; "
-                                 f"partitions: {', '.join(partitions) or '(none)'}")
+                raise ProfileError(f"partition {profile.partition!r} does not exist on this cluster; "
+                                   f"partitions: {', '.join(partitions) or '(none)'}")
         limits = slurm_node_limits(profile.partition)
         if limits:
             if profile.gpus > limits["gpus"]:

@@ -43,7 +43,7 @@ class PretrainSuite(Suite):
     def _overrides(options: Mapping[str, Any], data_root: Path | None, seed: int | None) -> dict[str, Any]:
         overrides = dict(options["overrides"])
         if data_root is not None:
-            overrides.setdefault("data_root", str(data_root))
+            overrides.setdefault("data.root", str(data_root))
         if seed is not None:
             overrides["seed"] = int(seed)
         return overrides

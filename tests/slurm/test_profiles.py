@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.job import pin_device_for_local_rank
-from bench.suite import InputError
 from slurm.executors import fit_profile, make_executor
-from slurm.profiles import PROFILES, apply_overrides
+from slurm.profiles import PROFILES, ProfileError, apply_overrides
 
 
 def test_overrides_target_one_profile_or_all_and_are_typed():
@@ -15,9 +14,9 @@ def test_overrides_target_one_profile_or_all_and_are_typed():
     assert profiles["detection"].nodes == 2 and PROFILES["detection"].nodes == 1  # a copy, defaults untouched
     assert {p.timeout_min for p in profiles.values()} == {30}
     assert profiles["eval"].partition == "a100" and profiles["linear"].partition is None
-    with pytest.raises(InputError, match="expected an integer"):
+    with pytest.raises(ProfileError, match="expected an integer"):
         apply_overrides(PROFILES, ["eval.gpus=two"])
-    with pytest.raises(InputError, match="unknown profile 'gpu'; valid profiles: pretrain, eval"):
+    with pytest.raises(ProfileError, match="unknown profile 'gpu'; valid profiles: pretrain, eval"):
         apply_overrides(PROFILES, ["gpu.cpus=2"])
 
 
