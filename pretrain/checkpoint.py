@@ -43,6 +43,24 @@ REQUIRED_METADATA = {
 }
 
 
+def encoder_metadata(*, method: str, sampler: str, arch: str, stem: str, pretrain_dataset: str, epochs: int,
+                     image_size: int, mean, std, sampler_params: dict | None = None, config: dict | None = None,
+                     seed: int = 0, **extra: Any) -> dict[str, Any]:
+    """The metadata dict of an encoder file: REQUIRED_METADATA's fields in one order, then `extra`
+    (training adds recipe and knn_top1; `save_encoder` fills code_version when absent). A new field is
+    one keyword at the call that knows it (and one REQUIRED_METADATA line if every file must carry it)."""
+    return {"method": method, "sampler": sampler, "sampler_params": dict(sampler_params or {}), "arch": arch,
+            "stem": stem, "pretrain_dataset": pretrain_dataset, "epochs": int(epochs), "image_size": int(image_size),
+            "mean": list(mean), "std": list(std), "config": dict(config or {}), "seed": int(seed)} | extra
+
+
+def untrained_metadata(*, arch: str, stem: str, image_size: int, mean, std, sampler: str = "none",
+                       **extra: Any) -> dict[str, Any]:
+    """Metadata of an untrained (random-init) control encoder: method "random", no data, no epochs."""
+    return encoder_metadata(method="random", sampler=sampler, arch=arch, stem=stem, pretrain_dataset="none",
+                            epochs=0, image_size=image_size, mean=mean, std=std, **extra)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and what is wrong."""
 

@@ -26,7 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from pretrain import distributed
-from pretrain.checkpoint import atomic_torch_save, code_version, save_encoder
+from pretrain.checkpoint import atomic_torch_save, code_version, encoder_metadata, save_encoder
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import (
     MONITOR_SPLITS,
@@ -342,14 +342,13 @@ class Trainer:
         if knn_top1 is None and self.metrics_path.exists():
             records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
             knn_top1 = next((r["knn_top1"] for r in reversed(records) if "knn_top1" in r), None)
-        metadata = {
-            "method": config.method.name, "sampler": config.sampler.name, "sampler_params": self.sampler.metadata(),
-            "arch": config.method.arch, "stem": config.method.stem, "pretrain_dataset": config.data.name,
-            "epochs": config.optim.epochs, "image_size": config.data.image_size,
-            "mean": list(self.mean), "std": list(self.std), "config": config.to_dict(),
-            "seed": config.seed, "code_version": code_version(), "recipe": config.recipe,
-            "knn_top1": knn_top1,
-        }
+        metadata = encoder_metadata(
+            method=config.method.name, sampler=config.sampler.name, sampler_params=self.sampler.metadata(),
+            arch=config.method.arch, stem=config.method.stem, pretrain_dataset=config.data.name,
+            epochs=config.optim.epochs, image_size=config.data.image_size, mean=self.mean, std=self.std,
+            config=config.to_dict(), seed=config.seed, code_version=code_version(), recipe=config.recipe,
+            knn_top1=knn_top1,
+        )
         return save_encoder(self.encoder_path, self.method.export_backbone(), metadata)
 
 

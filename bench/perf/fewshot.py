@@ -33,12 +33,11 @@ def pick_checkpoint(path: str | None, scratch: Path) -> Path:
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import save_encoder, untrained_metadata
 
     torch.manual_seed(0)
-    metadata = {"method": "random", "sampler": "nce", "sampler_params": {}, "arch": "resnet18", "stem": "imagenet",
-                "pretrain_dataset": "none", "epochs": 0, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
-                "config": {}, "seed": 0}
+    metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                                  sampler="nce")
     return save_encoder(scratch / "random.pt", build_backbone("resnet18", "imagenet"), metadata)
 
 

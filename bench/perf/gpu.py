@@ -124,13 +124,11 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
     from bench.suite import Cell, Task
     from bench.suites.coco_det import CocoDetSuite
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import save_encoder, untrained_metadata
 
     torch.manual_seed(0)
-    encoder = save_encoder(scratch / "resnet50_random.pt", build_backbone("resnet50", "imagenet"), {
-        "method": "random", "sampler": "none", "sampler_params": {}, "arch": "resnet50", "stem": "imagenet",
-        "pretrain_dataset": "none", "epochs": 0, "image_size": 224, "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225], "config": {}, "seed": 0})
+    encoder = save_encoder(scratch / "resnet50_random.pt", build_backbone("resnet50", "imagenet"), untrained_metadata(
+        arch="resnet50", stem="imagenet", image_size=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
     suite = CocoDetSuite()
     options = dict(suite.options) | {"tasks": "mask_rcnn", "max_iter": iterations}
     suite.check(options, None, [encoder])

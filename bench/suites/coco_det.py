@@ -95,7 +95,7 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import load_encoder, save_encoder
+    from pretrain.checkpoint import load_encoder, save_encoder, untrained_metadata
     from pretrain.embedded import cache_root
 
     path = cache_root() / "detection" / RANDOM_CONTROL_FILE
@@ -108,20 +108,8 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         backbone = build_backbone("resnet18", "imagenet")
-    metadata = {
-        "method": "random",
-        "sampler": "none",
-        "sampler_params": {},
-        "arch": "resnet18",
-        "stem": "imagenet",
-        "pretrain_dataset": "none",
-        "epochs": 0,
-        "image_size": image_size,
-        "mean": mean,
-        "std": std,
-        "config": {"init": "torchvision default (kaiming) with torch.manual_seed(0)"},
-        "seed": 0,
-    }
+    metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=image_size, mean=mean, std=std,
+                                  config={"init": "torchvision default (kaiming) with torch.manual_seed(0)"})
     return save_encoder(path, backbone, metadata)
 
 

@@ -15,15 +15,13 @@ def make_encoder(path: Path, sampler: str, seed: int, method: str = "moco", imag
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import encoder_metadata, save_encoder
 
     torch.manual_seed(seed)
     backbone = build_backbone("resnet18", "imagenet")
-    metadata = {
-        "method": method, "sampler": sampler, "sampler_params": {}, "arch": "resnet18", "stem": "imagenet",
-        "pretrain_dataset": "digits", "epochs": 0, "image_size": image_size, "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25], "config": {"test": True}, "seed": 0,
-    }
+    metadata = encoder_metadata(method=method, sampler=sampler, arch="resnet18", stem="imagenet",
+                                pretrain_dataset="digits", epochs=0, image_size=image_size, mean=[0.5, 0.5, 0.5],
+                                std=[0.25, 0.25, 0.25], config={"test": True}, seed=0)
     return save_encoder(path, backbone, metadata)
 
 
