@@ -9,7 +9,6 @@ submits their arrays. If any pretraining cell fails, SLURM never starts the foll
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 
 from bench.plan import Plan, build_plan
 from bench.store import CorruptResult, ResultStore
+from slurm.jobs import cancel_jobs, queue_state
 from slurm.profiles import ResourceProfile
 
 
@@ -73,12 +73,6 @@ class FollowUpJob:
         return submitted
 
 
-def _squeue_reason(job_id: str) -> str | None:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True)
-    text = out.stdout.strip()
-    return text or None
-
-
 def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, ResourceProfile], *,
              pretrain_job_ids: list[str], max_parallel: int | None, wait: bool, force: bool,
              progress: bool, stream: TextIO, seeds: list[int] | None) -> tuple[int, list[Plan]]:
@@ -107,11 +101,11 @@ def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, Res
         if watch.failed:
             print(f"then: {watch.failed} pretraining cell(s) failed", file=stream)
         while True:
-            state = _squeue_reason(str(job.job_id))
+            state = queue_state(str(job.job_id))
             if state is None:
                 break
             if "DependencyNeverSatisfied" in state:
-                subprocess.run(["scancel", str(job.job_id)], capture_output=True)
+                cancel_jobs([str(job.job_id)])
                 print(f"then: a pretraining cell failed, so {', '.join(then)} was not run "
                       f"(follow-up job {job.job_id} cancelled)", file=stream)
                 return 1, []

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = sys.stderr
     try:
         from bench.plan import build_plan
-        from bench.runner import results_root_default
+        from bench.store import results_root_default
         from bench.suites import load_suite
         from slurm.executors import resolve_executor
         from slurm.profiles import PROFILES, apply_overrides

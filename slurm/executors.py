@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from slurm.jobs import slurm_live_jobs as slurm_live_jobs  # re-exported: it used to live here
 from slurm.profiles import ProfileError, ResourceProfile
 
 EXECUTORS = ("auto", "local", "debug", "slurm")
@@ -137,23 +138,5 @@ def make_executor(
         params.pop("nodes", None)  # local executors run on this one machine
     auto.update_parameters(**params)
     return auto
-
-
-def slurm_live_jobs(job_ids: list[str]) -> set[str] | None:
-    """Which of these SLURM job ids (plain or array `A_i`) are still queued or running; None if unknown."""
-    if not job_ids:
-        return set()
-    mains = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(mains)], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        if "Invalid job id" in out.stderr:
-            return set()
-        return None
-    return set(out.stdout.split())
 
 
