@@ -1,7 +1,7 @@
 """The checks only a GPU shows, in one run (a benchmark script, not a test).
 
-    python -m bench.perf.gpu [--out DIR] [--only pretrain,ring,features,detection]
-    python -m bench.perf.gpu --smoke          # tiny sizes on whatever device there is: checks the script
+    python -m benchmarks.gpu [--out DIR] [--only pretrain,ring,features,detection]
+    python -m benchmarks.gpu --smoke          # tiny sizes on whatever device there is: checks the script
 
 In this order, each printed as one JSON line and collected in DIR/gpu_checks.json:
 1. pretraining images/s, MoCo v2 ResNet-50 at 224 px under bf16 autocast (queue 65,536), NCE vs Ring;
@@ -146,7 +146,7 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.gpu", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for gpu_checks.json")
     parser.add_argument("--only", default="pretrain,ring,features,detection", help="comma list of checks")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script, not the GPU")

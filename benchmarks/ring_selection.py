@@ -1,6 +1,6 @@
 """Benchmark: ring negative selection vs the similarity matmul it follows (a benchmark, not a test).
 
-    python -m bench.perf.ring_selection [--pool 65536] [--dim 128] [--batch 256] [--k 4096] [--repeats 7]
+    python -m benchmarks.ring_selection [--pool 65536] [--dim 128] [--batch 256] [--k 4096] [--repeats 7]
 
 Times, on CPU by default, (a) the anchor x pool similarity matmul and (b) ring selection on its
 result: K uniform draws per anchor inside the ring (`sample_band`, what the memory-bank sampler

@@ -1,6 +1,6 @@
 """Benchmark: one full IR training step with `ring` vs `nce` negatives (a benchmark, not a test).
 
-    python -m bench.perf.train_step [--batch 128] [--bank 50000] [--image-size 32] [--repeats 5]
+    python -m benchmarks.train_step [--batch 128] [--bank 50000] [--image-size 32] [--repeats 5]
 
 The step is what the training loop does: forward through ResNet-18 (CIFAR stem at 32 px), negative
 selection from a 50,000-entry memory bank (K = 4096), the loss, backward, the SGD step and the
