@@ -89,7 +89,7 @@ def current_job_id() -> str | None:
 
 
 def build_result(job: CellJob, output: CellOutput, started: float, run_s: float, attempt: int) -> dict[str, Any]:
-    from bench.version import code_version
+    from pretrain.version import code_version
 
     cell = job.cell
     if not isinstance(output, CellOutput) or not output.metrics:

@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.store import results_root_default
         from bench.suites import load_suite
         from slurm.executors import resolve_executor
-        from slurm.profiles import PROFILES, apply_overrides
+        from slurm.profiles import PROFILES, apply_resource_overrides
 
         if args.max_parallel is not None and args.max_parallel < 1:
             raise InputError(f"--max-parallel {args.max_parallel}: expected a positive integer")
         results_root = args.results or results_root_default()
-        profiles = apply_overrides(PROFILES, args.resource)
+        profiles = apply_resource_overrides(PROFILES, args.resource)
         executor = resolve_executor(args.executor)
         if args.no_wait and executor != "slurm":
             raise InputError(f"--no-wait needs the slurm executor (local and debug jobs live with the runner); got {executor}")

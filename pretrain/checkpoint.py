@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from pretrain import __version__
 from pretrain.backbones import ARCHS, STEMS, build_backbone, feature_dim
+from pretrain.version import code_version as code_version  # re-exported for pretrain.train
 
 FORMAT = "ringbench-encoder"
 FORMAT_VERSION = 1
@@ -72,21 +71,6 @@ class LoadedEncoder:
     path: Path
     sha256: str
     feature_dim: int
-
-
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -22,8 +22,7 @@ from typing import Any
 from pretrain.backbones import ARCHS, STEMS
 from pretrain.data import check_dataset_name
 from pretrain.methods import MethodSettings, check_combination
-from pretrain.overrides import OverrideError
-from pretrain.overrides import apply_overrides as _apply_overrides
+from pretrain.overrides import OverrideError, override_fields
 from pretrain.samplers import SAMPLER_CLASSES, NegativeSampler, build_sampler, sampler_parameters
 
 LR_SCHEDULES = ("step", "cosine", "constant")
@@ -239,7 +238,7 @@ def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bo
 
     recipe = config.recipe
     try:
-        changed = _apply_overrides(config, overrides, label="override ", aliases=ALIASES,
+        changed = override_fields(config, overrides, label="override ", aliases=ALIASES,
                                    on_alias=_notice if notice else None, what="config key")
     except OverrideError as error:
         raise ConfigError(str(error)) from None

@@ -137,7 +137,7 @@ def replace_path(instance: Any, key: str, value: Any) -> Any:
     return dataclasses.replace(instance, **{head: value})
 
 
-def apply_overrides(instance: Any, overrides: Mapping[str, Any] | Iterable[str], label: str = "",
+def override_fields(instance: Any, overrides: Mapping[str, Any] | Iterable[str], label: str = "",
                     aliases: Mapping[str, str] | None = None, on_alias=None, what: str = "key") -> Any:
     """A copy of dataclass `instance` with `key=value` strings (or a {key: value} mapping) applied.
 

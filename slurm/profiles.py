@@ -94,7 +94,7 @@ def _convert(key: str, text: str) -> Any:
         raise ProfileError(str(error)) from None
 
 
-def apply_overrides(profiles: dict[str, ResourceProfile], overrides: Iterable[str]) -> dict[str, ResourceProfile]:
+def apply_resource_overrides(profiles: dict[str, ResourceProfile], overrides: Iterable[str]) -> dict[str, ResourceProfile]:
     """Apply `[PROFILE.]KEY=VALUE` strings; a key without a profile applies to every profile."""
     result = dict(profiles)
     for item in overrides:

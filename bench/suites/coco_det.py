@@ -147,7 +147,7 @@ class CocoDetSuite(Suite):
         return [*pair, random_control_encoder(pair[0] if pair else None)]
 
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        from transfer.detection.configs import check_recipe
+        from transfer.detection.configs import check_detection_recipe
 
         opts = CocoDetOptions.parse(options)
         engine = _engine_for(opts, data_root)
@@ -157,7 +157,7 @@ class CocoDetSuite(Suite):
         tasks = []
         for name in opts.tasks:
             try:
-                check_recipe(name, opts.recipe, "resnet50")
+                check_detection_recipe(name, opts.recipe, "resnet50")
             except ValueError as error:
                 raise InputError(f"coco_det: {error}") from None
             params = {
@@ -177,7 +177,7 @@ class CocoDetSuite(Suite):
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, load_encoder
         from transfer.detection.coco_data import CocoDataError, check_coco_root
-        from transfer.detection.configs import check_recipe
+        from transfer.detection.configs import check_detection_recipe
 
         opts = CocoDetOptions.parse(options)
         self.tasks(options, data_root)  # engine availability and recipe/task combinations
@@ -204,7 +204,7 @@ class CocoDetSuite(Suite):
                 )
             for name in opts.tasks:
                 try:
-                    check_recipe(name, opts.recipe, meta["arch"])
+                    check_detection_recipe(name, opts.recipe, meta["arch"])
                 except ValueError as error:
                     raise InputError(f"coco_det: {path}: {error}") from None
 

@@ -468,7 +468,7 @@ def run_setting(
         raise ValueError(f"unknown critic {setting.critic!r}; valid: {', '.join(CRITICS)}")
     start = time.perf_counter()
     pair = GaussianPair.from_mi(setting.mi, dim)
-    generator = torch.Generator().manual_seed(stable_seed(seed, setting.name))
+    generator = torch.Generator().manual_seed(setting_seed(seed, setting.name))
     history = None
     critic: OptimalCritic | SeparableCritic
     if setting.critic == "optimal":
@@ -485,7 +485,7 @@ def run_setting(
     return SettingResult(setting, pair.mi, pair.rho, estimates, history, time.perf_counter() - start)
 
 
-def stable_seed(seed: int, name: str) -> int:
+def setting_seed(seed: int, name: str) -> int:
     """A seed that depends on the run seed and the setting's name, identical on every machine."""
     import zlib
 
