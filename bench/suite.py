@@ -112,6 +112,11 @@ class Suite(ABC):
     options: ClassVar[dict[str, Any]] = {}  # valid key=value overrides and their defaults
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
     uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
+    produces_checkpoints: ClassVar[bool] = False  # True: cells write encoders that `--then` suites evaluate
+
+    def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
+        """The encoder a finished cell of a checkpoint-producing suite wrote (from its result.json)."""
+        return None
 
     @classmethod
     def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
