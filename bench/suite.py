@@ -40,9 +40,10 @@ class Cell:
     task: Task
     checkpoint: Path | None  # None for suites that evaluate no checkpoint (uses_checkpoints = False)
     seed: int
-    options: Mapping[str, Any]  # the suite options after key=value overrides
+    options: Mapping[str, Any]  # the suite options after key=value overrides (part of the cell's identity)
     data_root: Path | None
     shared_dir: Path  # per-suite folder written by `Suite.prepare` (episodes, embedded data, caches)
+    settings: Any = None  # the same options typed by `Suite.parse_options`, parsed once by the plan
 
 
 @dataclass
@@ -113,6 +114,11 @@ class Suite(ABC):
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
     uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
     produces_checkpoints: ClassVar[bool] = False  # True: cells write encoders that `--then` suites evaluate
+
+    def parse_options(self, options: Mapping[str, Any], data_root: Path | None = None) -> Any:
+        """The options as the suite's typed object (a frozen dataclass), parsed once per plan and handed to
+        `check`, `tasks` and every cell (`Cell.settings`); the default keeps the mapping."""
+        return options
 
     def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
         """The encoder a finished cell of a checkpoint-producing suite wrote (from its result.json)."""

@@ -73,6 +73,64 @@ class LoadedEncoder:
     feature_dim: int
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Who an encoder file is, resolved once: its path, content hash and metadata (no weights).
+
+    Path-like, so it goes wherever a checkpoint path goes; suites read `metadata` instead of loading.
+    """
+
+    path: Path
+    sha256: str
+    metadata: dict[str, Any]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:  # messages name the file
+        return str(self.path)
+
+
+def checkpoint_info(path: str | os.PathLike | CheckpointInfo, cache_file: Path | None = None) -> CheckpointInfo:
+    """The CheckpointInfo of an encoder file (returned as is when already one), validated by `load_encoder`
+    the first time it is seen.
+
+    With `cache_file`, infos are kept there keyed by (path, size, mtime), so a known, unchanged file is
+    not loaded again (not even torch is needed for it); a changed file gets a new key.
+    """
+    import json
+
+    if isinstance(path, CheckpointInfo):
+        return path
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    stat = resolved.stat()
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache: dict[str, Any] = {}
+    if cache_file is not None:
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (OSError, ValueError):
+            cache = {}
+        entry = cache.get(key) if isinstance(cache, dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("metadata"), dict) and entry.get("sha256"):
+            return CheckpointInfo(resolved, entry["sha256"], entry["metadata"])
+    loaded = load_encoder(resolved)
+    info = CheckpointInfo(resolved, loaded.sha256, loaded.metadata)
+    if cache_file is not None:
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = {"sha256": info.sha256, "metadata": info.metadata}
+        try:
+            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+            temporary = Path(cache_file).with_name(f".{Path(cache_file).name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(cache))
+            os.replace(temporary, cache_file)
+        except OSError:
+            pass  # a read-only cache only costs the next run a reload
+    return info
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -160,8 +160,11 @@ class LinearSuite(Suite):
     }
     default_seeds = (0,)
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        opts = LinearOptions.parse(options)
+    def parse_options(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None = None) -> LinearOptions:
+        return options if isinstance(options, LinearOptions) else LinearOptions.parse(options)
+
+    def tasks(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options)
         tasks = []
         for name in selected_datasets(opts, data_root):
             spec = DATASETS[name]
@@ -179,12 +182,13 @@ class LinearSuite(Suite):
             tasks.append(Task(name=f"{name}/{protocol_name}", params=params, profile="linear"))
         return tasks
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
+    def check(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None,
+              checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from pretrain.data import DatasetError
 
-        opts = LinearOptions.parse(options)
-        for task in self.tasks(options, data_root):
+        opts = self.parse_options(options)
+        for task in self.tasks(opts, data_root):
             name = task.params["dataset"]
             spec = DATASETS[name]
             expected = int(task.params["num_classes"])
@@ -206,7 +210,7 @@ class LinearSuite(Suite):
                       "images; kNN uses all of them", file=sys.stderr)
         for path in checkpoints:
             try:
-                load_encoder(path)
+                checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(f"linear: checkpoint refused: {error}") from None
 
@@ -219,7 +223,7 @@ class LinearSuite(Suite):
 
         if cell.checkpoint is None:
             raise InputError("the linear suite evaluates a checkpoint; the cell has none")
-        opts = LinearOptions.parse(cell.options)
+        opts = cell.settings if isinstance(cell.settings, LinearOptions) else self.parse_options(cell.options)
         params = cell.task.params
         name = params["dataset"]
         encoder = load_encoder(cell.checkpoint)
