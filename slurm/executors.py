@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pretrain.overrides import comma_list
 from slurm.jobs import slurm_live_jobs as slurm_live_jobs  # re-exported: it used to live here
 from slurm.profiles import ProfileError, ResourceProfile
 
@@ -39,7 +40,7 @@ def local_gpu_count() -> int:
     """GPUs on this machine without importing torch (the runner stays light)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        return len([d for d in comma_list(visible) if d != "-1"])
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
