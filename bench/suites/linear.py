@@ -28,9 +28,10 @@ class LinearDataset:
     num_classes: int
     layout: str  # what --data-root must contain, for error messages and the README
 
-    def expected_classes(self, options: Mapping[str, Any]) -> int:
+    def expected_classes(self, imagenet_classes: int) -> int:
+        """The class count of this dataset (ImageNet's is an option: a class subset may be used)."""
         if self.name == "imagenet":
-            return int(options["imagenet_classes"])
+            return int(imagenet_classes)
         return self.num_classes
 
 
@@ -174,7 +175,7 @@ class LinearSuite(Suite):
                 "protocol": opts.protocol,
                 "train_split": spec.train_split,
                 "test_split": spec.test_split,
-                "num_classes": spec.expected_classes(_raw(options)),
+                "num_classes": spec.expected_classes(opts.imagenet_classes),
                 "knn": opts.knn,
             }
             if opts.protocol == "paper":
@@ -270,7 +271,3 @@ class LinearSuite(Suite):
                  "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers,
                  "feature_cache": {"hits": cache.hits, "misses": cache.misses}}
         return CellOutput(metrics=metrics, info=info)
-
-
-def _raw(options: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(LinearSuite.options) | dict(options)
