@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.overrides import comma_list
-from slurm.jobs import slurm_live_jobs as slurm_live_jobs  # re-exported: it used to live here
+from slurm.jobs import slurm_job_states as slurm_job_states  # re-exported: they used to live here
+from slurm.jobs import slurm_live_jobs as slurm_live_jobs
 from slurm.profiles import ProfileError, ResourceProfile
 
 EXECUTORS = ("auto", "local", "debug", "slurm")
@@ -139,5 +140,3 @@ def make_executor(
         params.pop("nodes", None)  # local executors run on this one machine
     auto.update_parameters(**params)
     return auto
-
-
