@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="append", default=[], help="only these suites (repeatable)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
     args = parser.parse_args(argv)
-    from bench.runner import results_root_default
+    from bench.store import results_root_default
 
     root = args.results or results_root_default()
     if not root.is_dir():
