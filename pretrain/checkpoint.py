@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain import __version__
 from pretrain.atomic_files import atomic_write
 from pretrain.backbones import ARCHS, STEMS, build_backbone, feature_dim
+from pretrain.version import code_version as code_version  # re-exported for pretrain.train
 from pretrain.views import CMC_AB, CMC_FEATURES, CMC_L, INPUT_VIEWS, feature_model, view_channels
 
 FORMAT = "ringbench-encoder"
@@ -47,6 +46,24 @@ REQUIRED_METADATA = {
     "seed": int,
     "code_version": str,
 }
+
+
+def encoder_metadata(*, method: str, sampler: str, arch: str, stem: str, pretrain_dataset: str, epochs: int,
+                     image_size: int, mean, std, sampler_params: dict | None = None, config: dict | None = None,
+                     seed: int = 0, **extra: Any) -> dict[str, Any]:
+    """The metadata dict of an encoder file: REQUIRED_METADATA's fields in one order, then `extra`
+    (training adds recipe and knn_top1; `save_encoder` fills code_version when absent). A new field is
+    one keyword at the call that knows it (and one REQUIRED_METADATA line if every file must carry it)."""
+    return {"method": method, "sampler": sampler, "sampler_params": dict(sampler_params or {}), "arch": arch,
+            "stem": stem, "pretrain_dataset": pretrain_dataset, "epochs": int(epochs), "image_size": int(image_size),
+            "mean": list(mean), "std": list(std), "config": dict(config or {}), "seed": int(seed)} | extra
+
+
+def untrained_metadata(*, arch: str, stem: str, image_size: int, mean, std, sampler: str = "none",
+                       **extra: Any) -> dict[str, Any]:
+    """Metadata of an untrained (random-init) control encoder: method "random", no data, no epochs."""
+    return encoder_metadata(method="random", sampler=sampler, arch=arch, stem=stem, pretrain_dataset="none",
+                            epochs=0, image_size=image_size, mean=mean, std=std, **extra)
 
 
 class CheckpointError(ValueError):
@@ -72,19 +89,62 @@ class LoadedEncoder:
                 "force_rgb_input": self.forced_rgb}
 
 
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Who an encoder file is, resolved once: its path, content hash and metadata (no weights).
+
+    Path-like, so it goes wherever a checkpoint path goes; suites read `metadata` instead of loading.
+    """
+
+    path: Path
+    sha256: str
+    metadata: dict[str, Any]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:  # messages name the file
+        return str(self.path)
+
+
+def checkpoint_info(path: str | os.PathLike | CheckpointInfo, cache_file: Path | None = None) -> CheckpointInfo:
+    """The CheckpointInfo of an encoder file (returned as is when already one), validated by `load_encoder`
+    the first time it is seen.
+
+    With `cache_file`, infos are kept there keyed by (path, size, mtime), so a known, unchanged file is
+    not loaded again (not even torch is needed for it); a changed file gets a new key.
+    """
+    import json
+
+    if isinstance(path, CheckpointInfo):
+        return path
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    stat = resolved.stat()
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache: dict[str, Any] = {}
+    if cache_file is not None:
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (OSError, ValueError):
+            cache = {}
+        entry = cache.get(key) if isinstance(cache, dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("metadata"), dict) and entry.get("sha256"):
+            return CheckpointInfo(resolved, entry["sha256"], entry["metadata"])
+    loaded = load_encoder(resolved, cmc_features=None)  # the file and its metadata; suites pick the views
+    info = CheckpointInfo(resolved, loaded.sha256, loaded.metadata)
+    if cache_file is not None:
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = {"sha256": info.sha256, "metadata": info.metadata}
+        try:
+            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+            temporary = Path(cache_file).with_name(f".{Path(cache_file).name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(cache))
+            os.replace(temporary, cache_file)
+        except OSError:
+            pass  # a read-only cache only costs the next run a reload
+    return info
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -196,10 +256,10 @@ def _load_extra(payload: dict, metadata: dict, where: str) -> dict[str, tuple[nn
     return loaded
 
 
-def _select_features(encoder: LoadedEncoder, extra: dict[str, tuple[nn.Module, str]], cmc_features: str,
-                     force_rgb_input: bool) -> None:
-    """Build `encoder.model`: the encoders to evaluate, each fed its own view (or RGB when forced)."""
-    metadata, where = encoder.metadata, str(encoder.path)
+def resolve_views(metadata: dict[str, Any], where: str, cmc_features: str, force_rgb_input: bool
+                  ) -> tuple[tuple[str, ...], str]:
+    """(encoders to evaluate, view the exported backbone is fed) from metadata alone; refuses what cannot be
+    evaluated (an old CMC file without the override, RGB forced onto the ab encoder, a missing encoder)."""
     recorded = metadata.get("input_view")
     is_cmc = metadata["method"] == "cmc"
     if is_cmc and cmc_features not in CMC_FEATURES:
@@ -216,18 +276,26 @@ def _select_features(encoder: LoadedEncoder, extra: dict[str, tuple[nn.Module, s
             "records its views (and the ab encoder), or pass force_rgb_input=true cmc_features=l to evaluate "
             "the L encoder on RGB as before (not CMC's protocol)."
         )
-    main_view = "rgb" if force_rgb_input else (recorded or "rgb")
-    encoders = {CMC_L: (encoder.backbone, main_view)} | extra
-    missing = [name for name in selection if name not in encoders]
+    available = [CMC_L, *(metadata.get("extra_encoders") or {})]
+    missing = [name for name in selection if name not in available]
     if missing:
         raise CheckpointError(f"{where}: cmc_features={cmc_features} needs the {', '.join(missing)} encoder, which "
-                              f"this file does not hold (it has: {', '.join(encoders)}); use cmc_features=l")
+                              f"this file does not hold (it has: {', '.join(available)}); use cmc_features=l")
+    return selection, "rgb" if force_rgb_input else (recorded or "rgb")
+
+
+def _select_features(encoder: LoadedEncoder, extra: dict[str, tuple[nn.Module, str]], cmc_features: str,
+                     force_rgb_input: bool) -> None:
+    """Build `encoder.model`: the encoders to evaluate, each fed its own view (or RGB when forced)."""
+    metadata = encoder.metadata
+    selection, main_view = resolve_views(metadata, str(encoder.path), cmc_features, force_rgb_input)
+    encoders = {CMC_L: (encoder.backbone, main_view)} | extra
     encoder.model = feature_model(encoders, selection, metadata["mean"], metadata["std"]).eval()
     encoder.backbone_view = main_view
-    encoder.cmc_features = cmc_features if is_cmc else None
+    encoder.cmc_features = cmc_features if metadata["method"] == "cmc" else None
     encoder.feature_views = tuple(encoders[name][1] for name in selection)
     encoder.feature_dim = feature_dim(metadata["arch"]) * len(selection)
-    encoder.forced_rgb = bool(force_rgb_input and recorded != "rgb")
+    encoder.forced_rgb = bool(force_rgb_input and metadata.get("input_view") != "rgb")
 
 
 def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,

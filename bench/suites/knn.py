@@ -14,7 +14,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.suite import VIEW_OPTIONS, Cell, CellOutput, InputError, Metric, Suite, Task, load_checkpoint_for
+from bench.suite import (
+    VIEW_OPTIONS,
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    check_checkpoint_views,
+    load_checkpoint_for,
+)
 
 
 class KnnSuite(Suite):
@@ -37,7 +47,7 @@ class KnnSuite(Suite):
         if options["temperature"] <= 0:
             raise InputError(f"knn temperature={options['temperature']}: expected a positive number")
         for path in checkpoints:
-            load_checkpoint_for(path, options)
+            check_checkpoint_views(path, options)
 
     def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:

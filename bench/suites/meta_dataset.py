@@ -23,6 +23,7 @@ from bench.suite import (
     Metric,
     Suite,
     Task,
+    check_checkpoint_views,
     comma_list,
     load_checkpoint_for,
 )
@@ -237,6 +238,7 @@ class MetaDatasetSuite(Suite):
         return {task.name: meta_dataset_source_fingerprint(root / task.params["source"]) for task in tasks}
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
         from transfer.meta_dataset.records import RecordError
@@ -262,7 +264,11 @@ class MetaDatasetSuite(Suite):
             except EpisodeError as error:
                 raise InputError(f"{root / source}: {error}") from None
         for path in checkpoints:
-            load_checkpoint_for(path, options)
+            try:
+                checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
+            except CheckpointError as error:
+                raise InputError(str(error)) from None
+            check_checkpoint_views(path, options)
 
     def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
         from transfer.meta_dataset.episodes import EpisodeSet, draw_episodes, linear_split
