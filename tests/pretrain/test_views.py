@@ -71,12 +71,12 @@ def test_cmc_augmentation_has_no_colour_operation_before_the_split():
 
 
 def test_every_cmc_recipe_pretrains_with_cmc_augmentation():
-    cmc = [name for name, recipe in RECIPES.items() if recipe.get("method") == "cmc"]
+    cmc = [name for name, recipe in RECIPES.items() if recipe.get("method.name") == "cmc"]
     assert len(cmc) == 3 * 4 + 2  # nce, ring, ring_released x 4 datasets + the two digits recipes
     for name in RECIPES:
         config = recipe_config(name)
         assert config.resolved_augmentation() == ("cmc" if name in cmc else "mocov2"), name
-    assert recipe_config("cmc_nce_imagenet").crop_min_scale == 0.08  # CMC's crop_low
+    assert recipe_config("cmc_nce_imagenet").data.crop_min_scale == 0.08  # CMC's crop_low
     assert augmentation_for("cmc") == "cmc" and augmentation_for("cmc", "mocov2") == "mocov2"
     with pytest.raises(ValueError, match="unknown augmentation 'autoaugment'"):
         augmentation_for("moco", "autoaugment")
@@ -87,8 +87,9 @@ def test_cmc_run_trains_monitors_and_exports_both_views(tmp_path):
     from pretrain.data import open_dataset
     from pretrain.train import Trainer
 
-    config = recipe_config("digits_cmc_nce", {"image_size": 16, "batch_size": 16, "max_steps_per_epoch": 1,
-                                              "epochs": 1, "knn_every": 0, "num_negatives": 32, "workers": 0})
+    config = recipe_config("digits_cmc_nce", {"data.image_size": 16, "optim.batch_size": 16,
+                                              "optim.max_steps_per_epoch": 1, "optim.epochs": 1, "knn_every": 0,
+                                              "method.num_negatives": 32, "data.workers": 0})
     trainer = Trainer(config, tmp_path / "run", show_progress=False, allow_distributed=False)
     assert [type(step) for step in trainer.transform.transforms][:2] == [T.RandomResizedCrop, T.ToTensor]
     path = trainer.fit()

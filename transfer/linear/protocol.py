@@ -86,10 +86,17 @@ def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
     from pretrain import data
 
     config = config or {}
-    augmentation = data.augmentation_for(str(config.get("method", "")), str(config.get("augmentation", "mocov2")))
+
+    def value(section: str, key: str, default: Any) -> Any:  # nested sections, or the flat keys of older files
+        nested = config.get(section)
+        if isinstance(nested, dict):
+            return nested.get(key, default)
+        return config.get(section if key == "name" else key, default)
+
+    augmentation = data.augmentation_for(str(value("method", "name", "")), str(value("data", "augmentation", "mocov2")))
     return data.pretrain_transform(image_size, list(mean), list(std),
-                                   crop_min_scale=float(config.get("crop_min_scale", 0.2)),
-                                   hflip=bool(config.get("hflip", True)), augmentation=augmentation)
+                                   crop_min_scale=float(value("data", "crop_min_scale", 0.2)),
+                                   hflip=bool(value("data", "hflip", True)), augmentation=augmentation)
 
 
 class TransformedPairs(Dataset):

@@ -138,5 +138,5 @@ def test_linear_suite_feeds_a_cmc_encoder_its_views(data_root, tmp_path, monkeyp
     images = torch.stack([transform(test.image(i)) for i in range(len(test))])
     assert torch.allclose(cached, expected_features(images, "concat"), atol=1e-4)
     # the paper protocol re-augments with CMC's own pipeline before the encoder's views: no colour operation
-    kinds = [type(step) for step in train_transform(8, MEAN, STD, {"method": "cmc", "augmentation": "cmc"}).transforms]
+    kinds = [type(step) for step in train_transform(8, MEAN, STD, {"method": {"name": "cmc"}, "data": {"augmentation": "cmc", "hflip": True}}).transforms]
     assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
