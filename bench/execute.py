@@ -40,7 +40,7 @@ def plan_suite(suite_name: str, *, results_root: Path, option_pairs: Sequence[st
                       task_names=task_names)
     if prepare:
         plan.store.shared_dir.mkdir(parents=True, exist_ok=True)
-        suite.prepare(plan.options, plan.data_root, plan.store.shared_dir)
+        suite.prepare(plan.settings, plan.data_root, plan.store.shared_dir)
     return plan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import glob
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,9 @@ def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
             raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: {valid}")
         key, text = split_pair(pair)
         if key not in suite.options:
-            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: {valid}")
+            close = difflib.get_close_matches(key, list(suite.options), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: {valid}{hint}")
         try:
             options[key] = parse_text(key, text, kind_of(suite.options[key]), label="option ")
         except OverrideError as error:
@@ -163,7 +166,7 @@ def build_plan(
             raise InputError(f"unknown task(s) {', '.join(map(repr, unknown))} for suite {suite.name} with these "
                              f"options; valid tasks: {', '.join(names)}")
         tasks = [task for task in tasks if task.name in set(task_names)]
-    fingerprints = suite.dataset_fingerprints(options, data_root, tasks)
+    fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
     identity_options = {key: value for key, value in options.items() if key not in suite.path_options}
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:

@@ -172,8 +172,16 @@ class Suite(ABC):
 
     def parse_options(self, options: Mapping[str, Any], data_root: Path | None = None) -> Any:
         """The options as the suite's typed object (a frozen dataclass), parsed once per plan and handed to
-        `check`, `tasks` and every cell (`Cell.settings`); the default keeps the mapping."""
+        `check`, `tasks`, `dataset_fingerprints`, `prepare` and every cell (`Cell.settings`). Each suite
+        declares its own; it must accept its typed object too (returned as is), so a suite's methods
+        called with either are parsed at most once. The default keeps the mapping."""
         return options
+
+    def settings_for(self, cell: Cell) -> Any:
+        """The cell's typed options: those the plan parsed once, or (a cell built by hand) parsed here."""
+        if cell.settings is not None:
+            return cell.settings
+        return self.parse_options(cell.options, cell.data_root)
 
     def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
         """The encoder a finished cell of a checkpoint-producing suite wrote (from its result.json)."""

@@ -16,12 +16,97 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
 from studies.estimators import CRITICS, band_bounds, estimates_frame, task_name
+
+
+def parse_band(text: str, key: str) -> tuple[float, float]:
+    """"w_out:w_in" -> floats with 0 < w_out <= 1 and 0 <= w_in < 1 (the band samplers' rule)."""
+    try:
+        w_out, w_in = (float(part) for part in str(text).split(":"))
+    except ValueError:
+        w_out = w_in = math.nan
+    if not (0.0 < w_out <= 1.0 and 0.0 <= w_in < 1.0):
+        raise InputError(f"estimators {key}: band {text!r} must be w_out:w_in with 0 < w_out <= 1 and "
+                         f"0 <= w_in < 1, e.g. 0.1:0.1")
+    return w_out, w_in
+
+
+def _check_band_size(pool: int, band: tuple[float, float], key: str) -> None:
+    lower, upper = band_bounds(pool, *band)
+    if upper <= lower:
+        raise InputError(f"estimators {key}={pool}: the band w_out:w_in={band[0]:g}:{band[1]:g} keeps ranks "
+                         f"[{lower}, {upper}), which is empty; grow {key} or widen the band")
+
+
+@dataclass(frozen=True)
+class EstimatorsOptions:
+    dim: int
+    mi: tuple[float, ...]
+    k: tuple[int, ...]
+    learned_k: tuple[int, ...]
+    critics: tuple[str, ...]
+    bands: tuple[tuple[float, float], ...]  # ring bands (w_out, w_in)
+    balls: tuple[float, ...]  # ball outer cuts w_out
+    hcl_betas: tuple[float, ...]
+    batches: int
+    batch_size: int
+    pool: int
+    train_steps: int
+    train_pool: int
+    train_band: tuple[float, float]
+    profile: str
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> EstimatorsOptions:
+        """Every check of the sweep's options, in one place; an InputError names the key and what was expected."""
+        merged = EstimatorsSuite.complete_options(options)
+        if int(merged["dim"]) < 1:
+            raise InputError(f"estimators dim={merged['dim']}: expected a positive integer")
+        for mi in merged["mi"]:
+            if not (isinstance(mi, int | float) and math.isfinite(mi) and mi > 0):
+                raise InputError(f"estimators mi={list(merged['mi'])}: every value must be a positive number of nats")
+        for key in ("k", "learned_k"):
+            for k in merged[key]:
+                if int(k) < 2:
+                    raise InputError(f"estimators {key}={list(merged[key])}: K counts the positive, so K >= 2")
+        unknown = [c for c in merged["critics"] if c not in CRITICS]
+        if unknown or not merged["critics"]:
+            raise InputError(f"estimators critics={list(merged['critics'])}: valid critics are {', '.join(CRITICS)}")
+        for key, minimum in (("batches", 2), ("batch_size", 1), ("pool", 2), ("train_steps", 1), ("train_pool", 2)):
+            if int(merged[key]) < minimum:
+                raise InputError(f"estimators {key}={merged[key]}: expected an integer >= {minimum}")
+        ks, learned_ks = tuple(int(k) for k in merged["k"]), tuple(int(k) for k in merged["learned_k"])
+        pool, train_pool = int(merged["pool"]), int(merged["train_pool"])
+        # NCE draws K-1 distinct pool entries
+        largest_k = max(ks + learned_ks)
+        if pool < largest_k - 1:
+            raise InputError(f"estimators pool={pool}: K={largest_k} needs at least K-1={largest_k - 1} "
+                             "candidates per batch")
+        learned = [c for c in merged["critics"] if c != "optimal"]
+        largest_learned_k = max(learned_ks) if learned_ks else 2
+        if learned and train_pool < largest_learned_k - 1:
+            raise InputError(f"estimators train_pool={train_pool}: K={largest_learned_k} needs at least "
+                             f"K-1={largest_learned_k - 1} candidates per training batch")
+        bands = tuple(parse_band(text, "bands") for text in merged["bands"])
+        balls = tuple(parse_band(f"{w_out}:0", "balls")[0] for w_out in merged["balls"])
+        for beta in merged["hcl_betas"]:
+            if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+                raise InputError(f"estimators hcl_betas={list(merged['hcl_betas'])}: expected numbers >= 0")
+        for band in bands + tuple((w_out, 0.0) for w_out in balls):
+            _check_band_size(pool, band, "pool")
+        train_band = parse_band(merged["train_band"], "train_band")
+        _check_band_size(train_pool, train_band, "train_pool")
+        return cls(dim=int(merged["dim"]), mi=tuple(float(mi) for mi in merged["mi"]), k=ks, learned_k=learned_ks,
+                   critics=tuple(merged["critics"]), bands=bands, balls=balls,
+                   hcl_betas=tuple(float(beta) for beta in merged["hcl_betas"]), batches=int(merged["batches"]),
+                   batch_size=int(merged["batch_size"]), pool=pool, train_steps=int(merged["train_steps"]),
+                   train_pool=train_pool, train_band=train_band, profile=str(merged["profile"]))
 
 
 class EstimatorsSuite(Suite):
@@ -48,87 +133,33 @@ class EstimatorsSuite(Suite):
         "profile": "cpu",
     }
 
-    # ----------------------------------------------------------------- options
+    def parse_options(self, options: Mapping[str, Any] | EstimatorsOptions,
+                      data_root: Path | None = None) -> EstimatorsOptions:
+        return options if isinstance(options, EstimatorsOptions) else EstimatorsOptions.parse(options)
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        if int(options["dim"]) < 1:
-            raise InputError(f"estimators dim={options['dim']}: expected a positive integer")
-        for mi in options["mi"]:
-            if not (isinstance(mi, int | float) and math.isfinite(mi) and mi > 0):
-                raise InputError(f"estimators mi={list(options['mi'])}: every value must be a positive number of nats")
-        for key in ("k", "learned_k"):
-            for k in options[key]:
-                if int(k) < 2:
-                    raise InputError(f"estimators {key}={list(options[key])}: K counts the positive, so K >= 2")
-        unknown = [c for c in options["critics"] if c not in CRITICS]
-        if unknown or not options["critics"]:
-            raise InputError(f"estimators critics={list(options['critics'])}: valid critics are {', '.join(CRITICS)}")
-        for key, minimum in (("batches", 2), ("batch_size", 1), ("pool", 2), ("train_steps", 1), ("train_pool", 2)):
-            if int(options[key]) < minimum:
-                raise InputError(f"estimators {key}={options[key]}: expected an integer >= {minimum}")
-        # NCE draws K-1 distinct pool entries
-        largest_k = max([int(k) for k in options["k"]] + [int(k) for k in options["learned_k"]])
-        if int(options["pool"]) < largest_k - 1:
-            raise InputError(f"estimators pool={options['pool']}: K={largest_k} needs at least K-1={largest_k - 1} "
-                             "candidates per batch")
-        learned = [c for c in options["critics"] if c != "optimal"]
-        largest_learned_k = max(int(k) for k in options["learned_k"]) if options["learned_k"] else 2
-        if learned and int(options["train_pool"]) < largest_learned_k - 1:
-            raise InputError(f"estimators train_pool={options['train_pool']}: K={largest_learned_k} needs at least "
-                             f"K-1={largest_learned_k - 1} candidates per training batch")
-        bands = [self.parse_band(text, "bands") for text in options["bands"]]
-        bands += [self.parse_band(f"{w_out}:0", "balls") for w_out in options["balls"]]
-        for beta in options["hcl_betas"]:
-            if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
-                raise InputError(f"estimators hcl_betas={list(options['hcl_betas'])}: expected numbers >= 0")
-        for band in bands:
-            self._check_band_size(int(options["pool"]), band, "pool")
-        self._check_band_size(int(options["train_pool"]), self.parse_band(options["train_band"], "train_band"),
-                              "train_pool")
-
-    @staticmethod
-    def _check_band_size(pool: int, band: tuple[float, float], key: str) -> None:
-        lower, upper = band_bounds(pool, *band)
-        if upper <= lower:
-            raise InputError(f"estimators {key}={pool}: the band w_out:w_in={band[0]:g}:{band[1]:g} keeps ranks "
-                             f"[{lower}, {upper}), which is empty; grow {key} or widen the band")
-
-    @staticmethod
-    def parse_band(text: str, key: str) -> tuple[float, float]:
-        """"w_out:w_in" -> floats with 0 < w_out <= 1 and 0 <= w_in < 1 (pretrain.samplers.check_band's rule)."""
-        try:
-            w_out, w_in = (float(part) for part in str(text).split(":"))
-        except ValueError:
-            w_out = w_in = math.nan
-        if not (0.0 < w_out <= 1.0 and 0.0 <= w_in < 1.0):
-            raise InputError(f"estimators {key}: band {text!r} must be w_out:w_in with 0 < w_out <= 1 and "
-                             f"0 <= w_in < 1, e.g. 0.1:0.1")
-        return w_out, w_in
-
-    def estimator_specs(self, options: Mapping[str, Any]):
+    def estimator_specs(self, options: Mapping[str, Any] | EstimatorsOptions):
         from studies.estimators.study import default_estimators
 
-        bands = [self.parse_band(text, "bands") for text in options["bands"]]
-        for w_out in options["balls"]:
-            self.parse_band(f"{w_out}:0", "balls")
-        return default_estimators(bands, [float(b) for b in options["balls"]], [float(b) for b in options["hcl_betas"]])
+        opts = self.parse_options(options)
+        return default_estimators(list(opts.bands), list(opts.balls), list(opts.hcl_betas))
 
-    def train_objective(self, options: Mapping[str, Any]):
+    def train_objective(self, options: Mapping[str, Any] | EstimatorsOptions):
         from studies.estimators.study import EstimatorSpec
 
-        w_out, w_in = self.parse_band(options["train_band"], "train_band")
+        w_out, w_in = self.parse_options(options).train_band
         return EstimatorSpec("ring", w_out=w_out, w_in=w_in)
 
     # ----------------------------------------------------------------- tasks and cells
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+    def tasks(self, options: Mapping[str, Any] | EstimatorsOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options)
         tasks = []
-        for critic in options["critics"]:
-            ks = options["k"] if critic == "optimal" else options["learned_k"]
-            for mi in options["mi"]:
+        for critic in opts.critics:
+            ks = opts.k if critic == "optimal" else opts.learned_k
+            for mi in opts.mi:
                 for k in ks:
-                    tasks.append(Task(name=task_name(critic, float(mi), int(k)), params={"critic": critic, "mi": float(mi), "k": int(k)},
-                                      profile=options["profile"]))
+                    tasks.append(Task(name=task_name(critic, mi, k), params={"critic": critic, "mi": mi, "k": k},
+                                      profile=opts.profile))
         return tasks
 
     # ----------------------------------------------------------------- leaderboard hooks
@@ -158,19 +189,19 @@ class EstimatorsSuite(Suite):
         from studies.estimators.study import Setting, run_setting
 
         torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
-        options = cell.options
+        opts = self.settings_for(cell)
         params = cell.task.params
         setting = Setting(params["critic"], float(params["mi"]), int(params["k"]))
         result = run_setting(
             setting,
-            self.estimator_specs(options),
-            dim=int(options["dim"]),
-            num_batches=int(options["batches"]),
-            batch_size=int(options["batch_size"]),
-            pool_size=int(options["pool"]),
-            train_steps=int(options["train_steps"]),
-            train_band=self.train_objective(options).band,
-            train_pool_size=int(options["train_pool"]),
+            self.estimator_specs(opts),
+            dim=opts.dim,
+            num_batches=opts.batches,
+            batch_size=opts.batch_size,
+            pool_size=opts.pool,
+            train_steps=opts.train_steps,
+            train_band=self.train_objective(opts).band,
+            train_pool_size=opts.train_pool,
             seed=cell.seed,
             progress=True,
         )
@@ -189,7 +220,7 @@ class EstimatorsSuite(Suite):
             "rho": result.rho,
             "K": setting.k,
             "log_K": math.log(setting.k),
-            "dim": int(options["dim"]),
+            "dim": opts.dim,
             "summary": result.summary(),
             "seconds": result.seconds,
             "threads": torch.get_num_threads(),

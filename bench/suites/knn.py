@@ -11,6 +11,7 @@ encoders can be compared on the same images.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,33 @@ from bench.suite import (
     Task,
     check_checkpoint_views,
     load_checkpoint_for,
+    view_options,
 )
+
+
+@dataclass(frozen=True)
+class KnnOptions:
+    ks: tuple[int, ...]  # one metric per k
+    temperature: float
+    batch_size: int
+    device: str  # "": cuda when available
+    cmc_features: str = "concat"
+    force_rgb_input: bool = False
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> KnnOptions:
+        merged = KnnSuite.complete_options(options)
+        ks = merged["ks"]
+        if (not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks)):
+            raise InputError(f"knn ks={list(ks)}: expected a comma list of positive integers")
+        temperature = merged["temperature"]
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+            raise InputError(f"knn temperature={temperature}: expected a positive number")
+        batch_size = merged["batch_size"]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"knn batch_size={batch_size!r}: expected an integer >= 1")
+        return cls(ks=tuple(ks), temperature=float(temperature), batch_size=batch_size,
+                   device=str(merged["device"]).strip(), **view_options(merged))
 
 
 class KnnSuite(Suite):
@@ -40,14 +67,14 @@ class KnnSuite(Suite):
         **VIEW_OPTIONS,
     }
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        bad = [k for k in options["ks"] if int(k) < 1]
-        if bad or not options["ks"]:
-            raise InputError(f"knn ks={list(options['ks'])}: expected a comma list of positive integers")
-        if options["temperature"] <= 0:
-            raise InputError(f"knn temperature={options['temperature']}: expected a positive number")
+    def parse_options(self, options: Mapping[str, Any] | KnnOptions, data_root: Path | None = None) -> KnnOptions:
+        return options if isinstance(options, KnnOptions) else KnnOptions.parse(options)
+
+    def check(self, options: Mapping[str, Any] | KnnOptions, data_root: Path | None,
+              checkpoints: Sequence[Path]) -> None:
+        opts = self.parse_options(options)
         for path in checkpoints:
-            check_checkpoint_views(path, options)
+            check_checkpoint_views(path, opts)
 
     def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
@@ -55,9 +82,9 @@ class KnnSuite(Suite):
 
         return {task.name: standard_dataset_fingerprint("digits", None) for task in tasks}
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        params = {"dataset": "digits", "split": "test", "ks": [int(k) for k in options["ks"]],
-                  "temperature": float(options["temperature"])}
+    def tasks(self, options: Mapping[str, Any] | KnnOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options)
+        params = {"dataset": "digits", "split": "test", "ks": list(opts.ks), "temperature": opts.temperature}
         return [Task(name="digits", params=params, profile="eval")]
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
@@ -67,9 +94,10 @@ class KnnSuite(Suite):
         from pretrain.knn import knn_predict
         from transfer.features import FeatureCache, pick_device
 
-        encoder = load_checkpoint_for(cell.checkpoint, cell.options)
+        opts = self.settings_for(cell)
+        encoder = load_checkpoint_for(cell.checkpoint, opts)
         meta = encoder.metadata
-        device = pick_device(cell.options["device"] or None)
+        device = pick_device(opts.device or None)
         cache = FeatureCache(Path(cell.shared_dir) / "features")
         torch.manual_seed(cell.seed)
 
@@ -81,7 +109,7 @@ class KnnSuite(Suite):
                      "image_size": meta["image_size"], "mean": meta["mean"], "std": meta["std"],
                      "views": encoder.view_info()}
             feats = cache.get_or_compute(parts, lambda: self._extract(encoder.model, images, meta, device,
-                                                                       int(cell.options["batch_size"])))
+                                                                       opts.batch_size))
             return feats, images.labels
 
         bank, bank_labels = features("train")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from bench.suite import (
     check_checkpoint_views,
     comma_list,
     load_checkpoint_for,
+    view_options,
 )
 
 MODES = ("episodic", "linear")
@@ -58,6 +59,8 @@ class MetaDatasetOptions:
     linear_epochs: int
     linear_max_per_class: int
     device: str
+    cmc_features: str = "concat"
+    force_rgb_input: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -117,6 +120,7 @@ def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDat
         linear_epochs=_int(merged, "linear_epochs", 1),
         linear_max_per_class=_int(merged, "linear_max_per_class", 0),
         device=str(merged["device"]).strip(),
+        **view_options(merged),
     )
 
 
@@ -216,8 +220,12 @@ class MetaDatasetSuite(Suite):
     # path would change the id with the working directory, and two folders of one name would collide)
     path_options = ("records",)
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        opts = parse_options(options, data_root)
+    def parse_options(self, options: Mapping[str, Any] | MetaDatasetOptions,
+                      data_root: Path | None = None) -> MetaDatasetOptions:
+        return options if isinstance(options, MetaDatasetOptions) else parse_options(options, data_root)
+
+    def tasks(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options, data_root)
         names, _ = selected_sources(opts)
         tasks = []
         for source in names:
@@ -229,27 +237,27 @@ class MetaDatasetSuite(Suite):
                 tasks.append(Task(name, {"source": source, "mode": "episodic", "split": opts.split, "shots": shots}))
         return tasks
 
-    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+    def dataset_fingerprints(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
         """Each source's spec (sha256) and the (name, size) of its class files."""
         from bench.fingerprint import meta_dataset_source_fingerprint
 
-        root = records_dir(parse_options(options, data_root))
+        root = records_dir(self.parse_options(options, data_root))
         return {task.name: meta_dataset_source_fingerprint(root / task.params["source"]) for task in tasks}
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+    def check(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None,
+              checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
         from transfer.meta_dataset.records import RecordError
         from transfer.meta_dataset.spec import SPLITS, SpecError
 
-        opts = parse_options(options, data_root)
+        opts = self.parse_options(options, data_root)
         if not opts.embedded and not opts.records.is_dir():
             raise InputError(f"{opts.records}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
         root = records_dir(opts)
-        opts = parse_options(dict(options) | {"records": str(root)}, None)
-        names, notes = selected_sources(opts)
+        names, notes = selected_sources(replace(opts, records=root))  # the built embedded records checked as a folder
         for note in notes:
             print(f"meta_dataset: {note}", file=sys.stderr)
         splits = SPLITS if opts.mode == "linear" else (opts.split,)
@@ -268,17 +276,17 @@ class MetaDatasetSuite(Suite):
                 checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(str(error)) from None
-            check_checkpoint_views(path, options)
+            check_checkpoint_views(path, opts)
 
-    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
+    def prepare(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None,
+                shared_dir: Path) -> None:
         from transfer.meta_dataset.episodes import EpisodeSet, draw_episodes, linear_split
         from transfer.meta_dataset.evaluate import spec_fingerprint
         from transfer.meta_dataset.spec import load_spec
 
-        opts = parse_options(options, data_root)
+        opts = self.parse_options(options, data_root)
         root = records_dir(opts)
-        opts = parse_options(dict(options) | {"records": str(root)}, None)
-        names, _ = selected_sources(opts)
+        names, _ = selected_sources(replace(opts, records=root))
         for source in names:
             spec = load_spec(root / source)
             fingerprint = spec_fingerprint(spec)
@@ -303,12 +311,12 @@ class MetaDatasetSuite(Suite):
         from transfer.meta_dataset.episodes import EpisodeSet
         from transfer.meta_dataset.spec import load_spec
 
-        opts = parse_options(cell.options, cell.data_root)
+        opts = self.settings_for(cell)
         root = records_dir(opts)
         source = cell.task.params["source"]
         spec = load_spec(root / source)
         fingerprint = evaluate.spec_fingerprint(spec)
-        encoder = load_checkpoint_for(cell.checkpoint, cell.options)
+        encoder = load_checkpoint_for(cell.checkpoint, opts)
         size, size_rule = evaluate.resolve_image_size(opts.image_size, int(encoder.metadata["image_size"]), opts.embedded)
         device = pick_device(opts.device or None)
         cache = FeatureCache(evaluate.feature_cache_root(cell.shared_dir))

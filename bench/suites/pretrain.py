@@ -11,10 +11,38 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+
+@dataclass(frozen=True)
+class PretrainOptions:
+    recipes: tuple[str, ...]
+    overrides: tuple[tuple[str, Any], ...]  # config overrides applied to every recipe, in the given order
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> PretrainOptions:
+        merged = PretrainSuite.complete_options(options)
+        recipes = tuple(merged["recipes"])
+        if not recipes:
+            raise InputError("pretrain recipes=: expected at least one recipe name")
+        overrides = merged["overrides"]
+        if not isinstance(overrides, Mapping):
+            raise InputError(f"pretrain overrides={overrides!r}: expected a JSON object of config overrides, "
+                             'e.g. {"epochs": 2}')
+        return cls(recipes=recipes, overrides=tuple(overrides.items()))
+
+    def config_overrides(self, data_root: Path | None, seed: int | None) -> dict[str, Any]:
+        """The overrides of one recipe run: the option's, the data folder (unless given) and the seed."""
+        overrides = dict(self.overrides)
+        if data_root is not None:
+            overrides.setdefault("data.root", str(data_root))
+        if seed is not None:
+            overrides["seed"] = int(seed)
+        return overrides
 
 
 def encoder_path(cell_folder: Path) -> Path:
@@ -32,36 +60,32 @@ class PretrainSuite(Suite):
         "overrides": {},  # JSON object of config overrides applied to every recipe, e.g. {"epochs": 2}
     }
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+    def parse_options(self, options: Mapping[str, Any] | PretrainOptions,
+                      data_root: Path | None = None) -> PretrainOptions:
+        return options if isinstance(options, PretrainOptions) else PretrainOptions.parse(options)
+
+    def check(self, options: Mapping[str, Any] | PretrainOptions, data_root: Path | None,
+              checkpoints: Sequence[Path]) -> None:
         from pretrain.recipes import recipe_config
 
-        if not options["recipes"]:
-            raise InputError("pretrain recipes=: expected at least one recipe name")
-        for name in options["recipes"]:
-            recipe_config(name, self._overrides(options, data_root, seed=None))  # ConfigError names the problem
-
-    @staticmethod
-    def _overrides(options: Mapping[str, Any], data_root: Path | None, seed: int | None) -> dict[str, Any]:
-        overrides = dict(options["overrides"])
-        if data_root is not None:
-            overrides.setdefault("data.root", str(data_root))
-        if seed is not None:
-            overrides["seed"] = int(seed)
-        return overrides
+        opts = self.parse_options(options)
+        for name in opts.recipes:
+            recipe_config(name, opts.config_overrides(data_root, seed=None))  # ConfigError names the problem
 
     def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
         encoder = result.get("info", {}).get("encoder")
         return Path(encoder) if encoder else None
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        return [Task(name=name, params={"recipe": name, "overrides": dict(options["overrides"])}, profile="pretrain")
-                for name in options["recipes"]]
+    def tasks(self, options: Mapping[str, Any] | PretrainOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options)
+        return [Task(name=name, params={"recipe": name, "overrides": dict(opts.overrides)}, profile="pretrain")
+                for name in opts.recipes]
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         from pretrain.train import train_recipe
 
         started = time.time()
-        overrides = self._overrides(cell.options, cell.data_root, cell.seed)
+        overrides = self.settings_for(cell).config_overrides(cell.data_root, cell.seed)
         path = train_recipe(cell.task.params["recipe"], overrides, Path(workdir) / "train", show_progress=True)
         records = []
         log = Path(workdir) / "train" / "metrics.jsonl"

@@ -12,10 +12,33 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+
+
+@dataclass(frozen=True)
+class SelfTestOptions:
+    n_tasks: int
+    sleep_s: float
+    fail_tasks: tuple[int, ...]
+    n_samples: int
+    profile: str
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> SelfTestOptions:
+        merged = SelfTestSuite.complete_options(options)
+        if merged["n_tasks"] < 1:
+            raise InputError(f"selftest n_tasks={merged['n_tasks']}: expected at least 1")
+        if merged["sleep_s"] < 0:
+            raise InputError(f"selftest sleep_s={merged['sleep_s']}: expected a non-negative number")
+        if merged["n_samples"] < 1:
+            raise InputError(f"selftest n_samples={merged['n_samples']}: expected at least 1")
+        return cls(n_tasks=int(merged["n_tasks"]), sleep_s=float(merged["sleep_s"]),
+                   fail_tasks=tuple(int(i) for i in merged["fail_tasks"]), n_samples=int(merged["n_samples"]),
+                   profile=str(merged["profile"]))
 
 
 class SelfTestSuite(Suite):
@@ -32,24 +55,23 @@ class SelfTestSuite(Suite):
         "profile": "cpu",
     }
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints) -> None:
-        if options["n_tasks"] < 1:
-            raise InputError(f"selftest n_tasks={options['n_tasks']}: expected at least 1")
-        if options["sleep_s"] < 0:
-            raise InputError(f"selftest sleep_s={options['sleep_s']}: expected a non-negative number")
+    def parse_options(self, options: Mapping[str, Any] | SelfTestOptions,
+                      data_root: Path | None = None) -> SelfTestOptions:
+        return options if isinstance(options, SelfTestOptions) else SelfTestOptions.parse(options)
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        return [Task(name=f"probe{i:04d}", params={"index": i}, profile=options["profile"])
-                for i in range(options["n_tasks"])]
+    def tasks(self, options: Mapping[str, Any] | SelfTestOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options)
+        return [Task(name=f"probe{i:04d}", params={"index": i}, profile=opts.profile) for i in range(opts.n_tasks)]
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
+        opts = self.settings_for(cell)
         index = int(cell.task.params["index"])
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         info: dict[str, Any] = {"engine": "selftest", "world_size": world_size}
         if world_size > 1:
             info.update(self._all_reduce_check(world_size))
         # resumable sleep: progress lives in the cell folder, found again after a requeue
-        steps = int(round(cell.options["sleep_s"] * 10))
+        steps = int(round(opts.sleep_s * 10))
         step_file = workdir / "selftest_steps.json"
         done_steps = json.loads(step_file.read_text())["done"] if step_file.exists() else 0
         info["resumed_from_step"] = done_steps
@@ -59,9 +81,9 @@ class SelfTestSuite(Suite):
                 tmp = step_file.with_name(f".{step_file.name}.{os.getpid()}.tmp")
                 tmp.write_text(json.dumps({"done": step + 1}))
                 os.replace(tmp, step_file)
-        if index in list(cell.options["fail_tasks"]):
+        if index in opts.fail_tasks:
             raise RuntimeError(f"selftest task {cell.task.name} fails on purpose (fail_tasks)")
-        n = int(cell.options["n_samples"])
+        n = opts.n_samples
         values = [float((index * 7 + cell.seed * 3 + s) % 10) for s in range(n)]
         return CellOutput(
             metrics={"value": Metric.from_samples(values, [f"s{s}" for s in range(n)])},
