@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,10 @@ class EstimatorsSuite(Suite):
     def parse_options(self, options: Mapping[str, Any] | EstimatorsOptions,
                       data_root: Path | None = None) -> EstimatorsOptions:
         return options if isinstance(options, EstimatorsOptions) else EstimatorsOptions.parse(options)
+
+    def check(self, options: Mapping[str, Any] | EstimatorsOptions, data_root: Path | None,
+              checkpoints: Sequence[Path]) -> None:
+        self.parse_options(options)  # every check lives in EstimatorsOptions.parse
 
     def estimator_specs(self, options: Mapping[str, Any] | EstimatorsOptions):
         from studies.estimators.study import default_estimators
