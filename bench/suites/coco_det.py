@@ -43,7 +43,7 @@ class CocoDetOptions:
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> CocoDetOptions:
-        from transfer.detection.configs import RECIPES
+        from transfer.detection.configs import DEFAULT_SCHEDULE_SCALE, RECIPES
         from transfer.detection.engines import ENGINES
 
         merged = CocoDetSuite.complete_options(options)
@@ -58,13 +58,13 @@ class CocoDetOptions:
         if recipe not in RECIPES:
             raise InputError(f"option recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
         try:
-            scale = float(merged["schedule_scale"])
+            scale = float(merged["schedule_scale"]) or DEFAULT_SCHEDULE_SCALE[recipe]
             batch = int(merged["ims_per_batch"])
             max_iter = int(merged["max_iter"])
         except (TypeError, ValueError):
             raise InputError("options schedule_scale (number > 0), ims_per_batch and max_iter (integers >= 0) are malformed") from None
         if not (scale > 0 and math.isfinite(scale)):
-            raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = the full schedule)")
+            raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = 1x; 0 = the recipe's default)")
         if batch < 0 or max_iter < 0:
             raise InputError("options ims_per_batch and max_iter must be >= 0 (0 = the protocol's value)")
         return cls(engine, tasks, recipe, scale, batch, max_iter)
@@ -125,6 +125,28 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     return save_encoder(path, backbone, metadata)
 
 
+def cell_schedule(task: str, embedded: bool, schedule_scale: float, ims_per_batch: int, max_iter: int):
+    """(protocol, schedule) of one cell: the protocol's schedule scaled to the batch and length asked for, or an
+    explicit max_iter with steps at 3/4 and 11/12 of it (steps at or after the last iteration left out).
+    Checked for both engines (configs.check_schedule) so a schedule Detectron2 would refuse fails up front."""
+    from transfer.detection.configs import (
+        check_schedule,
+        coco_protocol,
+        embedded_protocol,
+        scale_schedule,
+        steps_for_max_iter,
+    )
+
+    protocol = embedded_protocol(task) if embedded else coco_protocol(task)
+    batch = ims_per_batch or protocol.schedule.ims_per_batch
+    schedule = scale_schedule(protocol.schedule, batch, schedule_scale)
+    if max_iter:
+        schedule = replace(schedule, max_iter=max_iter, steps=steps_for_max_iter(max_iter),
+                           warmup_iters=min(schedule.warmup_iters, max_iter // 5))
+    check_schedule(schedule, f"coco_det {task} (ims_per_batch={batch}, schedule_scale={schedule_scale:g}, max_iter={max_iter})")
+    return protocol, schedule
+
+
 def cpu_threads_for_cell() -> int | None:
     """Torch threads for a CPU cell: SLURM's cpus-per-task, one under the local executor (which runs one
     cell per core at once, so more threads would only oversubscribe), else torch's default."""
@@ -142,7 +164,7 @@ class CocoDetSuite(Suite):
         "engine": "auto",  # auto | detectron2 | torchvision
         "tasks": "mask_rcnn,keypoint_rcnn",  # comma list of mask_rcnn (bbox + segm) and keypoint_rcnn (bbox + keypoints)
         "recipe": "fpn",  # fpn | c4 (MoCo's R50-C4 Mask R-CNN; detectron2 and resnet50 only)
-        "schedule_scale": 1.0,  # multiplies iterations and lr steps (1 = 1x on COCO, the full embedded schedule)
+        "schedule_scale": 0,  # multiplies iterations and lr steps; 0 = the recipe's: 1 (1x) for fpn, 2 (MoCo's 2x) for c4
         "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
         "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
     }
@@ -189,10 +211,15 @@ class CocoDetSuite(Suite):
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, load_encoder
         from transfer.detection.coco_data import CocoDataError, check_coco_root
-        from transfer.detection.configs import check_recipe
+        from transfer.detection.configs import ScheduleError, check_recipe
 
         opts = CocoDetOptions.parse(options)
         self.tasks(options, data_root)  # engine availability and recipe/task combinations
+        for name in opts.tasks:
+            try:
+                cell_schedule(name, is_embedded(data_root), opts.schedule_scale, opts.ims_per_batch, opts.max_iter)
+            except ScheduleError as error:
+                raise InputError(str(error)) from None
         if data_root is not None:
             kinds = sorted({TASK_KINDS[t] for t in opts.tasks})
             try:
@@ -231,13 +258,7 @@ class CocoDetSuite(Suite):
 
         from pretrain.checkpoint import load_encoder
         from transfer.detection.coco_data import check_coco_json, coco_split, resolve_coco_root
-        from transfer.detection.configs import (
-            DetectionJob,
-            coco_protocol,
-            describe_schedule,
-            embedded_protocol,
-            scale_schedule,
-        )
+        from transfer.detection.configs import DetectionJob, describe_schedule
         from transfer.detection.embedded import build_embedded_coco
 
         if cell.checkpoint is None:
@@ -248,19 +269,14 @@ class CocoDetSuite(Suite):
             root = build_embedded_coco(Path(cell.shared_dir) / EMBEDDED_DIR)  # no-op when prepare() built it
         else:
             root = resolve_coco_root(cell.data_root)
-        protocol = embedded_protocol(task) if params["dataset"] == "digits" else coco_protocol(task)
+        protocol, schedule = cell_schedule(task, params["dataset"] == "digits", float(params["schedule_scale"]),
+                                           int(params["ims_per_batch"]), int(params["max_iter"]))
         kind = TASK_KINDS[task]
         train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
         summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
 
         encoder = load_encoder(cell.checkpoint)
         meta = encoder.metadata
-        batch = int(params["ims_per_batch"]) or protocol.schedule.ims_per_batch
-        schedule = scale_schedule(protocol.schedule, batch, float(params["schedule_scale"]))
-        if int(params["max_iter"]):
-            total = int(params["max_iter"])
-            schedule = replace(schedule, max_iter=total, steps=(round(total * 3 / 4), round(total * 11 / 12)),
-                               warmup_iters=min(schedule.warmup_iters, total // 5))
         num_gpus = torch.cuda.device_count()
         threads = cpu_threads_for_cell() if num_gpus == 0 else None
         if threads:
@@ -287,6 +303,7 @@ class CocoDetSuite(Suite):
             keypoint_flip_map=tuple(summary.keypoint_flip_map),
             keypoint_oks_sigmas=tuple(summary.keypoint_oks_sigmas),
             precise_bn_iters=protocol.precise_bn_iters,
+            heads=protocol.heads,
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)

@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
-import pandas as pd
 import pytest
 
-from tests.bench.conftest import run_bench
-
-TINY = 'overrides={"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 32, "image_size": 8, "knn_every": 0}'
-
-
-def check_chain(results) -> None:
-    pretrain = pd.read_csv(results / "pretrain.csv")
-    assert sorted(pretrain["model"].unique()) == ["digits_default_nce", "digits_default_ring"]
-    encoders = []
-    for result_path in (results / "pretrain" / "cells").glob("*/result.json"):
-        encoder = json.loads(result_path.read_text())["info"]["encoder"]
-        assert encoder.startswith(str(result_path.parent.resolve()))  # trained inside its own cell folder
-        encoders.append(encoder)
-    knn = [json.loads(p.read_text()) for p in (results / "knn" / "cells").glob("*/result.json")]
-    assert sorted(r["checkpoint"]["path"] for r in knn) == sorted(encoders)
-    assert {r["checkpoint"]["sampler"] for r in knn} == {"nce", "ring"}
-    paired = pd.read_csv(results / "knn_paired.csv")
-    assert len(paired) == 2 and set(paired["n"]) == {360}  # the twins share method, data, epochs, seed
+from ringbench_testing.bench import TINY, check_chain, run_bench
 
 
 @pytest.mark.slow

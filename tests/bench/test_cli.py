@@ -7,7 +7,7 @@ import pytest
 from bench.plan import parse_options
 from bench.suite import InputError, comma_list
 from bench.suites import SUITES, load_suite, suite_names
-from tests.bench.conftest import run_bench
+from ringbench_testing.bench import run_bench
 
 
 def test_every_suite_name_is_registered_lazily():

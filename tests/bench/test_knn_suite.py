@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.bench.conftest import run_bench
+from ringbench_testing.bench import run_bench
 
 
 @pytest.mark.slow

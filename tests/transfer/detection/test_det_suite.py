@@ -9,8 +9,8 @@ import pytest
 
 from bench.suite import InputError
 from bench.suites.coco_det import CocoDetSuite, random_control_encoder
-from tests.bench.conftest import run_bench
-from tests.transfer.detection.conftest import make_encoder
+from ringbench_testing.bench import run_bench
+from ringbench_testing.detection import make_encoder
 from transfer.detection.engines import detectron2_available
 
 
@@ -44,7 +44,7 @@ def test_embedded_default_runs_three_fine_tuning_seeds(tmp_path, small_coco, enc
         ({"tasks": "mask_rcnn,panoptic"}, r"unknown panoptic; valid: mask_rcnn, keypoint_rcnn"),
         ({"engine": "mmdet"}, r"engine='mmdet': expected one of auto, detectron2, torchvision"),
         ({"recipe": "c5"}, r"recipe='c5'"),
-        ({"schedule_scale": 0.0}, r"schedule_scale=0.0: expected a number > 0"),
+        ({"schedule_scale": -1.0}, r"schedule_scale=-1.0: expected a number > 0"),
         ({"recipe": "c4", "engine": "torchvision"}, r"recipe=c4 .* runs on Detectron2 only"),
         ({"max_iter": -1}, r"must be >= 0"),
     ],
@@ -94,7 +94,7 @@ def test_random_control_encoder(tmp_path, monkeypatch, encoder_r18):
 def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco, monkeypatch):
     import os
 
-    from tests.bench.conftest import REPO
+    from ringbench_testing.bench import REPO
 
     monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
     bench_env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
