@@ -1,7 +1,7 @@
 """The coco_det suite: fine-tune each encoder for COCO detection, instance segmentation and keypoints.
 
 Tasks: `<data>/mask_rcnn` (bbox + segm AP, Mask R-CNN R-FPN 1x) and `<data>/keypoint_rcnn` (bbox +
-keypoints AP, Keypoint R-CNN R-FPN 1x); `recipe=c4` swaps Mask R-CNN for MoCo's R50-C4 (Detectron2
+keypoints AP, Keypoint R-CNN R-FPN 1x); `recipe=c4` swaps Mask R-CNN for MoCo's R50-C4 2x (Detectron2
 only). `<data>` is `coco2017` with --data-root (the COCO 2017 layout) or `digits` without: the embedded
 digits COCO set, built on first use, fine-tuned with the torchvision engine on CPU.
 
