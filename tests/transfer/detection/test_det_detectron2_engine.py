@@ -150,7 +150,8 @@ def test_test_helpers_survive_a_foreign_tests_package_on_sys_path(tmp_path):
     foreign.mkdir(parents=True)
     (foreign / "__init__.py").write_text("")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(foreign.parent), str(REPO)]))
-    files = ["tests/bench/test_cli.py", "tests/transfer/detection/test_det_suite.py", "tests/slurm/test_slurm.py"]
+    files = ["tests/bench/test_cli.py", "tests/bench/test_store.py", "tests/bench/test_fingerprint.py",
+             "tests/transfer/detection/test_det_suite.py", "tests/slurm/test_slurm.py"]
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
