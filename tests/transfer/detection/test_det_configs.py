@@ -229,6 +229,7 @@ def test_embedded_detectron2_config_uses_the_embedded_heads():
         heads = protocol.heads
         model = parsed(coco_job(task, arch="resnet18", num_gpus=0, batch=4, protocol=protocol))["MODEL"]
         assert model["FPN"]["OUT_CHANNELS"] == heads.fpn_channels == 64
+        assert model["FPN"]["NORM"] == "" and model["RESNETS"]["NORM"] == "BN"  # no FPN norm, as torchvision builds it
         assert model["ROI_BOX_HEAD"]["FC_DIM"] == heads.box_representation == 256
         assert model["RPN"]["BATCH_SIZE_PER_IMAGE"] == heads.rpn_batch_size_per_image
         assert model["ROI_HEADS"]["BATCH_SIZE_PER_IMAGE"] == heads.box_batch_size_per_image
