@@ -67,6 +67,7 @@ class TrainConfig:
     knn_temperature: float = 0.07
     knn_every: int = 1
     knn_max_train: int = 20000
+    snapshot_every: int = 0  # write encoder_e{epoch:04d}.pt every this many epochs; 0: only the final encoder.pt
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
@@ -109,6 +110,7 @@ class TrainConfig:
             (0 < self.crop_min_scale <= 1, f"crop_min_scale must lie in (0, 1], got {self.crop_min_scale}"),
             (all(0 < m < 1 for m in self.lr_milestones), f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}"),
             (self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
+            (self.snapshot_every >= 0, f"snapshot_every must be >= 0 (0: only the final encoder), got {self.snapshot_every}"),
         ]
         for ok, message in checks:
             if not ok:

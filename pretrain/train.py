@@ -2,9 +2,11 @@
 
     python -m pretrain.train --recipe digits_moco_ring [key=value ...] [--out DIR] [--resume]
 
-An output folder holds config.json, metrics.jsonl (one JSON record per epoch), train.state.pt
-(everything needed to resume exactly, rewritten atomically every epoch) and, at the end, encoder.pt
-(the exported backbone, read with `pretrain.checkpoint.load_encoder`).
+An output folder holds config.json, metrics.jsonl (one JSON record per epoch), tensorboard/ (the
+same curves as TensorBoard events), train.state.pt (everything needed to resume exactly, rewritten
+atomically every epoch), encoder_e{epoch:04d}.pt snapshots every `snapshot_every` epochs and, at the
+end, encoder.pt (the exported backbone, read with `pretrain.checkpoint.load_encoder`). Snapshots and
+encoder.pt are published atomically (rename), so a watcher never sees half a file.
 """
 
 from __future__ import annotations
@@ -41,13 +43,21 @@ from pretrain.data import (
 )
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method
+from pretrain.progress import progress_bar
 from pretrain.recipes import recipe_config, recipe_names
 
 STATE_FORMAT = "ringbench-train-state"
 STATE_VERSION = 1
 STATE_FILE, ENCODER_FILE, METRICS_FILE, CONFIG_FILE = "train.state.pt", "encoder.pt", "metrics.jsonl", "config.json"
+TENSORBOARD_DIR = "tensorboard"
+SNAPSHOT_GLOB = "encoder_e*.pt"
 # Keys that may differ between the run that wrote a state and the one resuming it.
-RESUME_FREE_KEYS = {"workers", "device", "data_root", "knn_every"}
+RESUME_FREE_KEYS = {"workers", "device", "data_root", "knn_every", "snapshot_every"}
+
+
+def snapshot_name(epoch: int) -> str:
+    """The file name of the encoder snapshot taken after `epoch` (1-based) epochs."""
+    return f"encoder_e{epoch:04d}.pt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -273,7 +283,7 @@ class Trainer:
         self.data_sampler.set_epoch(epoch)
         steps = len(self.loader) if config.max_steps_per_epoch <= 0 else min(len(self.loader), config.max_steps_per_epoch)
         total, count, started = 0.0, 0, time.perf_counter()
-        progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.show_progress,
+        progress = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.show_progress,
                         leave=False, dynamic_ncols=True)
         for step, batch in enumerate(self.loader):
             if step >= steps:
@@ -299,8 +309,10 @@ class Trainer:
             progress.set_postfix(loss=f"{loss.item():.3f}")
         progress.close()
         band = w_out if config.sampler in ("ring", "ball") else None
+        seconds = time.perf_counter() - started
         return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "w_out": band, "steps": count,
-                "train_seconds": round(time.perf_counter() - started, 3)}
+                "train_seconds": round(seconds, 3),
+                "images_per_s": round(count * config.batch_size / seconds, 2) if seconds > 0 else None}
 
     def fit(self, until_epoch: int | None = None) -> Path | None:
         """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks).
@@ -323,33 +335,72 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             self._trim_metrics()
+        events = self._event_writer() if self.rank == 0 else None
         record = {}
-        for epoch in range(self.start_epoch, stop):
-            record = self.train_epoch(epoch)
-            last = epoch + 1 == config.epochs
-            if self.rank == 0 and config.knn_every > 0 and ((epoch + 1) % config.knn_every == 0 or last):
-                started = time.perf_counter()
-                record["knn_top1"] = self.knn_monitor()
-                record["knn_seconds"] = round(time.perf_counter() - started, 3)
-            distributed.barrier()
-            self.save_state(epoch + 1)
-            if self.rank == 0:
-                self._log(record)
-                if self.show_progress:
-                    knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
-                    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{knn}")
+        try:
+            for epoch in range(self.start_epoch, stop):
+                record = self._run_epoch(epoch, events)
+        finally:
+            if events is not None:
+                events.close()
         distributed.barrier()
         if self.rank != 0 or stop < config.epochs:
             return None
         return self.export(record.get("knn_top1"))
 
-    def export(self, knn_top1: float | None = None) -> Path:
+    def _event_writer(self):
+        """TensorBoard events beside metrics.jsonl (step = epoch); a resumed run drops what a killed
+        attempt logged past the saved state, as metrics.jsonl does."""
+        from pretrain.events import summary_writer
+
+        return summary_writer(self.out_dir / TENSORBOARD_DIR, purge_step=self.start_epoch + 1 if self.start_epoch else None)
+
+    def _run_epoch(self, epoch: int, events) -> dict:
         config = self.config
+        record = self.train_epoch(epoch)
+        last = epoch + 1 == config.epochs
+        if self.rank == 0 and config.knn_every > 0 and ((epoch + 1) % config.knn_every == 0 or last):
+            started = time.perf_counter()
+            record["knn_top1"] = self.knn_monitor()
+            record["knn_seconds"] = round(time.perf_counter() - started, 3)
+        distributed.barrier()
+        # the snapshot goes out before the state that skips past its epoch, so a crash cannot lose it
+        if self.rank == 0 and config.snapshot_every > 0 and (epoch + 1) % config.snapshot_every == 0 and not last:
+            self.write_snapshot(epoch + 1, record.get("knn_top1"))
+        self.save_state(epoch + 1)
+        if self.rank == 0:
+            self._log(record)
+            self._log_events(events, record)
+            if self.show_progress:
+                knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
+                tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{knn}")
+        return record
+
+    @staticmethod
+    def _log_events(events, record: dict) -> None:
+        step = record["epoch"]
+        for tag, key in (("train/loss", "loss"), ("train/lr", "lr"), ("train/w_out", "w_out"),
+                         ("train/images_per_s", "images_per_s"), ("monitor/knn_top1", "knn_top1")):
+            if record.get(key) is not None:
+                events.add_scalar(tag, record[key], step)
+        events.flush()
+
+    def write_snapshot(self, epoch: int, knn_top1: float | None = None) -> Path | None:
+        """encoder_e{epoch:04d}.pt; one already there (written before a crash) is kept as it is."""
+        path = self.out_dir / snapshot_name(epoch)
+        if path.exists():
+            return None
+        return self.export(knn_top1, path=path, epoch=epoch)
+
+    def export(self, knn_top1: float | None = None, path: Path | None = None, epoch: int | None = None) -> Path:
+        """The encoder after `epoch` epochs (default: all of them) to `path` (default encoder.pt)."""
+        config = self.config
+        epoch = config.epochs if epoch is None else epoch
         params = config.sampler_config().params()
         if config.sampler in ("ring", "ball"):
             params |= {"anneal": config.anneal, "anneal_epochs": config.resolved_anneal_epochs(),
                        "anneal_steps": config.anneal_steps, "w_out_final": w_out_at(config, config.epochs - 1)}
-        if knn_top1 is None and self.metrics_path.exists():
+        if knn_top1 is None and path is None and self.metrics_path.exists():
             records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
             knn_top1 = next((r["knn_top1"] for r in reversed(records) if "knn_top1" in r), None)
         metadata = {
@@ -359,8 +410,10 @@ class Trainer:
             "mean": list(self.mean), "std": list(self.std), "config": config.to_dict(),
             "seed": config.seed, "code_version": code_version(), "recipe": config.recipe,
             "knn_top1": knn_top1,
+            # where on the training curve this encoder is; w_out is the band used during that epoch
+            "epoch": epoch, "w_out": w_out_at(config, epoch - 1) if config.sampler in ("ring", "ball") else None,
         }
-        return save_encoder(self.encoder_path, self.method.export_backbone(), metadata)
+        return save_encoder(path or self.encoder_path, self.method.export_backbone(), metadata)
 
 
 class _Subset:

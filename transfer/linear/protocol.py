@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from pretrain.progress import progress_bar
 from transfer.features import FeatureCache, cache_key, extract_features, pick_device
 
 PROTOCOLS = ("paper", "fast")
@@ -404,7 +404,7 @@ def train_linear_paper(
     dataset = TransformedImages(train_images, augment)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    progress = tqdm(range(start_epoch, recipe.epochs), desc="linear (paper)", unit="epoch", leave=False,
+    progress = progress_bar(range(start_epoch, recipe.epochs), desc="linear (paper)", unit="epoch", leave=False,
                     disable=None, initial=start_epoch, total=recipe.epochs)
     for epoch in progress:
         torch.manual_seed(seed * 1_000_003 + epoch)  # augmentations in the main process (workers=0)
