@@ -1,9 +1,12 @@
 """`--suite pretrain --then SUITES`: evaluate the encoders a pretraining grid produces.
 
-Local and debug executors simply run the evaluation suites after the pretraining cells finish.
+Every encoder a pretraining cell publishes counts: its `snapshot_every` snapshots and its final encoder.
+The local executor evaluates the snapshots while pretraining runs (bench.follow); the debug executor
+runs the evaluation suites after the pretraining cells finish.
 On SLURM both are submitted at once: the pretraining cells as an array, and a small follow-up job
 with an `afterok` dependency on them that plans the evaluation suites on the trained encoders and
-submits their arrays. If any pretraining cell fails, SLURM never starts the follow-up
+submits their arrays; while waiting, the runner also submits each snapshot's cells as it appears.
+If any pretraining cell fails, SLURM never starts the follow-up
 (DependencyNeverSatisfied) and the runner cancels it and says so.
 """
 
@@ -32,7 +35,9 @@ def trained_encoders(results_root: Path, cell_ids: list[str]) -> tuple[list[Path
         except (OSError, CorruptResult):
             encoder = None
         if encoder and Path(encoder).is_file():
-            encoders.append(Path(encoder))
+            from bench.follow import published_encoders
+
+            encoders.extend(published_encoders(Path(encoder).parent))  # its snapshots, then the final encoder
         else:
             missing.append(cid)
     return encoders, missing
@@ -103,7 +108,12 @@ def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, Res
               f"{', '.join(arrays)} succeed (afterok)", file=stream)
         if not wait:
             return 0, []
-        watch = Runner(plan, "slurm", profiles, progress=progress, stream=stream).run()  # adopts the live cells
+        from bench.follow import follow_pretraining
+
+        # watch the pretraining cells (adopting them) while their snapshots are evaluated as they appear
+        watch, _ = follow_pretraining(plan, Runner(plan, "slurm", profiles, progress=progress, stream=stream).run,
+                                      then, "slurm", profiles, in_background=True, seeds=seeds,
+                                      max_parallel=max_parallel, force=force, stream=stream, poll_s=2.0)
         if watch.failed:
             print(f"then: {watch.failed} pretraining cell(s) failed", file=stream)
         while True:

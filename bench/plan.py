@@ -14,7 +14,7 @@ from bench.store import CellState, ResultStore, cell_id
 from bench.suite import Cell, InputError, Suite, comma_list
 
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
-                 "image_size", "code_version")
+                 "image_size", "code_version", "epoch", "w_out")  # epoch, w_out: where a snapshot sits on its run
 
 
 def parse_value(key: str, text: str, default: Any) -> Any:
@@ -114,7 +114,7 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
         cache = read_json(cache_path)
     except (OSError, ValueError):
         cache = {}
-    if isinstance(cache, dict) and isinstance(cache.get(key), dict):
+    if isinstance(cache, dict) and isinstance(cache.get(key), dict) and set(IDENTITY_KEYS) <= set(cache[key]):
         return cache[key]
     from pretrain.checkpoint import load_encoder
 

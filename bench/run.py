@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--then", default="", metavar="SUITES",
                         help="with --suite pretrain: evaluation suites to run on the trained encoders "
                              "(SLURM: submitted at once with afterok dependencies)")
+    parser.add_argument("--follow", action="append", default=[], metavar="RUN_DIR",
+                        help="evaluate the encoders a pretraining run folder publishes (snapshots, then encoder.pt) "
+                             "as they appear, until its final encoder; repeatable")
+    parser.add_argument("--follow-poll", type=float, default=10.0, metavar="SECONDS",
+                        help="with --follow: how often to look for new encoders (default 10)")
+    parser.add_argument("--follow-idle-min", type=float, default=360.0, metavar="MINUTES",
+                        help="with --follow: stop following a run whose folder has not changed for this long "
+                             "(default 360)")
     parser.add_argument("--no-wait", action="store_true",
                         help="SLURM only: submit and return; watch with python -m bench.status")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
@@ -90,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         if then and args.suite != "pretrain":
             raise InputError("--then chains evaluation suites after --suite pretrain only")
         suite = load_suite(args.suite)
+        if args.follow:
+            from bench.follow import follow_command
+
+            return follow_command(args, executor, profiles, results_root, stream)
         then_suites = [load_suite(name) for name in then]
         for later in then_suites:
             if not later.uses_checkpoints:
@@ -120,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
                     wait=not args.no_wait and not chain_on_slurm, progress=not args.no_progress, stream=stream)
     try:
-        summary = runner.run()
+        if then and executor == "local":  # the evaluation suites follow the snapshots while pretraining runs
+            from bench.follow import follow_pretraining
+
+            summary, _ = follow_pretraining(plan, runner.run, then, executor, profiles, in_background=True,
+                                            seeds=parse_seeds(args.seeds), max_parallel=args.max_parallel,
+                                            force=args.force, stream=stream, poll_s=2.0)
+        else:
+            summary = runner.run()
     except user_error_types() as error:  # a bad partition, or sbatch refusing the request
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
