@@ -263,6 +263,10 @@ def follow_command(args, executor: str, profiles: dict[str, ResourceProfile], re
     encoder and every cell is done, 1 otherwise, 2 for bad input."""
     if args.checkpoints or args.then:
         raise InputError("--follow evaluates the encoders a pretraining run publishes; drop --checkpoints/--then")
+    from bench.suites import load_suite
+
+    if not load_suite(args.suite).uses_checkpoints:
+        raise InputError(f"--follow: suite {args.suite} evaluates no checkpoint")
     if args.follow_poll <= 0 or args.follow_idle_min <= 0:
         raise InputError("--follow-poll and --follow-idle-min: expected positive numbers")
     runs = [FollowedRun(check_run_folder(Path(folder))) for folder in args.follow]

@@ -6,8 +6,13 @@ Writes, per suite, under the results folder:
     <suite>.csv         the tidy leaderboard: one row per (model, task, metric), with rank and avg_rank
     <suite>.md          the same as a readable table (mean +- ci95 (rank)), paired Ring-vs-NCE deltas,
                         missing and failed cells
-    <suite>.png         means with 95% intervals per task, one colour per checkpoint
+    <suite>.png         headline metrics: means with 95% intervals per task, one colour per checkpoint
     <suite>_paired.csv  each Ring checkpoint against its NCE twin on the same samples
+    <suite>_paired.png  Ring - NCE per task and headline metric with 95% intervals (bench.figures)
+    <suite>_curves.csv  metric vs pretraining epoch when a model family has results at several epochs,
+    <suite>_curves.png  and its figure (bench.figures)
+Encoders snapshotted before the end of their run (metadata epoch < epochs) feed the curves only; the
+ranking and the twins compare final encoders. The Markdown shows the headline metrics; the CSV all.
 and long.csv: every stored metric of every suite (one row per cell x metric).
 """
 
@@ -32,7 +37,7 @@ MODEL_KEYS = ["method", "sampler", "pretrain_dataset", "epochs", "ckpt_seed", "a
 LONG_COLUMNS = [
     "suite", "task", "metric", "model", "method", "sampler", "sampler_params", "pretrain_dataset", "epochs",
     "ckpt_seed", "arch", "checkpoint_sha256", "checkpoint_path", "seed", "mean", "std", "n", "ci95",
-    "higher_is_better", "engine", "code_version", "protocol_version", "cell_id",
+    "higher_is_better", "engine", "code_version", "protocol_version", "cell_id", "epoch", "w_out",
 ]
 
 
@@ -123,6 +128,8 @@ def scan_suite(root: Path, suite: str) -> Scan:
                 "code_version": result.get("code_version"),
                 "protocol_version": result.get("protocol_version"),
                 "cell_id": result["cell_id"],
+                "epoch": checkpoint.get("epoch"),  # a snapshot's place on its run (None before snapshots)
+                "w_out": checkpoint.get("w_out"),
             })
             scan.samples[(result["cell_id"], metric_name)] = (metric.get("sample_ids"), metric.get("samples"))
     return scan
@@ -413,7 +420,11 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     scan = scan if scan is not None else scan_suite(root, suite)
     for message in scan.corrupt:
         print(f"corrupt result (not tabulated; `bench.run` recomputes it): {message}", file=stream)
+    from bench import figures
+
     long = long_table(scan)
+    curves = figures.curve_table(long)
+    long = long[~figures.is_snapshot(long)]  # snapshots make the curves; ranks and twins use final encoders
     ranked = rank_table(aggregate(long))
     paired = paired_comparisons(long, scan.samples)
     written = []
@@ -423,18 +434,30 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     paired_path = root / f"{suite}_paired.csv"
     _atomic_text(paired_path, paired.to_csv(index=False))
     written.append(paired_path)
-    md = [f"# {suite}\n", "Mean ± 95% CI (rank). Models whose difference from the best is within the 95% "
-          "interval of the difference tie and share the average rank; `avg rank` is the mean over "
-          "tasks and metrics. `missing`: no stored result (failed or not run), never zero.\n"]
+    if not curves.empty:
+        curves_path = root / f"{suite}_curves.csv"
+        _atomic_text(curves_path, curves.to_csv(index=False))
+        written.append(curves_path)
+    headline = figures.headline_rows(ranked).copy()
+    if not headline.empty:
+        headline["avg_rank"] = headline.groupby(["suite", "model"])["rank"].transform("mean")
+    md = [f"# {suite}\n", "Mean ± 95% CI (rank) of the headline metrics (every metric: "
+          f"`{suite}.csv`). Models whose difference from the best is within the 95% "
+          "interval of the difference tie and share the average rank; `avg rank` is the mean over the "
+          "columns shown. `missing`: no stored result (failed or not run), never zero.\n"]
     hooks = suite_hooks(suite)
     markdown_hook = getattr(hooks, "leaderboard_markdown", None)
     custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
-    md.append(custom_table if custom_table is not None else markdown_table(ranked))
-    if not paired.empty:
+    md.append(custom_table if custom_table is not None else markdown_table(headline))
+    if not curves.empty:
+        md.append(f"\nOver the course of pretraining: `{suite}_curves.csv` and `{suite}_curves.png` "
+                  f"({curves['model'].nunique()} model(s), epochs {curves['epoch'].min()}-{curves['epoch'].max()}).\n")
+    paired_md = figures.headline_rows(paired)
+    if not paired_md.empty:
         md.append("\n## Ring vs NCE twins (paired, same samples)\n")
         md.append("| task | metric | method | seed | n | ring | nce | ring − nce | 95% CI | p (t) | p (sign) |")
         md.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for _, r in paired.iterrows():
+        for _, r in paired_md.iterrows():
             md.append(f"| {r['task']} | {r['metric']} | {r['method']} | {r['seed']} | {r['n']} | {r['ring_mean']:.2f} | "
                       f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | "
                       f"{r['p_ttest']:.3g} | {r['p_sign']:.3g} |")
@@ -455,8 +478,13 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
         png_path = root / f"{suite}.png"
         figure_hook = getattr(hooks, "leaderboard_figure", None)
         if figure_hook is None or not figure_hook(ranked, png_path):
-            plot_suite(ranked, png_path, f"{suite}: mean with 95% CI")
+            figures.plot_headline(ranked, png_path, suite)
         written.append(png_path)
+    if plot:
+        for path in (figures.plot_paired(paired, root / f"{suite}_paired.png", suite),
+                     figures.plot_curves(curves, root / f"{suite}_curves.png", suite) if not curves.empty else None):
+            if path is not None:
+                written.append(path)
     return written
 
 
