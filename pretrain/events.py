@@ -12,11 +12,16 @@ import sys
 import types
 
 
+def tensorflow_free_tensorboard() -> None:
+    """Make TensorBoard use its stub instead of importing TensorFlow (unless TensorFlow is loaded already)."""
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 def summary_writer(folder: str | os.PathLike, purge_step: int | None = None):
     """A SummaryWriter into `folder`; `purge_step` makes TensorBoard drop earlier events at or past it
     (what a killed attempt logged beyond the state a resumed run starts from)."""
-    if "tensorflow" not in sys.modules:
-        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    tensorflow_free_tensorboard()
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(folder), purge_step=purge_step)

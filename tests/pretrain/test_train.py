@@ -130,9 +130,11 @@ def test_ddp_two_gloo_processes_agree_on_weights(tmp_path, recipe):
 
 
 def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    from pretrain.events import summary_writer  # noqa: F401 - the TensorFlow-free TensorBoard
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from pretrain.events import tensorflow_free_tensorboard
+
+    tensorflow_free_tensorboard()
     events = EventAccumulator(str(folder))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
