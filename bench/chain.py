@@ -112,7 +112,7 @@ def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, Res
 
         # watch the pretraining cells (adopting them) while their snapshots are evaluated as they appear
         watch, _ = follow_pretraining(plan, Runner(plan, "slurm", profiles, progress=progress, stream=stream).run,
-                                      then, "slurm", profiles, in_background=True, seeds=seeds,
+                                      then, "slurm", profiles, in_background=True, evaluate_final=False, seeds=seeds,
                                       max_parallel=max_parallel, force=force, stream=stream, poll_s=2.0)
         if watch.failed:
             print(f"then: {watch.failed} pretraining cell(s) failed", file=stream)

@@ -73,6 +73,7 @@ class FollowedRun:
     # why the run will publish nothing more (e.g. its pretraining cell failed), or None while it may
     stopped: Callable[[], str | None] | None = None
     idle_limit: bool = True  # stop after `idle_s` without any change in the folder
+    evaluate_final: bool = True  # False: snapshots only (something else evaluates encoder.pt)
     seen: set[Path] = field(default_factory=set)
     finished: bool = False
     outcome: str = ""  # "final encoder" or why following stopped early
@@ -147,11 +148,15 @@ class Follower:
             self.say(f"follow: {name} on {encoder}: submitted {summary.submitted}, kept {summary.skipped_done}, "
                      f"watched {summary.adopted}")
 
-    def _poll_run(self, run: FollowedRun) -> None:
+    def _evaluate_new(self, run: FollowedRun) -> None:
         for encoder in published_encoders(run.folder):
             if encoder not in run.seen:
                 run.seen.add(encoder)
-                self.evaluate(encoder)
+                if run.evaluate_final or encoder.name != FINAL_ENCODER:
+                    self.evaluate(encoder)
+
+    def _poll_run(self, run: FollowedRun) -> None:
+        self._evaluate_new(run)
         if (run.folder / FINAL_ENCODER).is_file():
             run.finished, run.outcome = True, "final encoder"
             return
@@ -159,10 +164,7 @@ class Follower:
         if reason is None and run.idle_limit and time.time() - max(last_activity(run.folder), self._started) > self.idle_s:
             reason = f"nothing changed in the folder for {self.idle_s / 60:.0f} min"
         if reason is not None:
-            for encoder in published_encoders(run.folder):  # anything published just before it stopped
-                if encoder not in run.seen:
-                    run.seen.add(encoder)
-                    self.evaluate(encoder)
+            self._evaluate_new(run)  # anything published just before it stopped
             run.finished, run.outcome = True, reason
             self.summary.stopped_early.append(f"{run.folder}: {reason}")
             self.say(f"follow: stopped following {run.folder} before its final encoder: {reason}")
@@ -225,11 +227,13 @@ def pretrain_cell_stopped(folder: CellFolder, still_running: Callable[[], bool] 
 
 
 def follow_pretraining(pretrain_plan: Plan, run_pretraining: Callable[[], object], then: Sequence[str], executor: str,
-                       profiles: dict[str, ResourceProfile], *, in_background: bool, **follower_kwargs):
+                       profiles: dict[str, ResourceProfile], *, in_background: bool, evaluate_final: bool = True,
+                       **follower_kwargs):
     """`--suite pretrain --then SUITES`: evaluate each cell's snapshots while it trains.
 
     `run_pretraining` runs (local) or watches (SLURM) the pretraining cells; with `in_background` it
-    runs in a thread while this thread follows the cells' train/ folders. Returns
+    runs in a thread while this thread follows the cells' train/ folders. `evaluate_final=False`
+    leaves the final encoders to the caller (SLURM's afterok follow-up job). Returns
     (what run_pretraining returned, the FollowSummary)."""
     outcome: dict[str, object] = {}
 
@@ -245,7 +249,7 @@ def follow_pretraining(pretrain_plan: Plan, run_pretraining: Callable[[], object
     runs = []
     for planned in pretrain_plan.cells:
         cell = pretrain_plan.store.cell(planned.cell_id)
-        runs.append(FollowedRun(cell.path / "train", idle_limit=False,
+        runs.append(FollowedRun(cell.path / "train", idle_limit=False, evaluate_final=evaluate_final,
                                 stopped=pretrain_cell_stopped(cell, thread.is_alive if in_background else None)))
     follower = Follower(then, runs, executor, profiles, results_root=pretrain_plan.store.root,
                         data_root=pretrain_plan.data_root, **follower_kwargs)

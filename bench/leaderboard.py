@@ -361,40 +361,6 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ranked = ranked.copy()
-    ranked["column"] = ranked["column"].str.replace(" ", "\n", n=1, regex=False)
-    columns = sorted(ranked["column"].unique())
-    models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns) + 2), 3.6))
-    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
-    for m, model in enumerate(models):
-        mine = ranked[ranked["model"] == model].set_index("column")
-        xs, ys, errs = [], [], []
-        for c, column in enumerate(columns):
-            if column in mine.index:
-                xs.append(c - 0.4 + width * (m + 0.5))
-                ys.append(mine.loc[column, "mean"])
-                errs.append(mine.loc[column, "ci95"])
-        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, color=colours(m % colours.N), label=model)
-    ax.set_xticks(range(len(columns)), columns, fontsize=8)
-    ax.set_ylabel("mean (95% CI)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
