@@ -154,6 +154,7 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
     handles: dict[str, object] = {}
     for ax, (task, metric) in zip(axes.flat, panels):
         mine = curves[(curves["task"] == task) & (curves["metric"] == metric)]
+        ring_lines = mine[mine["sampler"].isin(["ring", "ball"])].groupby(line_keys).ngroups
         band_axis = None
         for key, line in mine.groupby(line_keys, sort=True):
             method, sampler = str(key[0]), str(key[1])
@@ -168,17 +169,24 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
             style = _line_style(sampler, others)
             (handle,) = ax.plot(epochs, per_epoch["mean"], style, color=colour, marker="o", markersize=3.5,
                                 linewidth=1.8, label=label)
-            ax.fill_between(epochs, per_epoch["mean"] - band, per_epoch["mean"] + band, color=colour,
-                            alpha=0.12 if sampler == "nce" else 0.2, linewidth=0)
+            if sampler == "nce":  # hatched, so the twins' overlapping bands stay apart
+                ax.fill_between(epochs, per_epoch["mean"] - band, per_epoch["mean"] + band, facecolor="none",
+                                edgecolor=colour, hatch="///", alpha=0.35, linewidth=0)
+            else:
+                ax.fill_between(epochs, per_epoch["mean"] - band, per_epoch["mean"] + band, color=colour,
+                                alpha=0.18, linewidth=0)
             handles.setdefault(label, handle)
             if sampler in ("ring", "ball") and per_epoch["w_out"].notna().any():
                 if band_axis is None:
                     band_axis = ax.twinx()
                     band_axis.set_ylim(0, 1.05)
-                    band_axis.set_ylabel("ring w_out (dotted steps)", color="0.35", fontsize=9)
+                    band_axis.set_ylabel("ring w_out (dotted steps)", color="0.25", fontsize=9)
                     band_axis.tick_params(axis="y", colors="0.35", labelsize=8)
-                (band_handle,) = band_axis.step(epochs, per_epoch["w_out"], where="pre", color=colour, alpha=0.45,
-                                                linestyle=":", linewidth=1.6, label=f"w_out ({method} / {sampler})")
+                # one ring line: a dark schedule that stands out from the bands; several: their colours
+                schedule_colour = "0.15" if ring_lines == 1 else colour
+                (band_handle,) = band_axis.step(epochs, per_epoch["w_out"], where="pre", color=schedule_colour,
+                                                alpha=0.8, linestyle=":", linewidth=1.6,
+                                                label=f"w_out ({method} / {sampler})")
                 handles.setdefault(f"w_out ({method} / {sampler})", band_handle)
         if band_axis is not None:
             ax.set_zorder(band_axis.get_zorder() + 1)  # the metric lines above the schedule
@@ -191,7 +199,7 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{suite}: transfer vs pretraining epoch\nRing solid, NCE dashed (one colour per method), "
-                 "95% bands; dotted: the ring band w_out used in that epoch", fontsize=10)
+                 "95% bands (NCE hatched); dotted steps: the ring band w_out used in that epoch", fontsize=10)
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(4, len(handles)),
                fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.07 + 0.03 * ((len(handles) - 1) // 4), 1, 0.93))
