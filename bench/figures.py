@@ -16,7 +16,6 @@ redraws the PNGs from `<suite>.csv`, `<suite>_paired.csv` and `<suite>_curves.cs
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,8 +26,9 @@ import pandas as pd
 HEADLINE_EXACT = {"bbox/AP", "segm/AP", "keypoints/AP"}
 HEADLINE_PREFIXES = ("acc/", "top1/")
 FAMILY_KEYS = ["method", "sampler", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
-CURVE_COLUMNS = ["suite", "model", *FAMILY_KEYS, "task", "metric", "epoch", "w_out", "mean", "ci95", "n",
-                 "n_seeds", "higher_is_better", "checkpoint_sha256"]
+SETTING_KEYS = ["dataset", "setting", "identity"]  # evaluations that differ in these are never averaged
+CURVE_COLUMNS = ["suite", "model", *FAMILY_KEYS, "task", "dataset", "setting", "metric", "epoch", "w_out", "mean",
+                 "ci95", "n", "n_seeds", "higher_is_better", "checkpoint_sha256"]
 SAMPLER_STYLE = {"ring": "-", "nce": "--"}  # other samplers cycle through OTHER_STYLES
 OTHER_STYLES = [":", "-."]
 
@@ -84,9 +84,11 @@ def curve_table(long: pd.DataFrame) -> pd.DataFrame:
     long = long[several]
     if long.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS)
-    if "w_out" not in long:
-        long["w_out"] = np.nan
-    keys = ["suite", *FAMILY_KEYS, "task", "metric", "epoch"]
+    for column in ("w_out", *SETTING_KEYS):
+        if column not in long:
+            long[column] = np.nan if column == "w_out" else ""
+    long[SETTING_KEYS] = long[SETTING_KEYS].fillna("")
+    keys = ["suite", *FAMILY_KEYS, "task", *SETTING_KEYS, "metric", "epoch"]
     grouped = long.groupby(keys, dropna=False, sort=True)
     first = grouped.first()
     count = grouped["mean"].count()
@@ -116,12 +118,13 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    from pretrain.atomic_files import atomic_write
+
+    # a unique temporary: two runners finishing together may both draw
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, bbox_inches="tight", format="png"),
+                 fsync=False, suffix=".png")
     _pyplot().close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def _method_colours(methods: Iterable[str]) -> dict[str, tuple]:
@@ -143,7 +146,9 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
     if curves.empty:
         return None
     plt = _pyplot()
-    panels = sorted(curves.groupby(["task", "metric"]).groups)
+    panel_keys = ["task", *[k for k in ("dataset", "setting") if k in curves and curves[k].fillna("").nunique() > 1],
+                  "metric"]
+    panels = sorted(curves.fillna({"dataset": "", "setting": ""}).groupby(panel_keys).groups)
     ncols = min(3, len(panels))
     nrows = (len(panels) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.0, 5.2 * ncols), 4.0 * nrows), squeeze=False)
@@ -152,8 +157,12 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
     line_keys = ["method", "sampler", "pretrain_dataset", "arch", "epochs"]
     several_data = curves[["pretrain_dataset", "arch", "epochs"]].drop_duplicates().shape[0] > 1
     handles: dict[str, object] = {}
-    for ax, (task, metric) in zip(axes.flat, panels):
-        mine = curves[(curves["task"] == task) & (curves["metric"] == metric)]
+    for ax, panel in zip(axes.flat, panels):
+        selected = np.ones(len(curves), dtype=bool)
+        for key, value in zip(panel_keys, panel):
+            selected &= curves[key].fillna("").to_numpy() == value
+        mine = curves[selected]
+        metric = panel[-1]
         ring_lines = mine[mine["sampler"].isin(["ring", "ball"])].groupby(line_keys).ngroups
         band_axis = None
         for key, line in mine.groupby(line_keys, sort=True):
@@ -191,7 +200,7 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
         if band_axis is not None:
             ax.set_zorder(band_axis.get_zorder() + 1)  # the metric lines above the schedule
             ax.patch.set_visible(False)
-        ax.set_title(f"{task}: {metric}", fontsize=10)
+        ax.set_title(" ".join(str(p) for p in panel[:-1] if p) + f": {metric}", fontsize=10)
         ax.set_xlabel("pretraining epoch")
         ax.set_ylabel(f"{metric} (mean, 95% band)")
         ax.grid(alpha=0.3)
@@ -232,6 +241,9 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     for _, r in rows.iterrows():
         seeds = f"{int(r['n'])} eval seeds" if r["seed"] == "all" else f"seed {r['seed']}, n={int(r['n'])}"
         who = f" [{r['method']} {r['pretrain_dataset']} e{r['epochs']} s{r['ckpt_seed']}]" if several_pairs else ""
+        for key in ("dataset", "setting"):  # which data and options, when the pairs differ in them
+            if key in rows and rows[key].fillna("").nunique() > 1 and str(r[key]) not in ("", "nan"):
+                who += f" {r[key]}"
         labels.append(f"{r['task']}  {r['metric']}{who}  ({seeds})")
     fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.42 * len(rows)))
     ys = np.arange(len(rows))
@@ -262,7 +274,8 @@ def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
         return None
     plt = _pyplot()
     metrics = sorted(ranked["metric"].unique())
-    models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
+    row = "entry" if "entry" in ranked else "model"  # the leaderboard's table row (model, setting, dataset)
+    models = ranked.drop_duplicates(row).sort_values(["avg_rank", row])[row].tolist()
     cmap = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
     ncols = min(3, len(metrics))
     nrows = (len(metrics) + ncols - 1) // ncols
@@ -274,7 +287,7 @@ def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
         mine = ranked[ranked["metric"] == metric]
         tasks = sorted(mine["task"].unique())
         for m, model in enumerate(models):
-            rows = mine[mine["model"] == model].set_index("task")
+            rows = mine[mine[row] == model].set_index("task")
             xs = [t - 0.4 + width * (m + 0.5) for t, task in enumerate(tasks) if task in rows.index]
             present = [task for task in tasks if task in rows.index]
             if present:

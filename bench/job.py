@@ -104,6 +104,7 @@ def build_result(job: CellJob, output: CellOutput, started: float, run_s: float,
         "seed": cell.seed,
         "options": dict(cell.options),
         "data_root": None if cell.data_root is None else str(cell.data_root),
+        "dataset": job.dataset,  # the fingerprint that is part of the cell id (None: the suite reads no data)
         "checkpoint": job.checkpoint_identity,
         "metrics": {name: metric.to_json() for name, metric in output.metrics.items()},
         "info": info,
@@ -130,6 +131,7 @@ class CellJob:
     protocol_version: str
     checkpoint_identity: dict[str, Any] | None
     executor: str = "local"
+    dataset: dict[str, Any] | None = None  # DatasetFingerprint.to_json() of the data the cell reads
 
     @property
     def folder(self) -> CellFolder:

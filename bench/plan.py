@@ -136,6 +136,7 @@ class PlannedCell:
     cell_id: str
     checkpoint: dict[str, Any] | None
     state: CellState = field(default_factory=lambda: CellState("pending"))
+    dataset: dict[str, Any] | None = None  # DatasetFingerprint.to_json() of the data the cell reads
 
     @property
     def label(self) -> str:
@@ -171,8 +172,16 @@ def build_plan(
 ) -> Plan:
     """Validate everything that can be checked up front and expand checkpoint x task x seed."""
     options = parse_options(suite, option_pairs)
+    if data_root is not None and not suite.reads_data_root:
+        raise InputError(f"suite {suite.name} reads no dataset folder (it evaluates on its own embedded data), so "
+                         f"--data-root {data_root} would be ignored; drop --data-root")
     if data_root is not None and not Path(data_root).exists():
         raise InputError(f"--data-root {data_root}: no such folder")
+    if data_root is not None:  # jobs may start in another folder; the id does not depend on the path
+        data_root = Path(os.path.abspath(Path(data_root).expanduser()))
+    for key in suite.path_options:
+        if isinstance(options.get(key), str) and options[key].strip():
+            options[key] = os.path.abspath(os.path.expanduser(options[key].strip()))
     store = ResultStore(results_root, suite.name)
     if suite.uses_checkpoints:
         checkpoints = expand_checkpoints(checkpoint_specs) if checkpoint_specs else [
@@ -195,6 +204,8 @@ def build_plan(
             raise InputError(f"unknown task(s) {', '.join(map(repr, unknown))} for suite {suite.name} with these "
                              f"options; valid tasks: {', '.join(names)}")
         tasks = [task for task in tasks if task.name in set(task_names)]
+    fingerprints = suite.dataset_fingerprints(options, data_root, tasks)
+    identity_options = {key: value for key, value in options.items() if key not in suite.path_options}
     identities = dict(identities or {})
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
@@ -206,6 +217,7 @@ def build_plan(
     cells = []
     for path, identity in sources:
         for task in tasks:
+            fingerprint = fingerprints.get(task.name)
             for seed in seeds:
                 cid = cell_id(
                     suite=suite.name,
@@ -214,9 +226,11 @@ def build_plan(
                     seed=seed,
                     protocol_version=suite.protocol_version,
                     checkpoint_sha256=identity["sha256"] if identity else None,
-                    options=options,
+                    options=identity_options,
+                    dataset_sha256=fingerprint.sha256 if fingerprint is not None else None,
                 )
                 cell = Cell(suite=suite.name, task=task, checkpoint=path, seed=seed, options=options,
                             data_root=data_root, shared_dir=store.shared_dir)
-                cells.append(PlannedCell(cell, cid, identity))
+                cells.append(PlannedCell(cell, cid, identity,
+                                         dataset=fingerprint.to_json() if fingerprint is not None else None))
     return Plan(suite_name, suite, options, data_root, checkpoints, seeds, store, cells)

@@ -116,6 +116,10 @@ class Suite(ABC):
     options: ClassVar[dict[str, Any]] = {}  # valid key=value overrides and their defaults
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
     uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
+    reads_data_root: ClassVar[bool] = True  # False: the suite reads no dataset folder and refuses --data-root
+    # options that name a data folder: the dataset fingerprint stands for them in the cell id, so
+    # moving the folder or giving it as a relative path keeps the id
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,6 +142,12 @@ class Suite(ABC):
     @abstractmethod
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         """The declarative task list for these options."""
+
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        """Task name -> the `bench.fingerprint.DatasetFingerprint` of the data it reads (part of the
+        cell id and of result.json). Called after `check`; suites that read no data return {}."""
+        return {}
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:  # noqa: B027
         """Validate data and checkpoints up front; raise InputError naming what is wrong."""

@@ -159,3 +159,25 @@ def slurm_live_jobs(job_ids: list[str]) -> set[str] | None:
     return set(out.stdout.split())
 
 
+def slurm_job_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """(state, reason) of each of these job ids (plain or array `A_i`) that squeue still lists, e.g.
+    ("PENDING", "BeginTime") for a requeued job waiting to start again; a job absent from the answer
+    has left the queue. None when the scheduler does not answer."""
+    if not job_ids:
+        return {}
+    mains = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(mains)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return {} if "Invalid job id" in out.stderr else None
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            states[parts[0]] = (parts[1], parts[2])
+    return states
+
+

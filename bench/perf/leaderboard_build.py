@@ -45,7 +45,11 @@ def synthesise(root: Path, cells: int, samples: int) -> None:
                           "sample_ids": ids, "higher_is_better": True}
                 cid = f"{count:020x}"
                 result = {"schema_version": SCHEMA_VERSION, "cell_id": cid, "suite": "perf", "protocol_version": "1",
-                          "task": {"name": f"task{t:02d}", "params": {}}, "seed": seed, "metrics": {"acc": metric},
+                          "task": {"name": f"task{t:02d}", "params": {"source": f"task{t:02d}", "mode": "episodic"}},
+                          "seed": seed, "options": {"episodes": samples, "probes": "ncc,logreg"},
+                          "dataset": {"name": f"task{t:02d}", "sha256": f"{t:064x}", "files": 1,
+                                      "label": f"task{t:02d}:{t:08x}"},
+                          "metrics": {"acc": metric},
                           "checkpoint": checkpoint, "info": {}, "engine": "synthetic", "code_version": "perf"}
                 (folder / cid).mkdir()
                 (folder / cid / "result.json").write_text(json.dumps(result))

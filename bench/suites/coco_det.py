@@ -186,6 +186,25 @@ class CocoDetSuite(Suite):
             tasks.append(Task(name=f"{dataset}/{label}", params=params, profile=profile))
         return tasks
 
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        """Embedded: the digits file and the builder's parameters; a COCO folder: the task's train and
+        val annotation json (sha256) and the (name, size) of the images they reference."""
+        from bench.fingerprint import coco_fingerprint, embedded_fingerprint
+        from transfer.detection.coco_data import SPLITS, coco_split, resolve_coco_root
+
+        out = {}
+        for task in tasks:
+            if data_root is None:
+                from transfer.detection.embedded import default_parameters
+
+                out[task.name] = embedded_fingerprint("digits_coco", default_parameters())
+                continue
+            root = resolve_coco_root(data_root)
+            splits = [coco_split(root, TASK_KINDS[task.params["task"]], split) for split in SPLITS]
+            out[task.name] = coco_fingerprint(task.params["dataset"], [(s.json_file, s.image_root) for s in splits])
+        return out
+
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, load_encoder
         from transfer.detection.coco_data import CocoDataError, check_coco_root

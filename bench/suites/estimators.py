@@ -71,6 +71,7 @@ class EstimatorsSuite(Suite):
     name = "estimators"
     protocol_version = "1"
     uses_checkpoints = False
+    reads_data_root = False  # synthetic Gaussians only
     default_seeds = (0,)
     options = {
         "dim": 20,  # dimensions of x and y

@@ -179,6 +179,12 @@ class LinearSuite(Suite):
             tasks.append(Task(name=f"{name}/{protocol_name}", params=params, profile="linear"))
         return tasks
 
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        from bench.fingerprint import standard_dataset_fingerprint
+
+        return {task.name: standard_dataset_fingerprint(task.params["dataset"], data_root) for task in tasks}
+
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, load_encoder
         from pretrain.data import DatasetError
