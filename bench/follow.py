@@ -274,7 +274,9 @@ def follow_command(args, executor: str, profiles: dict[str, ResourceProfile], re
     if args.follow_poll <= 0 or args.follow_idle_min <= 0:
         raise InputError("--follow-poll and --follow-idle-min: expected positive numbers")
     runs = [FollowedRun(check_run_folder(Path(folder))) for folder in args.follow]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    from bench.run import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
     if args.dry_run:
         for run in runs:
             found = published_encoders(run.folder)
