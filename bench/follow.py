@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from bench.plan import Plan, build_plan, parse_options
+from bench.plan import Plan, build_plan, parse_suite_options
 from bench.store import CellFolder
 from bench.suite import InputError
 from slurm.profiles import ResourceProfile
@@ -44,6 +44,14 @@ def published_encoders(folder: Path) -> list[Path]:
     snapshots = sorted(p for p in folder.glob(SNAPSHOT_GLOB) if p.is_file())
     final = folder / FINAL_ENCODER
     return snapshots + ([final] if final.is_file() else [])
+
+
+def snapshots_of(encoder: Path) -> list[Path]:
+    """The snapshots published beside a final encoder.pt, in epoch order (none for other files)."""
+    encoder = Path(encoder)
+    if encoder.name != FINAL_ENCODER:
+        return []
+    return [p for p in published_encoders(encoder.parent) if p.name != FINAL_ENCODER]
 
 
 def check_run_folder(folder: Path) -> Path:
@@ -108,7 +116,7 @@ class Follower:
         for name, suite in self.suites.items():
             if not suite.uses_checkpoints:
                 raise InputError(f"--follow: suite {name} evaluates no checkpoint")
-            parse_options(suite, (option_pairs or {}).get(name, ()))  # a bad key=value fails before anything runs
+            parse_suite_options(suite, (option_pairs or {}).get(name, ()))  # a bad key=value fails before anything runs
         self.runs = list(runs)
         self.executor, self.profiles = executor, profiles
         self.results_root, self.data_root = Path(results_root), data_root
@@ -299,5 +307,5 @@ def follow_command(args, executor: str, profiles: dict[str, ResourceProfile], re
     return 1 if summary.failed or summary.stopped_early else 0
 
 
-__all__ = ["follow_command", "FollowSummary", "FollowedRun", "Follower", "check_run_folder", "follow_pretraining",
+__all__ = ["follow_command", "snapshots_of", "FollowSummary", "FollowedRun", "Follower", "check_run_folder", "follow_pretraining",
            "published_encoders", "pretrain_cell_stopped"]

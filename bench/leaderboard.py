@@ -373,9 +373,10 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     nce = long[long["sampler"] == "nce"]
     merged = ring.merge(nce, on=twin_keys, suffixes=("_ring", "_nce"))
     rows, ring_values, nce_values = [], [], []
-    for record in merged[twin_keys + ["model_ring", "model_nce", "cell_id_ring", "cell_id_nce"]].to_dict("records"):
-        ids_r, values_r = samples.get((record["cell_id_ring"], record["metric"]), (None, None))
-        ids_n, values_n = samples.get((record["cell_id_nce"], record["metric"]), (None, None))
+    keys = zip(merged["cell_id_ring"].tolist(), merged["cell_id_nce"].tolist(), merged["metric"].tolist())
+    for row, (ring_id, nce_id, metric) in enumerate(keys):
+        ids_r, values_r = samples.get((ring_id, metric), (None, None))
+        ids_n, values_n = samples.get((nce_id, metric), (None, None))
         if not values_r or not values_n or ids_r is None or ids_n is None:
             continue  # no per-sample values: no paired statistic (the leaderboard still shows both means)
         if ids_r == ids_n:  # the usual case: both evaluated the same samples in the same order
@@ -384,7 +385,7 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
             a, b = _aligned(ids_r, values_r, ids_n, values_n)
             if len(a) == 0:
                 continue
-        rows.append(record)
+        rows.append(row)
         ring_values.append(a)
         nce_values.append(b)
     if not rows:
@@ -403,7 +404,8 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
         stats_out["sd"][index] = diff.std(axis=1, ddof=1) if n > 1 else 0.0
         stats_out["positive"][index] = (diff > 0).sum(axis=1)
         stats_out["nonzero"][index] = (diff != 0).sum(axis=1)
-    table = pd.DataFrame(rows).rename(columns={"model_ring": "ring_model", "model_nce": "nce_model"})
+    table = merged.iloc[rows][twin_keys + ["model_ring", "model_nce"]].reset_index(drop=True).rename(
+        columns={"model_ring": "ring_model", "model_nce": "nce_model"})
     table["n"] = count
     table["ring_mean"], table["nce_mean"] = stats_out["ring"], stats_out["nce"]
     table["mean_diff"] = stats_out["mean"]
@@ -627,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="append", default=[], help="only these suites (repeatable)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
     args = parser.parse_args(argv)
-    from bench.runner import results_root_default
+    from bench.store import results_root_default
 
     root = args.results or results_root_default()
     if not root.is_dir():

@@ -226,7 +226,7 @@ class MetaDatasetSuite(Suite):
         return {task.name: meta_dataset_source_fingerprint(root / task.params["source"]) for task in tasks}
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
         from transfer.meta_dataset.records import RecordError
@@ -253,7 +253,7 @@ class MetaDatasetSuite(Suite):
                 raise InputError(f"{root / source}: {error}") from None
         for path in checkpoints:
             try:
-                load_encoder(path)
+                checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(str(error)) from None
 
