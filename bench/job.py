@@ -25,7 +25,7 @@ from bench.store import (
     publish_json_once,
     read_events,
 )
-from bench.suite import Cell, CellOutput
+from bench.suite import Cell, CellOutput, comma_list
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def pin_device_for_local_rank(local_rank: int) -> None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None or visible.strip() == "":
         return
-    devices = [d for d in visible.split(",") if d.strip()]
+    devices = list(comma_list(visible))
     if devices and devices[0] not in ("NoDevFiles",):
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[local_rank % len(devices)]
 
@@ -89,7 +89,7 @@ def current_job_id() -> str | None:
 
 
 def build_result(job: CellJob, output: CellOutput, started: float, run_s: float, attempt: int) -> dict[str, Any]:
-    from bench.version import code_version
+    from pretrain.version import code_version
 
     cell = job.cell
     if not isinstance(output, CellOutput) or not output.metrics:

@@ -13,15 +13,14 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 from bench.job import CellJob
 from bench.plan import Plan, PlannedCell
 from bench.progress import ProgressView
 from bench.store import CellFolder, CellState, append_event, atomic_write_json
-from slurm.executors import fit_profile, make_executor, slurm_live_jobs
-from slurm.local_cluster import pid_alive
+from slurm.executors import fit_profile, make_executor
+from slurm.jobs import job_alive, process_alive, slurm_live_jobs
 from slurm.profiles import ResourceProfile, get_profile
 
 TERMINAL = ("done", "failed")
@@ -63,17 +62,13 @@ class RunSummary:
 
 def owner_alive(owner: dict[str, Any], live_slurm: set[str] | None) -> bool:
     """Is the job recorded in submitted.json still queued or running?"""
-    executor, job_id = owner.get("executor"), str(owner.get("job_id") or "")
-    if executor == "local":
-        return owner.get("host") == socket.gethostname() and job_id.isdigit() and pid_alive(int(job_id))
-    if executor == "slurm":
-        return live_slurm is None or job_id in live_slurm  # unknown: assume alive rather than duplicate
-    if executor == "runner":  # claimed by a runner that has not submitted it yet
-        pid = owner.get("runner_pid")
-        if owner.get("host") == socket.gethostname():
-            return isinstance(pid, int) and pid_alive(pid)
-        return time.time() - float(owner.get("time", 0)) < CLAIM_TTL_OTHER_HOST_S
-    return False  # debug jobs live and die with their runner
+    if owner.get("executor") == "runner":  # claimed by a runner that has not submitted it yet
+        alive = process_alive(owner.get("host"), owner.get("runner_pid"))
+        return alive if alive is not None else time.time() - float(owner.get("time", 0)) < CLAIM_TTL_OTHER_HOST_S
+    alive = job_alive(owner.get("executor"), str(owner.get("job_id") or ""), owner.get("host"), live_slurm)
+    if alive is None:  # unknown SLURM state: assume alive rather than duplicate; another host's local job: not ours
+        return owner.get("executor") == "slurm"
+    return alive
 
 
 class Runner:
@@ -478,8 +473,4 @@ def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile
     print("dry run: nothing submitted", file=stream)
 
 
-def results_root_default() -> Path:
-    return Path(os.environ.get("RINGBENCH_RESULTS", "results"))
-
-
-__all__ = ["Runner", "RunSummary", "SubmissionError", "describe_plan", "results_root_default"]
+__all__ = ["Runner", "RunSummary", "SubmissionError", "describe_plan"]

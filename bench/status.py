@@ -10,14 +10,12 @@ asked, so a requeued job waiting to start again shows as submitted (pending), no
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections import Counter
 from pathlib import Path
 
 from bench.store import CellFolder, CellState, ResultStore, suites_in
-from slurm.executors import slurm_job_states
-from slurm.local_cluster import pid_alive
+from slurm.jobs import job_alive, slurm_job_states
 
 
 def _label(folder: CellFolder) -> str:
@@ -41,20 +39,13 @@ def live_states(folders: list[tuple[CellFolder, CellState]]) -> list[tuple[CellF
     slurm_ids = [s.job_id for _, s in folders if s.executor == "slurm" and s.state in ("submitted", "running")]
     queue = slurm_job_states([j for j in slurm_ids if j]) if slurm_ids else {}
     out = []
-    host = socket.gethostname()
     for folder, state in folders:
         if state.state in ("submitted", "running"):
             owner = folder.submitted() or {}
-            gone = False
-            if state.executor == "slurm" and queue is not None:
-                gone = state.job_id not in queue
-                if not gone:
-                    state = _scheduler_state(folder, state, *queue[state.job_id])
-            elif state.executor == "local":
-                job = str(owner.get("job_id") or "")
-                gone = owner.get("host") == host and job.isdigit() and not pid_alive(int(job))
-            elif state.executor == "debug":
-                gone = True  # debug jobs run inside their runner; a fresh status call means it ended
+            live = None if queue is None else set(queue)
+            gone = job_alive(state.executor, str(state.job_id or ""), owner.get("host"), live) is False
+            if state.executor == "slurm" and queue and state.job_id in queue:
+                state = _scheduler_state(folder, state, *queue[state.job_id])
             if gone and not folder.result_path.exists():
                 state = CellState("lost", f"job {state.job_id} ended without writing a result", state.job_id,
                                   state.executor)
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only cells in these states (done, failed, running, submitted, pending, corrupt, lost)")
     parser.add_argument("--summary", action="store_true", help="counts per state only")
     args = parser.parse_args(argv)
-    from bench.runner import results_root_default
+    from bench.store import results_root_default
 
     root = args.results or results_root_default()
     names = args.suite or suites_in(root)

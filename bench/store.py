@@ -47,6 +47,11 @@ EVENTS = "events.jsonl"
 RESULT_KEYS = ("schema_version", "cell_id", "suite", "task", "seed", "metrics", "checkpoint", "code_version")
 
 
+def results_root_default() -> Path:
+    """Where results live unless --results says otherwise: $RINGBENCH_RESULTS, else ./results."""
+    return Path(os.environ.get("RINGBENCH_RESULTS", "results"))
+
+
 class CorruptResult(Exception):
     """A result.json that exists but cannot be tabulated (truncated, not JSON, missing keys)."""
 

@@ -22,14 +22,30 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+from bench.suite import (
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    check_checkpoint_views,
+    comma_list,
+    load_checkpoint_for,
+    view_options,
+)
+
+if TYPE_CHECKING:
+    from pretrain.checkpoint import CheckpointInfo
 
 TASK_KINDS = {"mask_rcnn": "instances", "keypoint_rcnn": "keypoints"}
 HEADLINE = {"bbox/AP", "segm/AP", "keypoints/AP"}  # reported with per-category samples
 EMBEDDED_DIR = "digits_coco"
 RANDOM_CONTROL_FILE = "random_resnet18_imagenet.pt"
+# Detection fine-tunes one backbone: for CMC files the L encoder (on its lightness view), never the ab one.
+DETECTION_CMC_FEATURES = "l"
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,7 @@ class CocoDetOptions:
     schedule_scale: float
     ims_per_batch: int  # 0: the protocol's reference batch
     max_iter: int  # 0: from the scaled schedule
+    force_rgb_input: bool = False  # fine-tune on RGB whatever view the encoder was trained on
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> CocoDetOptions:
@@ -67,7 +84,8 @@ class CocoDetOptions:
             raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = 1x; 0 = the recipe's default)")
         if batch < 0 or max_iter < 0:
             raise InputError("options ims_per_batch and max_iter must be >= 0 (0 = the protocol's value)")
-        return cls(engine, tasks, recipe, scale, batch, max_iter)
+        return cls(engine, tasks, recipe, scale, batch, max_iter,
+                   force_rgb_input=view_options(merged)["force_rgb_input"])
 
 
 def is_embedded(data_root: Path | None) -> bool:
@@ -95,7 +113,7 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import load_encoder, save_encoder
+    from pretrain.checkpoint import load_encoder, save_encoder, untrained_metadata
     from pretrain.embedded import cache_root
 
     path = cache_root() / "detection" / RANDOM_CONTROL_FILE
@@ -103,25 +121,13 @@ def random_control_encoder(reference: Path | None = None) -> Path:
         return path
     image_size, mean, std = 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     if reference is not None:
-        meta = load_encoder(reference).metadata
+        meta = load_encoder(reference, cmc_features=None).metadata
         image_size, mean, std = int(meta["image_size"]), list(meta["mean"]), list(meta["std"])
     with torch.random.fork_rng():
         torch.manual_seed(0)
         backbone = build_backbone("resnet18", "imagenet")
-    metadata = {
-        "method": "random",
-        "sampler": "none",
-        "sampler_params": {},
-        "arch": "resnet18",
-        "stem": "imagenet",
-        "pretrain_dataset": "none",
-        "epochs": 0,
-        "image_size": image_size,
-        "mean": mean,
-        "std": std,
-        "config": {"init": "torchvision default (kaiming) with torch.manual_seed(0)"},
-        "seed": 0,
-    }
+    metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=image_size, mean=mean, std=std,
+                                  input_view="rgb", config={"init": "torchvision default (kaiming) with torch.manual_seed(0)"})
     return save_encoder(path, backbone, metadata)
 
 
@@ -167,6 +173,7 @@ class CocoDetSuite(Suite):
         "schedule_scale": 0,  # multiplies iterations and lr steps; 0 = the recipe's: 1 (1x) for fpn, 2 (MoCo's 2x) for c4
         "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
         "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
+        "force_rgb_input": False,  # feed RGB to an encoder trained on another view (CMC's L encoder)
     }
     default_seeds = (0,)
     # One fine-tuning run on the embedded set moves box AP by several points (measured 26.7-37.1 for one
@@ -180,10 +187,13 @@ class CocoDetSuite(Suite):
         pair = super().default_checkpoints()
         return [*pair, random_control_encoder(pair[0] if pair else None)]
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        from transfer.detection.configs import check_recipe
+    def parse_options(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None = None) -> CocoDetOptions:
+        return options if isinstance(options, CocoDetOptions) else CocoDetOptions.parse(options)
 
-        opts = CocoDetOptions.parse(options)
+    def tasks(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None) -> list[Task]:
+        from transfer.detection.configs import check_detection_recipe
+
+        opts = self.parse_options(options)
         engine = _engine_for(opts, data_root)
         if opts.recipe == "c4" and engine != "detectron2":
             raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
@@ -191,7 +201,7 @@ class CocoDetSuite(Suite):
         tasks = []
         for name in opts.tasks:
             try:
-                check_recipe(name, opts.recipe, "resnet50")
+                check_detection_recipe(name, opts.recipe, "resnet50")
             except ValueError as error:
                 raise InputError(f"coco_det: {error}") from None
             params = {
@@ -227,13 +237,14 @@ class CocoDetSuite(Suite):
             out[task.name] = coco_fingerprint(task.params["dataset"], [(s.json_file, s.image_root) for s in splits])
         return out
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
+    def check(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None,
+              checkpoints: Sequence[Path | CheckpointInfo]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.detection.coco_data import CocoDataError, check_coco_root
-        from transfer.detection.configs import ScheduleError, check_recipe
+        from transfer.detection.configs import ScheduleError, check_detection_recipe
 
-        opts = CocoDetOptions.parse(options)
-        self.tasks(options, data_root)  # engine availability and recipe/task combinations
+        opts = self.parse_options(options)
+        self.tasks(opts, data_root)  # engine availability and recipe/task combinations
         for name in opts.tasks:
             try:
                 cell_schedule(name, is_embedded(data_root), opts.schedule_scale, opts.ims_per_batch, opts.max_iter)
@@ -251,10 +262,13 @@ class CocoDetSuite(Suite):
                           "images have no annotations; training skips them (as Detectron2 does)", file=sys.stderr)
         for path in checkpoints:
             try:
-                encoder = load_encoder(path)
+                meta = checkpoint_info(path).metadata  # the plan's resolved info: nothing is loaded again
             except CheckpointError as error:
                 raise InputError(f"coco_det: checkpoint refused: {error}") from None
-            meta = encoder.metadata
+            try:
+                check_checkpoint_views(path, opts, cmc_features=DETECTION_CMC_FEATURES)
+            except InputError as error:
+                raise InputError(f"coco_det: checkpoint refused: {error}") from None
             if meta["stem"] != "imagenet":
                 raise InputError(
                     f"coco_det: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); detection needs the ImageNet "
@@ -262,7 +276,7 @@ class CocoDetSuite(Suite):
                 )
             for name in opts.tasks:
                 try:
-                    check_recipe(name, opts.recipe, meta["arch"])
+                    check_detection_recipe(name, opts.recipe, meta["arch"])
                 except ValueError as error:
                     raise InputError(f"coco_det: {path}: {error}") from None
 
@@ -275,7 +289,6 @@ class CocoDetSuite(Suite):
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         import torch
 
-        from pretrain.checkpoint import load_encoder
         from transfer.detection.coco_data import check_coco_json, coco_split, resolve_coco_root
         from transfer.detection.configs import DetectionJob, describe_schedule
         from transfer.detection.embedded import build_embedded_coco
@@ -294,7 +307,7 @@ class CocoDetSuite(Suite):
         train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
         summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
 
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, cell.options, cmc_features=DETECTION_CMC_FEATURES)
         meta = encoder.metadata
         num_gpus = torch.cuda.device_count()
         threads = cpu_threads_for_cell() if num_gpus == 0 else None
@@ -323,21 +336,14 @@ class CocoDetSuite(Suite):
             keypoint_oks_sigmas=tuple(summary.keypoint_oks_sigmas),
             precise_bn_iters=protocol.precise_bn_iters,
             heads=protocol.heads,
+            input_view=encoder.backbone_view,
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)
-        if engine == "detectron2":
-            from transfer.detection.convert import convert_checkpoint_to_detectron2
-            from transfer.detection.engines import detectron2_engine
+        from transfer.detection.engines import run_detection
 
-            weights = convert_checkpoint_to_detectron2(cell.checkpoint, Path(workdir) / "backbone_detectron2.pkl")
-            result = detectron2_engine.train_and_evaluate(job, weights)
-        else:
-            from transfer.detection.engines import torchvision_engine
-
-            result = torchvision_engine.train_and_evaluate(
-                job, encoder.model.state_dict(), protocol.heads, where=str(cell.checkpoint)
-            )
+        # the weights loaded once above go to the engine (Detectron2 converts them, torchvision loads them)
+        result = run_detection(engine, job, encoder.backbone.state_dict(), protocol.heads, workdir, str(cell.checkpoint))
         if not result.metrics:  # a non-leader task of a multi-GPU job
             return CellOutput(metrics={}, info={"engine": engine, "role": "worker"})
         metrics: dict[str, Metric] = {}
@@ -360,6 +366,7 @@ class CocoDetSuite(Suite):
             "checkpoint_sampler": meta["sampler"],
             "pixel_mean": list(job.pixel_mean),
             "pixel_std": list(job.pixel_std),
+            **encoder.view_info(),
             "metric_samples": "headline APs carry per-category APs as samples (their mean is the COCO AP)",
         }
         return CellOutput(metrics=metrics, info=info)

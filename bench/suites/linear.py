@@ -17,7 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+from bench.suite import (
+    VIEW_OPTIONS,
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    check_checkpoint_views,
+    comma_list,
+    load_checkpoint_for,
+    view_options,
+)
 
 
 @dataclass(frozen=True)
@@ -28,9 +40,10 @@ class LinearDataset:
     num_classes: int
     layout: str  # what --data-root must contain, for error messages and the README
 
-    def expected_classes(self, options: Mapping[str, Any]) -> int:
+    def expected_classes(self, imagenet_classes: int) -> int:
+        """The class count of this dataset (ImageNet's is an option: a class subset may be used)."""
         if self.name == "imagenet":
-            return int(options["imagenet_classes"])
+            return int(imagenet_classes)
         return self.num_classes
 
 
@@ -79,6 +92,8 @@ class LinearOptions:
     knn_k: int
     fast_iters: int
     imagenet_classes: int
+    cmc_features: str = "concat"
+    force_rgb_input: bool = False
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> LinearOptions:
@@ -104,6 +119,7 @@ class LinearOptions:
             knn_k=_as_int(merged["knn_k"], "knn_k", 1),
             fast_iters=_as_int(merged["fast_iters"], "fast_iters", 1),
             imagenet_classes=_as_int(merged["imagenet_classes"], "imagenet_classes", 2),
+            **view_options(merged),
         )
 
 
@@ -157,11 +173,15 @@ class LinearSuite(Suite):
         "knn_k": 200,
         "fast_iters": 100,  # L-BFGS iterations of the fast protocol
         "imagenet_classes": 1000,  # class folders expected under imagenet/train (e.g. 100 for a subset)
+        **VIEW_OPTIONS,
     }
     default_seeds = (0,)
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        opts = LinearOptions.parse(options)
+    def parse_options(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None = None) -> LinearOptions:
+        return options if isinstance(options, LinearOptions) else LinearOptions.parse(options)
+
+    def tasks(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options)
         tasks = []
         for name in selected_datasets(opts, data_root):
             spec = DATASETS[name]
@@ -171,7 +191,7 @@ class LinearSuite(Suite):
                 "protocol": opts.protocol,
                 "train_split": spec.train_split,
                 "test_split": spec.test_split,
-                "num_classes": spec.expected_classes(_raw(options)),
+                "num_classes": spec.expected_classes(opts.imagenet_classes),
                 "knn": opts.knn,
             }
             if opts.protocol == "paper":
@@ -185,12 +205,13 @@ class LinearSuite(Suite):
 
         return {task.name: standard_dataset_fingerprint(task.params["dataset"], data_root) for task in tasks}
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
+    def check(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None,
+              checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from pretrain.data import DatasetError
 
-        opts = LinearOptions.parse(options)
-        for task in self.tasks(options, data_root):
+        opts = self.parse_options(options)
+        for task in self.tasks(opts, data_root):
             name = task.params["dataset"]
             spec = DATASETS[name]
             expected = int(task.params["num_classes"])
@@ -212,12 +233,16 @@ class LinearSuite(Suite):
                       "images; kNN uses all of them", file=sys.stderr)
         for path in checkpoints:
             try:
-                load_encoder(path)
+                checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
+                raise InputError(f"linear: checkpoint refused: {error}") from None
+            try:
+                check_checkpoint_views(path, opts)
+            except InputError as error:
                 raise InputError(f"linear: checkpoint refused: {error}") from None
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
-        from pretrain.checkpoint import load_encoder
+
         from transfer.features import FeatureCache
         from transfer.linear.evaluate import evaluate_encoder
         from transfer.linear.protocol import FastRecipe, KnnRecipe, PaperRecipe, data_source, default_workers
@@ -225,10 +250,10 @@ class LinearSuite(Suite):
 
         if cell.checkpoint is None:
             raise InputError("the linear suite evaluates a checkpoint; the cell has none")
-        opts = LinearOptions.parse(cell.options)
+        opts = cell.settings if isinstance(cell.settings, LinearOptions) else self.parse_options(cell.options)
         params = cell.task.params
         name = params["dataset"]
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, opts)
         image_size = int(encoder.metadata["image_size"])
         train = open_split(name, cell.data_root, params["train_split"], image_size)
         test = open_split(name, cell.data_root, params["test_split"], image_size)
@@ -269,10 +294,6 @@ class LinearSuite(Suite):
         info = dict(evaluation.info)
         info |= {"engine": f"linear-{params['protocol']}", "dataset": name, "world_size": context.world_size,
                  "image_size": encoder.metadata["image_size"], "checkpoint_method": encoder.metadata["method"],
-                 "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers,
+                 "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers, **encoder.view_info(),
                  "feature_cache": {"hits": cache.hits, "misses": cache.misses}}
         return CellOutput(metrics=metrics, info=info)
-
-
-def _raw(options: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(LinearSuite.options) | dict(options)

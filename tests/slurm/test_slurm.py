@@ -113,10 +113,10 @@ def test_scontrol_requeue_of_a_running_cell_resumes_and_writes_once(slurm_env):
 
 @pytest.mark.slow
 def test_two_task_job_rendezvous_through_slurm(slurm_env):
-    from slurm.profiles import apply_overrides
+    from slurm.profiles import apply_resource_overrides
 
     results = slurm_env / "results"
-    profiles = apply_overrides(PROFILES, ["cpu.tasks_per_node=2", "cpu.cpus=1"])
+    profiles = apply_resource_overrides(PROFILES, ["cpu.tasks_per_node=2", "cpu.cpus=1"])
     import io
 
     from bench.runner import Runner

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pretrain.overrides import comma_list
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.detection", description=__doc__.split("\n\n")[0])
@@ -40,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
             convert_fn = convert_checkpoint_to_detectron2 if args.to == "detectron2" else convert_checkpoint_to_torchvision
             out = convert_fn(args.checkpoint, args.out)
             print(f"wrote {out} ({args.to})")
+            from pretrain.checkpoint import load_encoder
+
+            view = load_encoder(args.checkpoint, cmc_features=None).metadata.get("input_view", "rgb")
+            if view != "rgb":
+                print(f"note: this encoder was trained on the {view!r} input view; render it on every image "
+                      "before normalisation (pretrain.views.view_pixels), as bench.run --suite coco_det does",
+                      file=sys.stderr)
         elif args.command == "embedded":
             from transfer.detection.embedded import build_embedded_coco
 
@@ -47,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from transfer.detection.coco_data import check_coco_root
 
-            kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+            kinds = list(comma_list(args.kinds))
             for (kind, split), summary in sorted(check_coco_root(args.root, kinds).items()):
                 print(f"{kind}/{split}: {summary.num_images} images, {summary.num_annotations} annotations, "
                       f"{summary.images_without_annotations} images without annotations, {len(summary.categories)} categories")

@@ -173,6 +173,7 @@ class DetectionJob:
     keypoint_oks_sigmas: tuple[float, ...] = ()
     precise_bn_iters: int = 200
     num_workers: int = 4
+    input_view: str = "rgb"  # pretrain.views: what the encoder was trained on (CMC's L encoder: lightness)
     heads: HeadSpec = field(default_factory=HeadSpec)  # FPN recipe: head widths and sampling, both engines
     extra: dict[str, Any] = field(default_factory=dict)  # Detectron2 config overrides, "SECTION.KEY": value
 
@@ -181,7 +182,7 @@ class DetectionJob:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
-        check_recipe(self.task, self.recipe, self.arch)
+        check_detection_recipe(self.task, self.recipe, self.arch)
         check_schedule(self.schedule, f"{self.task} schedule")
 
     @property
@@ -242,7 +243,7 @@ def embedded_protocol(task: str, canvas: int = 96) -> Protocol:
     return Protocol("digits", EMBEDDED_SCHEDULE, inputs, (16, 32, 64, 128, 256), EMBEDDED_HEADS, precise_bn_iters=20)
 
 
-def check_recipe(task: str, recipe: str, arch: str) -> None:
+def check_detection_recipe(task: str, recipe: str, arch: str) -> None:
     if recipe == "c4" and arch != "resnet50":
         raise ValueError(
             f"the C4 recipe needs resnet50: its res5 box head is built from bottleneck blocks, which a {arch} "

@@ -220,7 +220,7 @@ def _encoder_state_dict(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.
     from pretrain.checkpoint import load_encoder
 
     check_torch_file(checkpoint)
-    encoder = load_encoder(checkpoint)
+    encoder = load_encoder(checkpoint, cmc_features=None)  # the weights only; detection feeds the view itself
     where = str(checkpoint)
     if encoder.metadata.get("stem") != "imagenet":
         raise ConversionError(
@@ -228,15 +228,20 @@ def _encoder_state_dict(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.
             "(7x7 stride-2 conv1 + max-pool). CIFAR-stem encoders (3x3 conv1, no max-pool) are for 32 px "
             "classification transfer only."
         )
-    return encoder.model.state_dict(), encoder.metadata
+    return encoder.backbone.state_dict(), encoder.metadata
 
 
 def convert_checkpoint_to_detectron2(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """RingBench encoder file -> Detectron2 .pkl usable as MODEL.WEIGHTS."""
+    """RingBench encoder file -> Detectron2 .pkl usable as MODEL.WEIGHTS (the CLI's path-based door)."""
     check_output_file(out)
     state_dict, metadata = _encoder_state_dict(checkpoint)
-    model = convert_to_detectron2(state_dict, metadata["arch"], str(checkpoint))
-    return write_detectron2_pickle(out, model, metadata["arch"])
+    return write_detectron2_weights(state_dict, metadata["arch"], out, str(checkpoint))
+
+
+def write_detectron2_weights(state_dict: Mapping[str, torch.Tensor], arch: str, out: str | os.PathLike,
+                             where: str = "state dict") -> Path:
+    """An already loaded encoder's state dict -> Detectron2 .pkl (a job converts the weights it loaded)."""
+    return write_detectron2_pickle(out, convert_to_detectron2(state_dict, arch, where), arch)
 
 
 def convert_checkpoint_to_torchvision(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:

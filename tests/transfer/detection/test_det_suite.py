@@ -165,3 +165,58 @@ def test_bench_run_detectron2_engine_on_the_small_embedded_set(tmp_path, small_c
     assert all(r["info"]["resumed"] is False for r in stored)
     cells = results / "coco_det" / "cells"
     assert len(list(cells.glob("*/output/detectron2_config.yaml"))) == len(list(cells.glob("*/output/config.yaml"))) == 2
+
+
+def test_planning_resolves_each_checkpoint_once_and_parses_options_once(tmp_path, monkeypatch):
+    """Two checkpoints: one load per file (validation, sha256 and metadata together) and one options parse,
+    however many hops read them; a second plan of the same files loads nothing."""
+    from bench.plan import build_plan
+    from bench.suites import coco_det
+    from pretrain import checkpoint
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    files = [make_encoder(tmp_path / f"e{i}.pt", seed=i, sampler=s) for i, s in enumerate(("nce", "ring"))]
+    loads, parses = [], []
+    real_load, real_parse = checkpoint.load_encoder, coco_det.CocoDetOptions.parse.__func__
+    monkeypatch.setattr(checkpoint, "load_encoder", lambda path, *a, **k: loads.append(str(path)) or real_load(path, *a, **k))
+    monkeypatch.setattr(coco_det.CocoDetOptions, "parse",
+                        classmethod(lambda cls, options: parses.append(1) or real_parse(cls, options)))
+    plan = build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(f) for f in files],
+                      option_pairs=["tasks=mask_rcnn"], seeds=[0])
+    assert sorted(loads) == sorted(str(f.resolve()) for f in files) and len(parses) == 1
+    assert len(plan.cells) == 2 and all(isinstance(p.cell.settings, coco_det.CocoDetOptions) for p in plan.cells)
+    assert {p.checkpoint["sampler"] for p in plan.cells} == {"nce", "ring"}
+    loads.clear()
+    build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(f) for f in files],
+               option_pairs=["tasks=mask_rcnn"], seeds=[0])
+    assert loads == []  # known, unchanged files: their infos come from the cache
+
+
+def test_coco_det_fine_tunes_the_cmc_l_encoder_on_its_view(tmp_path, small_coco, monkeypatch):
+    import torch
+    from cmc_encoders import cmc_backbones, write_cmc_encoder, write_old_cmc_encoder
+
+    from bench.suite import Cell
+    from transfer.detection.engines import EngineResult, torchvision_engine
+
+    seen = {}
+
+    def capture(job, state_dict, heads, where):
+        seen.update(job=job, state_dict=state_dict)
+        return EngineResult(metrics={"bbox/AP": 1.0}, per_category={}, info={})
+
+    monkeypatch.setattr(torchvision_engine, "train_and_evaluate", capture)
+    suite = CocoDetSuite()
+    path = write_cmc_encoder(tmp_path / "cmc.pt")
+    old = write_old_cmc_encoder(tmp_path / "old.pt")
+    with pytest.raises(InputError, match="old.pt: a CMC encoder file without metadata"):
+        suite.check(options(tasks="mask_rcnn"), small_coco, [old])
+    suite.check(options(tasks="mask_rcnn", force_rgb_input=True), small_coco, [old])
+    lightness, _ = cmc_backbones()
+    for checkpoint, opts, view in ((path, options(tasks="mask_rcnn"), "lightness"),
+                                   (old, options(tasks="mask_rcnn", force_rgb_input=True), "rgb")):
+        [task] = suite.tasks(opts, small_coco)
+        output = suite.run(Cell("coco_det", task, checkpoint, 0, opts, small_coco, tmp_path / "shared"), tmp_path / "cell")
+        assert seen["job"].input_view == view
+        assert output.info["input_view"] == view and output.info["cmc_features"] == "l"
+        assert all(torch.equal(seen["state_dict"][k], v) for k, v in lightness.state_dict().items())

@@ -219,6 +219,26 @@ class _CellLogging:
         return False
 
 
+def _viewed_mapper(cfg, is_train: bool, view: str):
+    """Detectron2's DatasetMapper with its usual augmentations followed by the encoder's input view."""
+    import functools
+
+    from detectron2.data import DatasetMapper
+    from detectron2.data import detection_utils as utils
+    from detectron2.data import transforms as T
+
+    from pretrain.views import view_pixels_uint8
+
+    augmentations = utils.build_augmentation(cfg, is_train)
+    if is_train and cfg.INPUT.CROP.ENABLED:
+        augmentations.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    if view != "rgb":
+        if cfg.INPUT.FORMAT != "RGB":
+            raise ValueError(f"input view {view!r} needs INPUT.FORMAT RGB, the config has {cfg.INPUT.FORMAT}")
+        augmentations.append(T.ColorTransform(functools.partial(view_pixels_uint8, view=view)))  # picklable for workers
+    return DatasetMapper(cfg, is_train, augmentations=augmentations)
+
+
 def _trainer_class(job: DetectionJob):
     """DefaultTrainer with pycocotools evaluation (no predictions = AP 0) and full-model gradient clipping."""
     from detectron2.engine import DefaultTrainer
@@ -232,6 +252,19 @@ def _trainer_class(job: DetectionJob):
             self._results = type(self._results)(score_no_predictions(dict(self._results), count))
 
     class Trainer(DefaultTrainer):
+        # the encoder's input view is rendered on every image after decoding (train, precise BN, test)
+        @classmethod
+        def build_train_loader(cls, cfg):
+            from detectron2.data import build_detection_train_loader
+
+            return build_detection_train_loader(cfg, mapper=_viewed_mapper(cfg, True, job.input_view))
+
+        @classmethod
+        def build_test_loader(cls, cfg, dataset_name):
+            from detectron2.data import build_detection_test_loader
+
+            return build_detection_test_loader(cfg, dataset_name, mapper=_viewed_mapper(cfg, False, job.input_view))
+
         @classmethod
         def build_evaluator(cls, cfg, dataset_name, output_folder=None):
             return Evaluator(
@@ -347,3 +380,11 @@ def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_u
         "train_and_eval_seconds": round(time.perf_counter() - started, 2),
     }
     return EngineResult(metrics, info, per_category)
+
+
+def run_detection(job: DetectionJob, state_dict, heads, workdir, where: str) -> EngineResult:
+    """The engine registry's entry: convert the loaded weights once, then fine-tune (`heads` is torchvision's)."""
+    from transfer.detection.convert import write_detectron2_weights
+
+    weights = write_detectron2_weights(state_dict, job.arch, Path(workdir) / "backbone_detectron2.pkl", where)
+    return train_and_evaluate(job, weights)

@@ -1,6 +1,6 @@
 """Benchmark: the dataset fingerprint of a 100,000-file ImageFolder, cold and from the cache.
 
-    python -m bench.perf.fingerprint [--files 100000] [--classes 1000] [--folder /tmp/rb_perf_fingerprint]
+    python -m benchmarks.fingerprint [--files 100000] [--classes 1000] [--folder /tmp/rb_perf_fingerprint]
 
 Writes an ImageFolder (<folder>/imagenet/{train,val}/<class>/<image>, 90% train, 10% val, small
 files of varied size), then times in this process: the cold fingerprint (every file listed and
@@ -40,7 +40,7 @@ def timed(call) -> tuple[float, float, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.fingerprint", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fingerprint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=1000)

@@ -1,6 +1,6 @@
 """Benchmark: build the leaderboard from 10,000 stored cells (target: < 3 s).
 
-    python -m bench.perf.leaderboard_build [--cells 10000] [--samples 600] [--results /tmp/rb_perf_lb]
+    python -m benchmarks.leaderboard_build [--cells 10000] [--samples 600] [--results /tmp/rb_perf_lb]
 
 Writes synthetic but schema-valid result.json files (20 NCE/Ring twin checkpoints x 50 tasks x
 10 seeds, `--samples` per-episode values each, as a Meta-Dataset cell stores), then times
@@ -57,7 +57,7 @@ def synthesise(root: Path, cells: int, samples: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.leaderboard_build", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard_build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=600)
