@@ -140,12 +140,25 @@ def _check_state_dict(state_dict: dict, reference: dict, where: str) -> None:
             )
 
 
+def plain_module(module: nn.Module) -> nn.Module:
+    """The module inside torch.compile (`_orig_mod`) and DistributedDataParallel (`module`) wrappers."""
+    while True:
+        if isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
 def save_encoder(path: str | os.PathLike, backbone: nn.Module, metadata: dict[str, Any]) -> Path:
-    """Validate and atomically write an encoder file from a `build_backbone` module."""
+    """Validate and atomically write an encoder file from a `build_backbone` module (compiled, DDP-wrapped
+    or channels_last modules are stored as the plain torchvision state dict, contiguous tensors)."""
     metadata = dict(metadata)
     metadata.setdefault("code_version", code_version())
     _check_metadata(metadata, str(path))
-    state_dict = {key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}
+    state_dict = {key: value.detach().cpu().contiguous().clone()
+                  for key, value in plain_module(backbone).state_dict().items()}
     reference = build_backbone(metadata["arch"], metadata["stem"]).state_dict()
     _check_state_dict(state_dict, reference, str(path))
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state_dict, "metadata": metadata}

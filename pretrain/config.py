@@ -15,6 +15,8 @@ from pretrain.samplers import SamplerConfig, check_sampler_name
 
 LR_SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+LOADERS = ("auto", "pil", "cpu", "gpu")  # see pretrain.augment; auto: pil on CPU, gpu (JPEG files) or cpu on CUDA
+SWITCHES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -70,6 +72,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    loader: str = "auto"  # input pipeline: pil | cpu (uint8, colour on the device) | gpu (nvJPEG + batched ops)
+    channels_last: str = "auto"  # auto: on CUDA only
+    compile: str = "auto"  # torch.compile of the encoders; auto: on CUDA for runs of >= 5,000 steps
     deterministic: bool = True
     recipe: str = field(default="", metadata={"internal": True})
 
@@ -99,6 +104,9 @@ class TrainConfig:
             (self.stem in STEMS, f"stem {self.stem!r}; valid: {', '.join(STEMS)}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"),
             (self.precision in PRECISIONS, f"precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
+            (self.loader in LOADERS, f"loader {self.loader!r}; valid: {', '.join(LOADERS)}"),
+            (self.channels_last in SWITCHES, f"channels_last {self.channels_last!r}; valid: {', '.join(SWITCHES)}"),
+            (self.compile in SWITCHES, f"compile {self.compile!r}; valid: {', '.join(SWITCHES)}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),

@@ -96,6 +96,16 @@ class ContrastiveMethod(nn.Module):
         """Attribute names of the encoders that get gradients (wrapped in DDP when distributed)."""
         return ["encoder"]
 
+    def forward_slots(self) -> list[str]:
+        """The attributes through which every encoder is called (wrapped by DDP or torch.compile)."""
+        return ["_forward_encoder"]
+
+    def compile_encoders(self, compile_module) -> None:
+        """Call every encoder through `compile_module(slot)` (torch.compile); the modules themselves, and
+        so state_dict(), resume and export, stay the plain ones."""
+        for slot in self.forward_slots():
+            self._set_forward(slot, compile_module(getattr(self, slot)))
+
     def wrap_distributed(self, wrap) -> None:
         self._set_forward("_forward_encoder", wrap(self.encoder))
 
@@ -194,6 +204,9 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
     def trainable_encoders(self):
         return ["encoder", "colour_encoder"]
 
+    def forward_slots(self):
+        return ["_forward_encoder", "_forward_colour"]
+
     def wrap_distributed(self, wrap):
         self._set_forward("_forward_encoder", wrap(self.encoder))
         self._set_forward("_forward_colour", wrap(self.colour_encoder))
@@ -235,10 +248,14 @@ class MomentumContrast(ContrastiveMethod):
         self.key_encoder = copy.deepcopy(self.encoder)
         for parameter in self.key_encoder.parameters():
             parameter.requires_grad_(False)
+        self._set_forward("_forward_key", self.key_encoder)
         self.register_buffer("queue", F.normalize(torch.randn(settings.queue_size, settings.embed_dim,
                                                               generator=generator), dim=1))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
         self._pending_keys: torch.Tensor | None = None
+
+    def forward_slots(self):
+        return ["_forward_encoder", "_forward_key"]
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
@@ -251,13 +268,13 @@ class MomentumContrast(ContrastiveMethod):
         """Key embeddings with shuffle-BN: under DDP the global batch is permuted across ranks."""
         if not distributed.is_distributed():
             order = torch.randperm(images.shape[0], device=images.device)
-            keys = self.key_encoder(images[order])
+            keys = self._forward_key(images[order])
             return keys[torch.argsort(order)]
         local = images.shape[0]
         gathered = distributed.all_gather(images)
         order = distributed.broadcast(torch.randperm(gathered.shape[0], device=images.device))
         mine = order.view(distributed.world_size(), local)[distributed.rank()]
-        keys = distributed.all_gather(self.key_encoder(gathered[mine]).float())
+        keys = distributed.all_gather(self._forward_key(gathered[mine]).float())
         unshuffled = torch.empty_like(keys)
         unshuffled[order] = keys
         return unshuffled.view(distributed.world_size(), local, -1)[distributed.rank()]

@@ -27,13 +27,17 @@ from tqdm import tqdm
 
 from pretrain import distributed
 from pretrain.annealing import outer_fraction
+from pretrain.augment import AugmentLaws, BatchColourAugment, DeviceViewPipeline
 from pretrain.checkpoint import atomic_torch_save, code_version, save_encoder
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import (
     MONITOR_SPLITS,
     PRETRAIN_SPLIT,
+    EncodedImages,
     MultiViewDataset,
     TransformedImages,
+    UInt8Views,
+    collate_encoded,
     dataset_stats,
     eval_transform,
     open_dataset,
@@ -47,7 +51,11 @@ STATE_FORMAT = "ringbench-train-state"
 STATE_VERSION = 1
 STATE_FILE, ENCODER_FILE, METRICS_FILE, CONFIG_FILE = "train.state.pt", "encoder.pt", "metrics.jsonl", "config.json"
 # Keys that may differ between the run that wrote a state and the one resuming it.
-RESUME_FREE_KEYS = {"workers", "device", "data_root", "knn_every"}
+# (how the run executes, not what it computes: loader, memory format and compilation change float
+# rounding only, and a requeued job may land on another kind of node)
+RESUME_FREE_KEYS = {"workers", "device", "data_root", "knn_every", "loader", "channels_last", "compile"}
+# torch.compile costs about a minute of warm-up; below this many steps it does not pay (see README)
+COMPILE_MIN_STEPS = 5000
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,6 +72,36 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(name)
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose saved value differs from the current one, RESUME_FREE_KEYS aside; a key the saved
+    config predates counts as its default."""
+    defaults = TrainConfig().to_dict()
+    return sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k, defaults.get(k)) != current[k])
+
+
+def resolve_loader(name: str, device: torch.device, images) -> str:
+    """auto: torchvision's PIL pipeline on CPU (the results of CPU runs stay as they were); on CUDA the
+    GPU path for JPEG folders and the uint8 CPU path for datasets held in arrays."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "pil"
+    return "gpu" if getattr(images, "files", None) is not None else "cpu"
+
+
+def resolve_switch(name: str, device: torch.device, default_on_cuda: bool = True) -> bool:
+    if name == "auto":
+        return device.type == "cuda" and default_on_cuda
+    return name == "on"
+
+
+def to_device_views(views: list[torch.Tensor], device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+    views = [view.to(device, non_blocking=True) for view in views]
+    if channels_last:
+        views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+    return views
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -149,7 +187,7 @@ class Trainer:
 
     def _check_resumable(self, state: dict) -> None:
         saved, current = state["config"], self.config.to_dict()
-        differing = sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k) != current[k])
+        differing = config_differences(saved, current)
         if differing:
             details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing[:6])
             raise ResumeError(f"{self.state_path}: written by a different config ({details}); "
@@ -164,6 +202,9 @@ class Trainer:
         settings = config.method_settings(self.mean, self.std)
         self.method = build_method(config.method, settings, config.sampler_config(), len(self.images),
                                    seed=config.seed).to(self.device)
+        self.channels_last = resolve_switch(config.channels_last, self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -186,16 +227,45 @@ class Trainer:
             if len(rng) != self.world and self.rank == 0:
                 print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
                       "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
-        self.transform = pretrain_transform(config.image_size, self.mean, self.std, config.crop_min_scale,
-                                            config.hflip)
-        self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+        self.loader_kind = resolve_loader(config.loader, self.device, self.images)
+        laws = AugmentLaws.recipe(config.image_size, config.crop_min_scale, config.hflip)
+        collate = None
+        if self.loader_kind == "pil":
+            self.transform = pretrain_transform(config.image_size, self.mean, self.std, config.crop_min_scale,
+                                                config.hflip)
+            self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+        elif self.loader_kind == "cpu":
+            self.views = UInt8Views(self.images, laws, self.method.num_views)
+            self.colour = BatchColourAugment(laws, self.mean, self.std)
+        else:
+            self.views = EncodedImages(self.images)
+            self.device_views = DeviceViewPipeline(laws, self.mean, self.std, self.method.num_views)
+            collate = collate_encoded
         self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
                                                seed=config.seed, drop_last=True)
         self.loader = DataLoader(self.views, batch_size=config.batch_size // self.world, sampler=self.data_sampler,
-                                 num_workers=config.workers, drop_last=True,
+                                 num_workers=config.workers, drop_last=True, collate_fn=collate,
                                  pin_memory=self.device.type == "cuda", persistent_workers=False)
         if len(self.loader) == 0:
             raise ConfigError(f"{len(self.images)} images give no full batch of {config.batch_size // self.world}")
+        steps = len(self.loader) if config.max_steps_per_epoch <= 0 else min(len(self.loader), config.max_steps_per_epoch)
+        self.compiled = resolve_switch(config.compile, self.device, config.epochs * steps >= COMPILE_MIN_STEPS)
+        if self.compiled:
+            self.method.compile_encoders(torch.compile)
+
+    def batch_views(self, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A loader batch -> (the views on the device, normalised float, in the model's memory format; index)."""
+        if self.loader_kind == "pil":
+            *views, index = batch
+        elif self.loader_kind == "cpu":
+            stacked, index = batch  # (B, views, 3, S, S) uint8
+            stacked = stacked.to(self.device, non_blocking=True)
+            merged = self.colour(stacked.transpose(0, 1).reshape(-1, *stacked.shape[2:]))
+            views = list(merged.split(stacked.shape[0]))
+        else:
+            items, index = batch
+            views = self.device_views(items, self.device)
+        return to_device_views(views, self.device, self.channels_last), index.to(self.device)
 
     def _size_kw(self) -> dict:
         return {"image_size": self.config.image_size} if self.config.dataset == "digits" else {}
@@ -211,7 +281,7 @@ class Trainer:
         chunks = []
         for batch, _ in loader:
             with self._autocast():
-                chunks.append(backbone(batch.to(self.device)).float().cpu())
+                chunks.append(backbone(to_device_views([batch], self.device, self.channels_last)[0]).float().cpu())
         backbone.train(was_training)
         return torch.cat(chunks).numpy()
 
@@ -278,9 +348,7 @@ class Trainer:
         for step, batch in enumerate(self.loader):
             if step >= steps:
                 break
-            *views, index = batch
-            views = [view.to(self.device, non_blocking=True) for view in views]
-            index = index.to(self.device)
+            views, index = self.batch_views(batch)
             with self._autocast():
                 loss = self.method.loss(views, index, w_out, self.generator)
             if not torch.isfinite(loss):
@@ -405,7 +473,7 @@ def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.Pat
     resume = state_path.exists()
     if resume and encoder_path.exists():
         state = read_state(state_path)
-        if state["epoch"] >= config.epochs and state["config"] == config.to_dict():
+        if state["epoch"] >= config.epochs and not config_differences(state["config"], config.to_dict()):
             return encoder_path
     path = train(config, out_dir, resume=resume, show_progress=show_progress, allow_distributed=allow_distributed)
     if path is None:  # a non-zero rank of a DDP job
