@@ -114,6 +114,8 @@ class ColourParams:
     sigma: torch.Tensor  # float (B,)
 
     def to(self, device) -> ColourParams:
+        if torch.device(device) == self.jitter.device:
+            return self
         return ColourParams(*(getattr(self, name).to(device, non_blocking=True) for name in
                               ("jitter", "factors", "order", "grayscale", "blur", "sigma")))
 
@@ -220,28 +222,29 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 def colour_augment(images: torch.Tensor, params: ColourParams, laws: AugmentLaws) -> torch.Tensor:
     """Jitter (in each sample's own order), grayscale and blur of a float [0, 1] batch, per the params.
 
-    Four rounds; in round r every sample applies its r-th operation: each round runs the four batched
-    operations with the identity factor (1, or hue shift 0) for the samples not using them, and the
-    hue round only for the samples that rotate hue then.
+    Four rounds; in round r each jittered sample applies its r-th operation, so every operation runs
+    once per round on the sub-batch that uses it then (index lists come from the CPU parameters: no
+    device synchronisation). Grayscale and blur run once on their sub-batches.
     """
+    params_cpu = params
     params = params.to(images.device)
-    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=images.device)
+    images = images.clone()
+
+    def subset(mask: torch.Tensor) -> torch.Tensor | None:
+        rows = mask.nonzero().flatten()
+        return rows.to(images.device, non_blocking=True) if rows.numel() else None
+
     for step in range(4):
-        chosen = params.order[:, step]
         for op_index, operation in enumerate(_JITTER_OPS):
-            uses = params.jitter & (chosen == op_index)
-            if not bool(uses.any()):
-                continue
-            factor = torch.where(uses, params.factors[:, op_index], identity[op_index])
-            if op_index == 3:
-                images = torch.where(_per_sample(uses), operation(images, factor), images)
-            else:
-                images = operation(images, factor)
-    if bool(params.grayscale.any()):
-        images = torch.where(_per_sample(params.grayscale), grayscale(images).expand_as(images), images)
-    if bool(params.blur.any()):
-        sigma = torch.where(params.blur, params.sigma, torch.ones_like(params.sigma))
-        images = torch.where(_per_sample(params.blur), gaussian_blur(images, laws.blur_kernel, sigma), images)
+            rows = subset(params_cpu.jitter & (params_cpu.order[:, step] == op_index))
+            if rows is not None:
+                images[rows] = operation(images[rows], params.factors[rows, op_index])
+    rows = subset(params_cpu.grayscale)
+    if rows is not None:
+        images[rows] = grayscale(images[rows]).expand(-1, 3, -1, -1)
+    rows = subset(params_cpu.blur)
+    if rows is not None:
+        images[rows] = gaussian_blur(images[rows], laws.blur_kernel, params.sigma[rows])
     return images
 
 
@@ -342,8 +345,11 @@ def crop_flip_views(image: Image.Image, laws: AugmentLaws, num_views: int,
     size = laws.image_size
     out = np.empty((num_views, size, size, 3), dtype=np.uint8)
     for view, (top, left, h, w) in enumerate(boxes.tolist()):
-        box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
-        crop = image.resize((size, size), Image.BILINEAR, box=box)
+        if scale_x == scale_y == 1.0:  # exactly torchvision's PIL resized_crop
+            crop = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
+        else:  # the crop's box in the DCT-scaled image, fractional
+            box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
+            crop = image.resize((size, size), Image.BILINEAR, box=box)
         if flips[view]:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         out[view] = np.asarray(crop)
