@@ -341,6 +341,13 @@ def eval_transform(image_size: int, mean, std) -> Callable:
     return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.ToTensor(), T.Normalize(mean, std)])
 
 
+def eval_transform_uint8(image_size: int) -> Callable:
+    """`eval_transform` up to the pixels: resize and centre crop, as a (3, S, S) uint8 tensor; the
+    device converts and normalises (`transfer.features.device_images`), with bit-identical results."""
+    resize = 256 if image_size == 224 else image_size
+    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+
+
 class MultiViewDataset(Dataset):
     """Wraps a LabelledImages: item = (view_1, ..., view_n, index) with independent augmentations."""
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from pretrain import distributed
 from pretrain.annealing import outer_fraction
-from pretrain.augment import AugmentLaws, BatchColourAugment, DeviceViewPipeline
+from pretrain.augment import AugmentLaws, BatchColourAugment, DeviceViewPipeline, normalise, to_unit_float
 from pretrain.checkpoint import atomic_torch_save, code_version, save_encoder
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import (
@@ -39,7 +39,7 @@ from pretrain.data import (
     UInt8Views,
     collate_encoded,
     dataset_stats,
-    eval_transform,
+    eval_transform_uint8,
     open_dataset,
     pretrain_transform,
 )
@@ -276,10 +276,13 @@ class Trainer:
         backbone = self.method.export_backbone()
         was_training = backbone.training
         backbone.eval()
-        loader = DataLoader(TransformedImages(images, eval_transform(self.config.image_size, self.mean, self.std)),
-                            batch_size=256, num_workers=self.config.workers)
+        loader = DataLoader(TransformedImages(images, eval_transform_uint8(self.config.image_size)),
+                            batch_size=256, num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         chunks = []
-        for batch, _ in loader:
+        for batch, _ in loader:  # uint8 to the device, normalised there (bit-identical to eval_transform)
+            batch = normalise(to_unit_float(batch.to(self.device, non_blocking=True)), mean, std)
             with self._autocast():
                 chunks.append(backbone(to_device_views([batch], self.device, self.channels_last)[0]).float().cpu())
         backbone.train(was_training)

@@ -83,10 +83,10 @@ class KnnSuite(Suite):
     def _extract(model, images, meta, device, batch_size: int):
         import torch
 
-        from pretrain.data import eval_transform
+        from pretrain.data import eval_transform_uint8
         from transfer.features import extract_features
 
-        transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+        transform = eval_transform_uint8(meta["image_size"])  # uint8 to the device, normalised there
 
         def batches():
             for start in range(0, len(images), batch_size):
@@ -94,4 +94,5 @@ class KnnSuite(Suite):
                 yield torch.stack([transform(images.image(i)) for i in range(start, stop)])
 
         total = (len(images) + batch_size - 1) // batch_size
-        return extract_features(model, batches(), device, total=total, desc=f"knn {images.split}")
+        return extract_features(model, batches(), device, total=total, desc=f"knn {images.split}",
+                                mean=meta["mean"], std=meta["std"])

@@ -154,3 +154,23 @@ def test_channels_last_encoders_compute_the_same_and_export_contiguous(tmp_path)
     path = save_encoder(tmp_path / "encoder.pt", fast.export_backbone(), metadata)
     stored = torch.load(path, weights_only=True)["state_dict"]
     assert all(tensor.is_contiguous() for tensor in stored.values())
+
+
+def test_uint8_extraction_is_bit_identical_to_the_float_path_on_cpu():
+    from pretrain.backbones import build_backbone
+    from pretrain.data import eval_transform, eval_transform_uint8
+    from transfer.features import extract_features
+
+    images = open_dataset("digits", split="test", image_size=32)
+    mean, std = dataset_stats("digits")
+    torch.manual_seed(0)
+    model = build_backbone("resnet18", "imagenet")
+    rows = range(20)
+    floats = [torch.stack([eval_transform(32, mean, std)(images.image(i)) for i in rows])]
+    pixels = [torch.stack([eval_transform_uint8(32)(images.image(i)) for i in rows])]
+    assert pixels[0].dtype == torch.uint8
+    expected = extract_features(model, floats, "cpu")
+    got = extract_features(model, pixels, "cpu", mean=mean, std=std)
+    assert got.shape == (20, 512) and (got == expected).all()
+    with pytest.raises(ValueError, match="need the encoder's mean and std"):
+        extract_features(model, pixels, "cpu")
