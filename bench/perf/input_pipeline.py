@@ -50,18 +50,33 @@ def synthetic_image(rng: np.random.Generator, width: int, height: int) -> Image.
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
 
 
-def build_folder(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` JPEGs (quality 90) in folder/train/synthetic/, made once and reused."""
+def build_folder(folder: Path, count: int, seed: int = 0, scale: float = 1.0) -> list[Path]:
+    """`count` JPEGs (quality 90) in folder/train/synthetic/, made once and reused; `scale` shrinks
+    the sizes (tests)."""
     target = folder / "train" / "synthetic"
     files = sorted(target.glob("*.JPEG")) if target.is_dir() else []
     if len(files) >= count:
         return files[:count]
     target.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for number in range(count):
-        width, height = IMAGENET_LIKE_SIZES[number % len(IMAGENET_LIKE_SIZES)]
-        synthetic_image(rng, width, height).save(target / f"img_{number:05d}.JPEG", quality=90)
+    jobs = [(target, number, seed, scale) for number in range(count)]
+    processes = min(16, len(os.sched_getaffinity(0)))
+    if processes > 1:
+        from multiprocessing import Pool
+
+        with Pool(processes) as pool:
+            pool.map(_write_image, jobs, chunksize=16)
+    else:
+        for job in jobs:
+            _write_image(job)
     return sorted(target.glob("*.JPEG"))[:count]
+
+
+def _write_image(job) -> None:
+    target, number, seed, scale = job
+    rng = np.random.default_rng([seed, number])
+    width, height = IMAGENET_LIKE_SIZES[number % len(IMAGENET_LIKE_SIZES)]
+    width, height = max(8, int(width * scale)), max(8, int(height * scale))
+    synthetic_image(rng, width, height).save(target / f"img_{number:05d}.JPEG", quality=90)
 
 
 def cpu_pipelines(files: list[Path], size: int = 224):
@@ -104,21 +119,31 @@ def measure_cpu(files: list[Path], measure: int, chunk: int = 25) -> dict:
             for name, rate in per_core.items()}
 
 
-def measure_gpu(folder: Path, batch: int, workers: int, batches: int) -> dict:
+def measure_gpu(folder: Path, batch: int, workers: int, batches: int, device: torch.device | str = "cuda",
+                size: int = 224) -> dict:
+    """The GPU path end to end: DataLoader workers read file bytes, `device` decodes and augments two
+    views per image. Returns two-view images/s (wall) and the CPU cores kept busy (this process and its
+    workers, CPU seconds over wall seconds)."""
     from torch.utils.data import DataLoader
 
     from pretrain.augment import AugmentLaws, DeviceViewPipeline
     from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, EncodedImages, collate_encoded, open_dataset
 
-    device = torch.device("cuda")
+    device = torch.device(device)
     images = open_dataset("imagenet", folder, "train")
-    pipeline = DeviceViewPipeline(AugmentLaws.recipe(224), IMAGENET_MEAN, IMAGENET_STD)
+    pipeline = DeviceViewPipeline(AugmentLaws.recipe(size), IMAGENET_MEAN, IMAGENET_STD)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     loader = DataLoader(EncodedImages(images), batch_size=batch, shuffle=True, num_workers=workers,
-                        collate_fn=collate_encoded, pin_memory=True, drop_last=True, persistent_workers=False)
-    for items, _ in loader:  # warm-up: nvJPEG handles, kernels
+                        collate_fn=collate_encoded, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=False)
+    for items, _ in loader:  # warm-up: decoder handles, kernels
         pipeline(items, device)
         break
-    torch.cuda.synchronize()
+    sync()
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     began, done = time.perf_counter(), 0
     while done < batches * batch:
@@ -127,14 +152,14 @@ def measure_gpu(folder: Path, batch: int, workers: int, batches: int) -> dict:
             done += len(items)
             if done >= batches * batch:
                 break
-    torch.cuda.synchronize()
+    sync()
     wall = time.perf_counter() - began
     del loader  # workers exit, so their CPU time is counted
     own_after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = sum(getattr(after, field) - getattr(before, field) for before, after in ((own, own_after), (children, children_after))
-              for field in ("ru_utime", "ru_stime"))
+    cpu = sum(getattr(after, field) - getattr(before, field)
+              for before, after in ((own, own_after), (children, children_after)) for field in ("ru_utime", "ru_stime"))
     return {"images_per_s": round(done / wall, 1), "cpu_cores_used": round(cpu / wall, 2), "batch": batch,
-            "workers": workers, "images": done}
+            "workers": workers, "images": done, "device": str(device)}
 
 
 def main(argv=None) -> int:
@@ -163,7 +188,7 @@ def main(argv=None) -> int:
         print(f"{name:10s} {row['images_per_s_per_core']:7.1f} two-view images/s per core "
               f"({row['over_standard']:.2f}x standard)")
     if torch.cuda.is_available():
-        results["gpu"] = measure_gpu(folder, args.gpu_batch, args.gpu_workers, args.gpu_batches)
+        results["gpu"] = measure_gpu(folder, args.gpu_batch, args.gpu_workers, args.gpu_batches, "cuda")
         gpu = results["gpu"]
         print(f"gpu path   {gpu['images_per_s']:7.1f} two-view images/s with {gpu['cpu_cores_used']:.2f} CPU cores "
               f"busy ({gpu['workers']} loader workers, batch {gpu['batch']})")
