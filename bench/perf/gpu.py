@@ -251,19 +251,26 @@ def end_to_end(device: torch.device, folder: Path, arch: str, size: int, batch: 
         method.after_step()
 
     def from_folder(count: int) -> float:
-        done, began = 0, None
-        while done < count + 2:
-            for batch_items in trainer.loader:
-                if done == 2:  # the first two steps start the workers and warm the kernels
+        """Seconds per step in steady state: each pass over the (small) folder restarts the loader's
+        workers, so its first two steps are left out, as in an ImageNet epoch of 5,000 steps."""
+        timed, seconds = 0, 0.0
+        while timed < count:
+            for position, batch_items in enumerate(trainer.loader):
+                if position == 2:
                     _sync(device)
                     began = time.perf_counter()
                 views, index = trainer.batch_views(batch_items)
                 step(views, index)
-                done += 1
-                if done >= count + 2:
+                if position >= 2:
+                    timed += 1
+                if timed >= count:
                     break
-        _sync(device)
-        return (time.perf_counter() - began) / count
+            if len(trainer.loader) > 2:
+                _sync(device)
+                seconds += time.perf_counter() - began
+            elif timed == 0:
+                raise ValueError(f"{folder}: too few images for {batch}-image batches past the warm-up")
+        return seconds / timed
 
     folder_s = from_folder(steps)
     views = [_images(batch // trainer.world, size, device) for _ in range(method.num_views)]

@@ -139,7 +139,7 @@ def measure_gpu(folder: Path, batch: int, workers: int, batches: int, device: to
 
     loader = DataLoader(EncodedImages(images), batch_size=batch, shuffle=True, num_workers=workers,
                         collate_fn=collate_encoded, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=False)
+                        persistent_workers=workers > 0)  # a small folder is read several times: no restarts
     for items, _ in loader:  # warm-up: decoder handles, kernels
         pipeline(items, device)
         break
