@@ -34,6 +34,13 @@ def _run_dir(recipe: str) -> Path:
     return encoders_dir() / f"{recipe}-v{EMBEDDED_VERSION}"
 
 
+def cached_encoders() -> list[Path]:
+    """The embedded encoder files already in the cache, [NCE, Ring] order; trains nothing."""
+    from pretrain.train import ENCODER_FILE
+
+    return [path for path in (_run_dir(recipe) / ENCODER_FILE for recipe in EMBEDDED_RECIPES) if path.is_file()]
+
+
 def default_encoders() -> list[Path]:
     """Paths of the embedded [NCE, Ring] encoder files, training them first if they are not cached."""
     from pretrain.train import ENCODER_FILE

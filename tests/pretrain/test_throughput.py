@@ -13,41 +13,43 @@ from pretrain.config import ConfigError
 from pretrain.data import PRETRAIN_SPLIT, MultiViewDataset, dataset_stats, open_dataset, pretrain_transform
 from pretrain.methods import MethodSettings, build_method
 from pretrain.recipes import recipe_config
-from pretrain.samplers import SamplerConfig
-from pretrain.train import COMPILE_MIN_STEPS, Trainer, lr_at, resolve_loader, resolve_switch, w_out_at
+from pretrain.samplers import build_sampler
+from pretrain.train import COMPILE_MIN_STEPS, Trainer, lr_at, resolve_loader, resolve_switch
 
-TINY = {"image_size": 16, "batch_size": 16, "max_steps_per_epoch": 2, "knn_every": 0, "num_negatives": 64,
-        "queue_size": 64, "workers": 0}
+TINY = {"data.image_size": 16, "optim.batch_size": 16, "optim.max_steps_per_epoch": 2, "knn_every": 0,
+        "method.num_negatives": 64, "method.queue_size": 64, "data.workers": 0}
 
 
 def tiny_config(recipe, **changes):
-    return recipe_config(recipe, TINY | {"epochs": 1} | changes)
+    return recipe_config(recipe, TINY | {"optim.epochs": 1} | changes)
 
 
 def reference_state(config):
     """One epoch of the training loop as it was before the speed options (PIL views, fp32, contiguous)."""
+    data, optim = config.data, config.optim
     torch.manual_seed(config.seed)
-    mean, std = dataset_stats(config.dataset)
-    images = open_dataset(config.dataset, None, PRETRAIN_SPLIT[config.dataset], image_size=config.image_size)
-    method = build_method(config.method, config.method_settings(mean, std), config.sampler_config(), len(images),
-                          seed=config.seed)
+    mean, std = dataset_stats(data.name)
+    images = open_dataset(data.name, None, PRETRAIN_SPLIT[data.name], image_size=data.image_size)
+    sampler = config.build_sampler()
+    method = build_method(config.method.name, config.method.settings(mean, std), sampler, len(images), seed=config.seed)
     parameters = [p for name in method.trainable_encoders() for p in getattr(method, name).parameters()]
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     generator = torch.Generator().manual_seed(config.seed * 1000 + 1)
     torch.manual_seed(config.seed * 1000)
-    views = MultiViewDataset(images, pretrain_transform(config.image_size, mean, std, config.crop_min_scale,
-                                                        config.hflip), method.num_views)
-    sampler = DistributedSampler(views, num_replicas=1, rank=0, shuffle=True, seed=config.seed, drop_last=True)
-    loader = DataLoader(views, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    views = MultiViewDataset(images, pretrain_transform(data.image_size, mean, std, data.crop_min_scale, data.hflip),
+                             method.num_views)
+    data_sampler = DistributedSampler(views, num_replicas=1, rank=0, shuffle=True, seed=config.seed, drop_last=True)
+    loader = DataLoader(views, batch_size=optim.batch_size, sampler=data_sampler, drop_last=True)
+    sampler.set_epoch(0)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(config, 0)
     method.train()
-    sampler.set_epoch(0)
+    data_sampler.set_epoch(0)
     losses = []
     for step, (*batch_views, index) in enumerate(loader):
-        if step >= config.max_steps_per_epoch:
+        if step >= optim.max_steps_per_epoch:
             break
-        loss = method.loss(batch_views, index, w_out_at(config, 0), generator)
+        loss = method.loss(batch_views, index, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -74,7 +76,7 @@ def test_cpu_defaults_are_bit_identical_to_the_plain_loop(tmp_path, recipe):
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", ["cpu", "gpu"])
 def test_uint8_loaders_resume_exactly_on_cpu(tmp_path, loader):
-    config = tiny_config("digits_moco_ring", epochs=2, loader=loader)
+    config = tiny_config("digits_moco_ring", **{"optim.epochs": 2, "loader": loader})
     straight = Trainer(config, tmp_path / "straight", show_progress=False)
     assert straight.loader_kind == loader
     straight.fit()
@@ -83,7 +85,8 @@ def test_uint8_loaders_resume_exactly_on_cpu(tmp_path, loader):
     resumed.fit()
     a, b = straight.method.state_dict(), resumed.method.state_dict()
     assert all(torch.equal(a[key], b[key]) for key in a)
-    pil = Trainer(tiny_config("digits_moco_ring", epochs=2, loader="pil"), tmp_path / "pil", show_progress=False)
+    pil = Trainer(tiny_config("digits_moco_ring", **{"optim.epochs": 2, "loader": "pil"}), tmp_path / "pil",
+                  show_progress=False)
     pil.fit()
     assert not torch.equal(pil.method.state_dict()["queue"], a["queue"])  # another input path, other views
 
@@ -109,7 +112,7 @@ def test_speed_options_resolve_per_device_and_validate():
 def _moco(seed=0):
     torch.manual_seed(seed)
     settings = MethodSettings(arch="resnet18", stem="cifar", queue_size=32)
-    return build_method("moco", settings, SamplerConfig("ring", w_out=0.5, w_in=0.1), 64, seed=seed)
+    return build_method("moco", settings, build_sampler("ring", w_out=0.5, w_in=0.1, anneal="constant"), 64, seed=seed)
 
 
 def test_compiled_encoders_leave_state_loss_and_export_plain(tmp_path):
@@ -121,9 +124,9 @@ def test_compiled_encoders_leave_state_loss_and_export_plain(tmp_path):
     assert compiled.state_dict().keys() == plain.state_dict().keys()
     assert not any("_orig_mod" in key for key in compiled.state_dict())
     torch.manual_seed(1)
-    expected = plain.loss(views, index, 0.5, torch.Generator().manual_seed(2))
+    expected = plain.loss(views, index, torch.Generator().manual_seed(2))
     torch.manual_seed(1)
-    got = compiled.loss(views, index, 0.5, torch.Generator().manual_seed(2))
+    got = compiled.loss(views, index, torch.Generator().manual_seed(2))
     assert torch.allclose(got, expected, atol=1e-5)
     # a compiled backbone handed to the export is stored as the plain torchvision state dict
     backbone = compiled.export_backbone()
@@ -144,9 +147,9 @@ def test_channels_last_encoders_compute_the_same_and_export_contiguous(tmp_path)
     assert fast.encoder.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     fast_views = [view.contiguous(memory_format=torch.channels_last) for view in views]
     torch.manual_seed(1)
-    expected = plain.loss(views, torch.arange(4), 0.5, torch.Generator().manual_seed(2))
+    expected = plain.loss(views, torch.arange(4), torch.Generator().manual_seed(2))
     torch.manual_seed(1)
-    got = fast.loss(fast_views, torch.arange(4), 0.5, torch.Generator().manual_seed(2))
+    got = fast.loss(fast_views, torch.arange(4), torch.Generator().manual_seed(2))
     assert torch.allclose(got, expected, atol=1e-4)
     metadata = {"method": "moco", "sampler": "ring", "sampler_params": {}, "arch": "resnet18", "stem": "cifar",
                 "pretrain_dataset": "digits", "epochs": 1, "image_size": 16, "mean": [0.5] * 3, "std": [0.2] * 3,

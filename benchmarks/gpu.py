@@ -1,7 +1,7 @@
 """The checks only a GPU shows, each next to its anchor from the same run (a benchmark script, not a test).
 
-    python -m bench.perf.gpu [--out DIR] [--only pretrain,ir,ring,features,input,end_to_end,detection] [--no-compile]
-    python -m bench.perf.gpu --smoke          # tiny sizes on whatever device there is: checks the script
+    python -m benchmarks.gpu [--out DIR] [--only pretrain,ir,ring,features,input,end_to_end,detection] [--no-compile]
+    python -m benchmarks.gpu --smoke          # tiny sizes on whatever device there is: checks the script
 
 Each check prints one JSON line (collected in DIR/gpu_checks.json), its figures beside their anchors:
 - pretrain: MoCo v2 ResNet-50 step at 224 px, batch 256, queue 65,536, NCE and Ring, bf16 autocast,
@@ -94,10 +94,11 @@ def _method_step(method_name: str, sampler: str, device: torch.device, arch: str
                  pool: int, compile_encoders: bool = False, stem: str = "imagenet"):
     """(step function, its views, warm-up seconds) of a RingBench method as the training loop runs it."""
     from pretrain.methods import MethodSettings, build_method
-    from pretrain.samplers import SamplerConfig
+    from pretrain.samplers import build_sampler
 
     settings = MethodSettings(arch=arch, stem=stem, queue_size=pool)
-    method = build_method(method_name, settings, SamplerConfig(sampler, w_out=0.1, w_in=0.1), pool).to(device)
+    negatives = build_sampler("ring", w_out=0.1, w_in=0.1, anneal="constant") if sampler == "ring" else build_sampler(sampler)
+    method = build_method(method_name, settings, negatives, pool).to(device)
     if _fast(device):
         method.to(memory_format=torch.channels_last)
     if compile_encoders:
@@ -109,7 +110,7 @@ def _method_step(method_name: str, sampler: str, device: torch.device, arch: str
 
     def step(views):
         with _autocast(device):
-            loss = method.loss(views, index, 0.1, generator)
+            loss = method.loss(views, index, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -222,7 +223,7 @@ def feature_throughput(device: torch.device, arch: str, size: int, images: int, 
 
 
 def input_throughput(device: torch.device, folder: Path, batch: int, workers: int, batches: int, size: int) -> dict:
-    from bench.perf.input_pipeline import measure_gpu
+    from benchmarks.input_pipeline import measure_gpu
 
     result = measure_gpu(folder, batch, workers, batches, device, size)
     return {"check": "input_pipeline_gpu", **result, "target": ">= 10,000 two-view images/s with <= 8 CPU cores"}
@@ -232,19 +233,22 @@ def end_to_end(device: torch.device, folder: Path, arch: str, size: int, batch: 
                workers: int, scratch: Path) -> dict:
     """Training steps through the training loop's own loader (loader=gpu from the JPEG folder) vs the
     same step on views already on the device."""
-    from pretrain.config import TrainConfig
+    from pretrain.config import TrainConfig, apply_overrides
     from pretrain.train import Trainer
 
-    config = TrainConfig(method="moco", sampler="ring", arch=arch, stem="imagenet", dataset="imagenet",
-                         data_root=str(folder), image_size=size, batch_size=batch, queue_size=queue, epochs=1,
-                         knn_every=0, workers=workers, loader="gpu", compile="off", w_out=0.1, anneal="constant")
+    config = apply_overrides(TrainConfig(), {
+        "method.name": "moco", "sampler.name": "ring", "sampler.w_out": 0.1, "sampler.w_in": 0.1,
+        "sampler.anneal": "constant", "method.arch": arch, "method.stem": "imagenet", "method.queue_size": queue,
+        "data.name": "imagenet", "data.root": str(folder), "data.image_size": size, "data.workers": workers,
+        "optim.batch_size": batch, "optim.epochs": 1, "knn_every": 0, "loader": "gpu", "compile": "off"},
+        notice=False).validate()
     trainer = Trainer(config, scratch / "end_to_end", show_progress=False, allow_distributed=False)
     method, optimizer, generator = trainer.method, trainer.optimizer, trainer.generator
     method.train()
 
     def step(views, index):
         with trainer._autocast():
-            loss = method.loss(views, index, 0.1, generator)
+            loss = method.loss(views, index, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -285,13 +289,11 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
     from bench.suite import Cell, Task
     from bench.suites.coco_det import CocoDetSuite
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import save_encoder, untrained_metadata
 
     torch.manual_seed(0)
-    encoder = save_encoder(scratch / "resnet50_random.pt", build_backbone("resnet50", "imagenet"), {
-        "method": "random", "sampler": "none", "sampler_params": {}, "arch": "resnet50", "stem": "imagenet",
-        "pretrain_dataset": "none", "epochs": 0, "image_size": 224, "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225], "config": {}, "seed": 0})
+    encoder = save_encoder(scratch / "resnet50_random.pt", build_backbone("resnet50", "imagenet"), untrained_metadata(
+        arch="resnet50", stem="imagenet", image_size=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
     suite = CocoDetSuite()
     options = dict(suite.options) | {"tasks": "mask_rcnn", "max_iter": iterations}
     suite.check(options, None, [encoder])
@@ -309,7 +311,7 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.gpu", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for gpu_checks.json")
     parser.add_argument("--only", default=",".join(CHECKS), help="comma list of checks")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script, not the GPU")
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = None
     if chosen & {"input", "end_to_end"}:
-        from bench.perf.input_pipeline import build_folder
+        from benchmarks.input_pipeline import build_folder
 
         cache = Path(os.environ.get("RINGBENCH_CACHE", Path(tempfile.gettempdir()) / "ringbench"))
         folder = args.folder or cache / ("bench_input_pipeline_smoke" if small else "bench_input_pipeline") / "imagenet"

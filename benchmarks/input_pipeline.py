@@ -1,6 +1,6 @@
 """Benchmark: two-view MoCo v2 input pipelines per CPU core (a benchmark, not a test).
 
-    python -m bench.perf.input_pipeline [--images 2000] [--measure 300] [--folder DIR] [--json FILE]
+    python -m benchmarks.input_pipeline [--images 2000] [--measure 300] [--folder DIR] [--json FILE]
 
 Builds (once, then reuses) a synthetic ImageNet-like JPEG folder: `--images` pictures of about
 500 x 375 (sizes vary like ImageNet's), quality 90, smooth colour fields with edges and texture.

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.perf.gpu import main, official_topk_band
+from benchmarks.gpu import main, official_topk_band
 
 
 def test_gpu_checks_script_runs_at_smoke_sizes(tmp_path, monkeypatch):
