@@ -8,8 +8,13 @@ Writes, per suite, under the results folder:
                         the options that differ from the suite's defaults (e.g. temperature=0.5)
     <suite>.md          the same as a readable table (mean +- ci95 (rank)), paired Ring-vs-NCE deltas,
                         missing and failed cells
-    <suite>.png         means with 95% intervals per task, one colour per checkpoint
+    <suite>.png         headline metrics: means with 95% intervals per task, one colour per checkpoint
     <suite>_paired.csv  each Ring checkpoint against its NCE twin on the same samples
+    <suite>_paired.png  Ring - NCE per task and headline metric with 95% intervals (bench.figures)
+    <suite>_curves.csv  metric vs pretraining epoch when a model family has results at several epochs,
+    <suite>_curves.png  and its figure (bench.figures)
+Encoders snapshotted before the end of their run (metadata epoch < epochs) feed the curves only; the
+ranking and the twins compare final encoders. The Markdown shows the headline metrics; the CSV all.
 and long.csv: every stored metric of every suite (one row per cell x metric).
 """
 
@@ -39,7 +44,7 @@ SETTING_KEYS = ["dataset", "setting", "identity"]
 LONG_COLUMNS = [
     "suite", "task", "metric", "model", "method", "sampler", "sampler_params", "pretrain_dataset", "epochs",
     "ckpt_seed", "arch", "checkpoint_sha256", "checkpoint_path", "dataset", "setting", "identity", "seed", "mean",
-    "std", "n", "ci95", "higher_is_better", "engine", "code_version", "protocol_version", "cell_id",
+    "std", "n", "ci95", "higher_is_better", "engine", "code_version", "protocol_version", "cell_id", "epoch", "w_out",
 ]
 
 
@@ -201,6 +206,8 @@ def scan_suite(root: Path, suite: str) -> Scan:
                 "code_version": result.get("code_version"),
                 "protocol_version": result.get("protocol_version"),
                 "cell_id": result["cell_id"],
+                "epoch": checkpoint.get("epoch"),  # a snapshot's place on its run (None before snapshots)
+                "w_out": checkpoint.get("w_out"),
             })
             scan.samples[(result["cell_id"], metric_name)] = (metric.get("sample_ids"), metric.get("samples"))
     return scan
@@ -502,40 +509,6 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ranked = ranked.copy()
-    ranked["column"] = ranked["column"].str.replace(" ", "\n", n=1, regex=False)
-    columns = sorted(ranked["column"].unique())
-    models = ranked.drop_duplicates("entry").sort_values(["avg_rank", "entry"])["entry"].tolist()
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns) + 2), 3.6))
-    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
-    for m, model in enumerate(models):
-        mine = ranked[ranked["entry"] == model].set_index("column")
-        xs, ys, errs = [], [], []
-        for c, column in enumerate(columns):
-            if column in mine.index:
-                xs.append(c - 0.4 + width * (m + 0.5))
-                ys.append(mine.loc[column, "mean"])
-                errs.append(mine.loc[column, "ci95"])
-        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, color=colours(m % colours.N), label=model)
-    ax.set_xticks(range(len(columns)), columns, fontsize=8)
-    ax.set_ylabel("mean (95% CI)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    from pretrain.atomic_files import atomic_write
-
-    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"), fsync=False, suffix=".png")
-    plt.close(fig)
-
-
 def _atomic_text(path: Path, text: str) -> None:
     from pretrain.atomic_files import atomic_write_text
 
@@ -561,7 +534,11 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     scan = scan if scan is not None else scan_suite(root, suite)
     for message in scan.corrupt:
         print(f"corrupt result (not tabulated; `bench.run` recomputes it): {message}", file=stream)
+    from bench import figures
+
     long = long_table(scan)
+    curves = figures.curve_table(long)
+    long = long[~figures.is_snapshot(long)]  # snapshots make the curves; ranks and twins use final encoders
     ranked = rank_table(aggregate(long))
     paired = paired_comparisons(long, scan.samples)
     written = []
@@ -571,19 +548,31 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     paired_path = root / f"{suite}_paired.csv"
     _atomic_text(paired_path, paired.to_csv(index=False))
     written.append(paired_path)
-    md = [f"# {suite}\n", "Mean ± 95% CI (rank). Models whose difference from the best is within the 95% "
-          "interval of the difference tie and share the average rank; `avg rank` is the mean over "
-          "tasks and metrics. `missing`: no stored result (failed or not run), never zero.\n"]
+    if not curves.empty:
+        curves_path = root / f"{suite}_curves.csv"
+        _atomic_text(curves_path, curves.to_csv(index=False))
+        written.append(curves_path)
+    headline = figures.headline_rows(ranked).copy()
+    if not headline.empty:
+        headline["avg_rank"] = headline.groupby(["suite", "entry"], dropna=False)["rank"].transform("mean")
+    md = [f"# {suite}\n", "Mean ± 95% CI (rank) of the headline metrics (every metric: "
+          f"`{suite}.csv`). Models whose difference from the best is within the 95% "
+          "interval of the difference tie and share the average rank; `avg rank` is the mean over the "
+          "columns shown. `missing`: no stored result (failed or not run), never zero.\n"]
     hooks = suite_hooks(suite)
     markdown_hook = getattr(hooks, "leaderboard_markdown", None)
     custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
-    md.append(custom_table if custom_table is not None else markdown_table(ranked))
-    if not paired.empty:
+    md.append(custom_table if custom_table is not None else markdown_table(headline))
+    if not curves.empty:
+        md.append(f"\nOver the course of pretraining: `{suite}_curves.csv` and `{suite}_curves.png` "
+                  f"({curves['model'].nunique()} model(s), epochs {curves['epoch'].min()}-{curves['epoch'].max()}).\n")
+    paired_md = figures.headline_rows(paired)
+    if not paired_md.empty:
         md.append("\n## Ring vs NCE twins (paired, same samples)\n")
         md.append("| task | metric | dataset | setting | method | seed | n | ring | nce | ring − nce | 95% CI | p (t) "
                   "| p (sign) |")
         md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in paired.to_dict("records"):
+        for r in paired_md.to_dict("records"):
             md.append(f"| {r['task']} | {r['metric']} | {r['dataset'] or '-'} | {r['setting'] or 'default'} | "
                       f"{r['method']} | {r['seed']} | {r['n']} | {r['ring_mean']:.2f} | "
                       f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | "
@@ -605,8 +594,13 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
         png_path = root / f"{suite}.png"
         figure_hook = getattr(hooks, "leaderboard_figure", None)
         if figure_hook is None or not figure_hook(ranked, png_path):
-            plot_suite(ranked, png_path, f"{suite}: mean with 95% CI")
+            figures.plot_headline(ranked, png_path, suite)
         written.append(png_path)
+    if plot:
+        for path in (figures.plot_paired(paired, root / f"{suite}_paired.png", suite),
+                     figures.plot_curves(curves, root / f"{suite}_curves.png", suite) if not curves.empty else None):
+            if path is not None:
+                written.append(path)
     return written
 
 

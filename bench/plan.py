@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo
 
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
-                 "image_size", "code_version")
+                 "image_size", "code_version", "epoch", "w_out")  # epoch, w_out: where a snapshot sits on its run
 
 
 def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:

@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --suite pretrain: evaluation suites to run on the trained encoders, each name "
                              "followed by its own options, e.g. --then knn ks=5 linear, or --then 'knn, linear' "
                              "(SLURM: submitted at once with afterok dependencies)")
+    parser.add_argument("--follow", action="append", default=[], metavar="RUN_DIR",
+                        help="evaluate the encoders a pretraining run folder publishes (snapshots, then encoder.pt) "
+                             "as they appear, until its final encoder; repeatable")
+    parser.add_argument("--follow-poll", type=float, default=10.0, metavar="SECONDS",
+                        help="with --follow: how often to look for new encoders (default 10)")
+    parser.add_argument("--follow-idle-min", type=float, default=360.0, metavar="MINUTES",
+                        help="with --follow: stop following a run whose folder has not changed for this long "
+                             "(default 360)")
     parser.add_argument("--no-wait", action="store_true",
                         help="SLURM only: submit and return; watch with python -m bench.status")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
@@ -92,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         then_chain = parse_then([token for group in args.then for token in group])
         then = [name for name, _ in then_chain]
         suite = load_suite(args.suite)
+        if args.follow:
+            from bench.follow import follow_command
+
+            return follow_command(args, executor, profiles, results_root, stream)
         if then and not suite.produces_checkpoints:
             producers = [name for name in suite_names() if load_suite_class(name).produces_checkpoints]
             raise InputError(f"--then chains evaluation suites after --suite {' or '.join(producers)} only")
@@ -120,8 +132,22 @@ def main(argv: list[str] | None = None) -> int:
 
     chain_on_slurm = bool(then) and executor == "slurm"
     try:
-        run = run_plan(plan, executor=executor, profiles=profiles, max_parallel=args.max_parallel, force=args.force,
-                       wait=not args.no_wait and not chain_on_slurm, progress=not args.no_progress, stream=stream)
+        if then and executor == "local":  # the evaluation suites follow the snapshots while pretraining runs
+            from bench.execute import SuiteRun
+            from bench.follow import follow_pretraining
+            from bench.runner import Runner
+
+            pretraining = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
+                                 progress=not args.no_progress, stream=stream)
+            summary, _ = follow_pretraining(plan, pretraining.run, then, executor, profiles, in_background=True,
+                                            seeds=parse_seeds(args.seeds), max_parallel=args.max_parallel,
+                                            force=args.force, stream=stream, poll_s=2.0,
+                                            option_pairs=dict(then_chain))
+            run = SuiteRun(plan, summary, pretraining)
+        else:
+            run = run_plan(plan, executor=executor, profiles=profiles, max_parallel=args.max_parallel,
+                           force=args.force, wait=not args.no_wait and not chain_on_slurm,
+                           progress=not args.no_progress, stream=stream)
     except user_error_types() as error:  # a bad partition, or sbatch refusing the request
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR

@@ -55,7 +55,13 @@ class AugmentLaws:
 
     @classmethod
     def recipe(cls, image_size: int, crop_min_scale: float = 0.2, hflip: bool = True,
-               blur: bool | None = None) -> AugmentLaws:
+               blur: bool | None = None, augmentation: str = "mocov2") -> AugmentLaws:
+        """The laws of `pretrain.data.pretrain_transform`: mocov2, or cmc (crop and flip only)."""
+        if augmentation == "cmc":
+            return cls(image_size, crop_scale=(crop_min_scale, 1.0), hflip=hflip, jitter_p=0.0, grayscale_p=0.0,
+                       blur=False)
+        if augmentation != "mocov2":
+            raise ValueError(f"unknown augmentation {augmentation!r}; valid: mocov2, cmc")
         return cls(image_size, crop_scale=(crop_min_scale, 1.0), hflip=hflip, blur=blur)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pretrain.backbones import ARCHS, STEMS
-from pretrain.data import check_dataset_name
+from pretrain.data import augmentation_for, check_dataset_name
 from pretrain.methods import MethodSettings, check_combination
 from pretrain.overrides import OverrideError, override_fields
 from pretrain.samplers import SAMPLER_CLASSES, NegativeSampler, build_sampler, sampler_parameters
@@ -86,6 +86,7 @@ class DataSection:
     image_size: int = 32
     crop_min_scale: float = 0.2
     hflip: bool = True
+    augmentation: str = "auto"  # auto (the method's own: cmc for CMC, else mocov2) | mocov2 | cmc
     workers: int = 0
 
 
@@ -117,6 +118,7 @@ class TrainConfig:
     knn_temperature: float = 0.07
     knn_every: int = 1
     knn_max_train: int = 20000
+    snapshot_every: int = 0  # write encoder_e{epoch:04d}.pt every this many epochs; 0: only the final encoder.pt
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
@@ -125,6 +127,10 @@ class TrainConfig:
     compile: str = "auto"  # torch.compile of the encoders; auto: on CUDA for runs of >= 5,000 steps
     deterministic: bool = True
     recipe: str = field(default="", metadata={"internal": True})
+
+    def resolved_augmentation(self) -> str:
+        """The augmentation pipeline: `auto` is the method's own (CMC's crop + flip for cmc, else MoCo v2)."""
+        return augmentation_for(self.method.name, self.data.augmentation)
 
     def build_sampler(self) -> NegativeSampler:
         """The configured negative sampler, validated, with its schedule spread over the run."""
@@ -136,6 +142,7 @@ class TrainConfig:
             sampler = self.build_sampler()
             check_combination(method.name, sampler)
             check_dataset_name(data.name)
+            self.resolved_augmentation()
         except ValueError as error:
             raise ConfigError(str(error)) from None
         checks = [
@@ -159,6 +166,7 @@ class TrainConfig:
             (all(0 < m < 1 for m in optim.lr_milestones),
              f"optim.lr_milestones must be fractions in (0, 1), got {optim.lr_milestones}"),
             (data.image_size >= 8, f"data.image_size must be >= 8, got {data.image_size}"),
+            (self.snapshot_every >= 0, f"snapshot_every must be >= 0 (0: only the final encoder), got {self.snapshot_every}"),
         ]
         for ok, message in checks:
             if not ok:

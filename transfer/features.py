@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from pretrain.progress import progress_bar
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -79,7 +80,7 @@ def extract_features(
     chunks = []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     with autocast:
-        for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=None):
+        for batch in progress_bar(batches, total=total, desc=desc, unit="batch", leave=False, disable=None):
             out = forward(device_images(batch, device, mean, std))
             chunks.append(out.float().cpu())
     if not chunks:

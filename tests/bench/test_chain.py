@@ -42,6 +42,27 @@ def test_then_is_refused_for_other_suites(tmp_path, bench_env):
 
 
 @pytest.mark.slow
+def test_pretrain_then_knn_evaluates_snapshots_while_training_on_the_local_executor(tmp_path, bench_env):
+    from bench.store import read_events
+
+    results = tmp_path / "results"
+    snapshots = TINY.replace('"epochs": 1', '"epochs": 2, "snapshot_every": 1')
+    out = run_bench(["--suite", "pretrain", snapshots, "--then", "knn", "--executor", "local", "--results",
+                     str(results), "--no-progress"], bench_env, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cells = [p for p in (results / "knn" / "cells").iterdir() if p.is_dir()]
+    stored = [json.loads((c / "result.json").read_text()) for c in cells]
+    assert sorted((r["checkpoint"]["sampler"], r["checkpoint"]["epoch"]) for r in stored) == [
+        ("nce", 1), ("nce", 2), ("ring", 1), ("ring", 2)]
+    for cell in cells:  # each encoder's cell was submitted once: the follower's, not again by the chain
+        events = [e["event"] for e in read_events(cell)]
+        assert events.count("submitted") == 1 and events.count("result_written") == 1
+    curves = pd.read_csv(results / "knn_curves.csv")
+    assert len(curves) == 2 * 2 * 2 and not curves.duplicated(["model", "metric", "epoch"]).any()
+    assert set(pd.read_csv(results / "knn.csv")["epochs"]) == {2}  # the ranking holds the final encoders
+
+
+@pytest.mark.slow
 def test_then_passes_options_to_its_suite(tmp_path, bench_env):
     results = tmp_path / "results"
     out = run_bench(["--suite", "pretrain", TINY, "--then", "knn", "ks=5", "--executor", "debug", "--results",

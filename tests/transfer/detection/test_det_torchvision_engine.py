@@ -34,6 +34,17 @@ def tiny_job(root: Path, task: str, out: Path, iterations: int = 3) -> Detection
     )
 
 
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.events import tensorflow_free_tensorboard
+
+    tensorflow_free_tensorboard()
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def encoder_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
@@ -54,6 +65,10 @@ def test_few_iterations_then_cocoeval(tmp_path, small_coco, encoder_r18, task, i
     assert log[0]["iteration"] == 0 and log[-1]["iteration"] == 2
     assert all(math.isfinite(entry["total_loss"]) for entry in log)
     assert log[0]["lr"] == pytest.approx(0.005 * 0.001)  # warmup starts at warmup_factor x lr
+    scalars = _scalars(tmp_path / "out" / "tensorboard")  # the same curves as TensorBoard events
+    assert [step for step, _ in scalars["lr"]] == [entry["iteration"] for entry in log]
+    assert scalars["loss/total_loss"][-1][1] == pytest.approx(log[-1]["total_loss"], rel=1e-5)
+    assert "loss/loss_classifier" in scalars
     categories = result.per_category["bbox"]
     if categories:
         assert sum(categories.values()) / len(categories) == pytest.approx(result.metrics["bbox/AP"], abs=1e-6)
@@ -109,3 +124,18 @@ def test_fast_backbone_runs_bf16_channels_last_and_hands_float_features(small_co
         assert got[name].dtype == torch.float32
         scale = expected[name].abs().mean()
         assert (got[name] - expected[name]).abs().mean() < 0.05 * scale, name
+
+
+def test_the_detector_feeds_its_backbone_the_encoders_input_view(small_coco, tmp_path):
+    from pretrain.views import view_pixels
+
+    image = torch.rand(3, 20, 24)
+    plain = build_model(tiny_job(small_coco, "mask_rcnn", tmp_path), embedded_protocol("mask_rcnn").heads)
+    job = replace(tiny_job(small_coco, "mask_rcnn", tmp_path), input_view="lightness")
+    viewed = build_model(job, embedded_protocol("mask_rcnn").heads)
+    grey = view_pixels(image, "lightness")
+    assert torch.allclose(viewed.transform.normalize(image), plain.transform.normalize(grey), atol=1e-6)
+    assert not torch.allclose(viewed.transform.normalize(image), plain.transform.normalize(image), atol=1e-2)
+    # the transform feeds training, precise BN and evaluation alike: the batched tensors are grey
+    batched, _ = viewed.transform([image])
+    assert torch.allclose(batched.tensors[0, 0], batched.tensors[0, 2], atol=1e-4)  # equal mean/std per channel

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from pretrain.progress import progress_bar
 from transfer.detection.coco_data import CocoDetectionDataset, CocoSplit
 from transfer.detection.configs import DetectionJob, HeadSpec
 from transfer.detection.convert import build_fpn_backbone, load_backbone_body, validate_torchvision_state_dict
@@ -31,7 +31,8 @@ from transfer.detection.evaluate import evaluate_coco_detailed
 
 
 def build_model(job: DetectionJob, heads: HeadSpec, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
-    """Mask R-CNN or Keypoint R-CNN around a trainable ResNet-FPN; backbone weights are loaded separately."""
+    """Mask R-CNN or Keypoint R-CNN around a trainable ResNet-FPN, fed the encoder's input view; backbone
+    weights are loaded separately."""
     from torchvision.models.detection import KeypointRCNN, MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -58,18 +59,32 @@ def build_model(job: DetectionJob, heads: HeadSpec, norm_layer: type[nn.Module] 
         "box_predictor": FastRCNNPredictor(heads.box_representation, num_classes),
     }
     if job.task == "mask_rcnn":
-        return MaskRCNN(
+        model = MaskRCNN(
             backbone,
             mask_head=MaskRCNNHeads(heads.fpn_channels, list(heads.mask_head_layers), 1),
             mask_predictor=MaskRCNNPredictor(heads.mask_head_layers[-1], heads.mask_predictor_channels, num_classes),
             **common,
         )
-    return KeypointRCNN(
-        backbone,
-        keypoint_head=KeypointRCNNHeads(heads.fpn_channels, list(heads.keypoint_head_layers)),
-        keypoint_predictor=KeypointRCNNPredictor(heads.keypoint_head_layers[-1], len(job.keypoint_names)),
-        **common,
-    )
+    else:
+        model = KeypointRCNN(
+            backbone,
+            keypoint_head=KeypointRCNNHeads(heads.fpn_channels, list(heads.keypoint_head_layers)),
+            keypoint_predictor=KeypointRCNNPredictor(heads.keypoint_head_layers[-1], len(job.keypoint_names)),
+            **common,
+        )
+    apply_input_view(model, job.input_view)
+    return model
+
+
+def apply_input_view(model: nn.Module, view: str) -> None:
+    """Feed the detector's backbone the encoder's input view: the view is rendered on each [0, 1] RGB
+    image right before the model's own normalisation (training, precise BN and evaluation alike)."""
+    from pretrain.views import view_pixels
+
+    if view == "rgb":
+        return
+    normalize = model.transform.normalize
+    model.transform.normalize = lambda image: normalize(view_pixels(image, view))
 
 
 def load_encoder_into(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, where: str) -> None:
@@ -151,7 +166,7 @@ def precise_bn(model: nn.Module, batches: Iterator, num_iters: int, device: torc
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average = exact mean over the batches seen
     core.train()
-    for _ in tqdm(range(num_iters), desc="precise BN", leave=False, disable=None):
+    for _ in progress_bar(range(num_iters), desc="precise BN", leave=False, disable=None):
         images, _targets = next(batches)
         images = [image.to(device) for image in images]
         image_list, _ = core.transform(images)
@@ -174,7 +189,7 @@ def predict_coco(model: nn.Module, split: CocoSplit, job: DetectionJob, device: 
     core.transform.max_size = job.input.max_size_test
     results: dict[str, list[dict[str, Any]]] = {iou_type: [] for iou_type in job.iou_types}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate, num_workers=0)
-    for images, targets in tqdm(loader, desc="evaluate", unit="batch", leave=False, disable=None):
+    for images, targets in progress_bar(loader, desc="evaluate", unit="batch", leave=False, disable=None):
         outputs = core([image.to(device) for image in images])
         for output, target in zip(outputs, targets):
             image_id = int(target["image_id"])
@@ -323,7 +338,13 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
     cpu_started = time.process_time()
     model.train()
     smoothed: dict[str, float] = {}
-    progress = tqdm(range(start, schedule.max_iter), desc=f"{job.task} train", unit="it", disable=None if rank == 0 else True)
+    # TensorBoard curves next to metrics.jsonl; purge_step drops what a killed attempt logged past the state
+    events = None
+    if rank == 0:
+        from pretrain.events import summary_writer
+
+        events = summary_writer(job.output_dir / "tensorboard", purge_step=start or None)
+    progress = progress_bar(range(start, schedule.max_iter), desc=f"{job.task} train", unit="it", disable=None if rank == 0 else True)
     for iteration in progress:
         lr = schedule.lr_at(iteration)
         for group in optimizer.param_groups:
@@ -349,11 +370,17 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
             progress.set_postfix(loss=f"{smoothed['total_loss']:.3f}", lr=f"{lr:.3g}")
             with open(log_path, "a") as handle:
                 handle.write(json.dumps({"iteration": iteration, "lr": lr, **smoothed}) + "\n")
+            events.add_scalar("lr", lr, iteration)
+            for key, value in smoothed.items():
+                events.add_scalar(f"loss/{key}", value, iteration)
+            events.flush()
         if rank == 0 and checkpoint_period and (iteration + 1) % checkpoint_period == 0 and iteration + 1 < schedule.max_iter:
             core = model.module if world_size > 1 else model
             tmp = state_file.with_suffix(".tmp")
             torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1}, tmp)
             os.replace(tmp, state_file)
+    if events is not None:
+        events.close()
     train_seconds = time.perf_counter() - started
     train_cpu_seconds = time.process_time() - cpu_started
     precise_started = time.perf_counter()
