@@ -239,3 +239,12 @@ def test_laws_keep_the_recipes_blur_rule():
     assert not AugmentLaws.recipe(32).blur_on and AugmentLaws.recipe(64).blur_on
     assert AugmentLaws.recipe(96, crop_min_scale=0.5).crop_scale == (0.5, 1.0)
     assert math.isclose(AugmentLaws.recipe(224).crop_ratio[1], 4 / 3)
+
+
+def test_cmc_laws_are_crop_and_flip_only():
+    laws = AugmentLaws.recipe(96, crop_min_scale=0.3, augmentation="cmc")
+    params = sample_colour_params(500, laws)
+    assert not (params.jitter.any() or params.grayscale.any() or params.blur.any())
+    assert laws.crop_scale == (0.3, 1.0) and laws.hflip
+    with pytest.raises(ValueError, match="unknown augmentation 'simclr'"):
+        AugmentLaws.recipe(96, augmentation="simclr")

@@ -36,8 +36,9 @@ def reference_state(config):
     optimizer = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     generator = torch.Generator().manual_seed(config.seed * 1000 + 1)
     torch.manual_seed(config.seed * 1000)
-    views = MultiViewDataset(images, pretrain_transform(data.image_size, mean, std, data.crop_min_scale, data.hflip),
-                             method.num_views)
+    transform = pretrain_transform(data.image_size, mean, std, data.crop_min_scale, data.hflip,
+                                   augmentation=config.resolved_augmentation())
+    views = MultiViewDataset(images, transform, method.num_views)
     data_sampler = DistributedSampler(views, num_replicas=1, rank=0, shuffle=True, seed=config.seed, drop_last=True)
     loader = DataLoader(views, batch_size=optim.batch_size, sampler=data_sampler, drop_last=True)
     sampler.set_epoch(0)
