@@ -5,10 +5,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bench.store import CellState, ResultStore, cell_id
 from bench.suite import Cell, InputError, Suite, comma_list
@@ -133,7 +134,7 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
 @dataclass
 class PlannedCell:
     cell: Cell
-    cell_id: str
+    cell_id: str  # "" for a cell of an embedded encoder not trained yet (a dry run's plan)
     checkpoint: dict[str, Any] | None
     state: CellState = field(default_factory=lambda: CellState("pending"))
 
@@ -142,6 +143,8 @@ class PlannedCell:
         who = ""
         if self.checkpoint:
             who = f"{self.checkpoint.get('method')}/{self.checkpoint.get('sampler')} "
+            if self.checkpoint.get("untrained"):
+                who += f"pretraining seed {self.checkpoint.get('seed')} "
         return f"{who}{self.cell.task.name} seed={self.cell.seed}"
 
 
@@ -155,6 +158,18 @@ class Plan:
     seeds: list[int]
     store: ResultStore
     cells: list[PlannedCell]
+    # embedded encoders still to be trained (only in a plan built with train_embedded=False, a dry run)
+    untrained: list[Path] = field(default_factory=list)
+    untrained_note: str = ""
+
+
+def _untrained_identity(path: Path, recipe: str, seed: int) -> dict[str, Any]:
+    """Who an embedded encoder will be, from its recipe (for a dry run's listing; no cell id yet)."""
+    from pretrain.recipes import recipe_config
+
+    config = recipe_config(recipe)
+    return {"path": str(path), "sha256": None, "method": config.method, "sampler": config.sampler,
+            "pretrain_dataset": config.dataset, "epochs": config.epochs, "seed": seed, "untrained": True}
 
 
 def build_plan(
@@ -168,23 +183,47 @@ def build_plan(
     seeds: Sequence[int] | None = None,
     identities: Mapping[Path, dict[str, Any]] | None = None,
     task_names: Sequence[str] | None = None,
+    pretrain_seeds: Sequence[int] | None = None,
+    train_embedded: bool = True,
+    data_root_flag: str = "--data-root",
+    stream: TextIO | None = None,
 ) -> Plan:
-    """Validate everything that can be checked up front and expand checkpoint x task x seed."""
+    """Validate everything that can be checked up front and expand checkpoint x task x seed.
+
+    Every check of the user's input (options, data, given checkpoints) runs before the embedded encoders
+    are trained. With train_embedded=False (a dry run) nothing is trained: cells of embedded encoders not
+    cached yet are listed without an id. `pretrain_seeds` picks the embedded pair's pretraining seeds."""
+    from pretrain import embedded
+
+    stream = stream or sys.stderr
     options = parse_options(suite, option_pairs)
     if data_root is not None and not Path(data_root).exists():
-        raise InputError(f"--data-root {data_root}: no such folder")
+        raise InputError(f"{data_root_flag} {data_root}: no such folder")
     store = ResultStore(results_root, suite.name)
+    untrained: list[Path] = []
     if suite.uses_checkpoints:
-        checkpoints = expand_checkpoints(checkpoint_specs) if checkpoint_specs else [
-            Path(p) for p in suite.default_checkpoints()]
+        if checkpoint_specs and pretrain_seeds:
+            raise InputError("--pretrain-seeds picks the embedded pair's pretraining seeds; with --checkpoints "
+                             "each file keeps the seed it was trained with (see its metadata)")
+        try:
+            pretrain_seeds = embedded.parse_pretrain_seeds(pretrain_seeds)
+        except ValueError as error:
+            raise InputError(f"--pretrain-seeds: {error}") from None
+        if checkpoint_specs:
+            checkpoints = expand_checkpoints(checkpoint_specs)
+        else:
+            checkpoints = embedded.embedded_paths(pretrain_seeds) + suite.control_checkpoints()
+            untrained = [path for path in checkpoints if not path.is_file()]
         if not checkpoints:
             raise InputError(f"suite {suite.name} needs at least one checkpoint (--checkpoints)")
     else:
         if checkpoint_specs:
             raise InputError(f"suite {suite.name} evaluates no checkpoint; drop --checkpoints")
+        if pretrain_seeds:
+            raise InputError(f"suite {suite.name} evaluates no checkpoint; --pretrain-seeds does not apply")
         checkpoints = []
     seeds = list(seeds) if seeds else list(suite.seeds_for(data_root))
-    suite.check(options, data_root, checkpoints)
+    suite.check(options, data_root, [path for path in checkpoints if path not in untrained])
     tasks = suite.tasks(options, data_root)
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
@@ -195,19 +234,31 @@ def build_plan(
             raise InputError(f"unknown task(s) {', '.join(map(repr, unknown))} for suite {suite.name} with these "
                              f"options; valid tasks: {', '.join(names)}")
         tasks = [task for task in tasks if task.name in set(task_names)]
+    note = ""
+    if untrained:
+        note = embedded.describe_training(len(untrained))
+        if train_embedded:
+            print(f"{suite.name}: training the embedded NCE and Ring encoders first (not cached under "
+                  f"{embedded.encoders_dir()}; {note}); the cells follow", file=stream, flush=True)
+            embedded.default_encoders(pretrain_seeds, stream=stream)
+            suite.check_checkpoints(options, untrained)
+            untrained = []
     identities = dict(identities or {})
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
+        runs = dict(zip(embedded.embedded_paths(pretrain_seeds), embedded.embedded_runs(pretrain_seeds)))
         sources = []
         for path in checkpoints:
-            if path not in identities:
+            if path in untrained:
+                identities[path] = _untrained_identity(path, *runs[path])
+            elif path not in identities:
                 identities[path] = checkpoint_identity(path)
             sources.append((path, identities[path]))
     cells = []
     for path, identity in sources:
         for task in tasks:
             for seed in seeds:
-                cid = cell_id(
+                cid = "" if identity and identity.get("untrained") else cell_id(
                     suite=suite.name,
                     task_name=task.name,
                     params=task.params,
@@ -219,4 +270,4 @@ def build_plan(
                 cell = Cell(suite=suite.name, task=task, checkpoint=path, seed=seed, options=options,
                             data_root=data_root, shared_dir=store.shared_dir)
                 cells.append(PlannedCell(cell, cid, identity))
-    return Plan(suite_name, suite, options, data_root, checkpoints, seeds, store, cells)
+    return Plan(suite_name, suite, options, data_root, checkpoints, seeds, store, cells, untrained, note)

@@ -129,18 +129,30 @@ class Suite(ABC):
         """The seeds run when --seeds is not given."""
         return self.default_seeds
 
-    def default_checkpoints(self) -> list[Path]:
-        """The embedded NCE and Ring encoders, trained once on the bundled digits and cached."""
+    def default_checkpoints(self, pretrain_seeds: Sequence[int] | None = None) -> list[Path]:
+        """The embedded NCE and Ring encoders (per pretraining seed, default 0), trained once on the bundled
+        digits and cached, followed by the suite's control checkpoints."""
         from pretrain.embedded import default_encoders
 
-        return default_encoders()
+        return default_encoders(pretrain_seeds) + self.control_checkpoints()
+
+    def control_checkpoints(self) -> list[Path]:
+        """Checkpoints evaluated next to the embedded pair when no --checkpoints are given (e.g. a random
+        backbone); built without training."""
+        return []
 
     @abstractmethod
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         """The declarative task list for these options."""
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:  # noqa: B027
-        """Validate data and checkpoints up front; raise InputError naming what is wrong."""
+        """Validate data and checkpoints up front; raise InputError naming what is wrong.
+
+        The runner calls it before anything is trained or submitted; when the embedded pair still has to
+        be trained, `checkpoints` holds only those that exist, and `check_checkpoints` sees the rest later."""
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:  # noqa: B027
+        """Suite-specific checks of checkpoint files (suites call it from `check` too)."""
 
     def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:  # noqa: B027
         """One-time work before submission, shared by all cells (embedded data, episode lists)."""

@@ -180,7 +180,6 @@ class LinearSuite(Suite):
         return tasks
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
         from pretrain.data import DatasetError
 
         opts = LinearOptions.parse(options)
@@ -204,6 +203,11 @@ class LinearSuite(Suite):
             if opts.knn and opts.knn_k > len(splits[spec.train_split]):
                 print(f"linear/{name}: knn_k={opts.knn_k} exceeds the {len(splits[spec.train_split])} training "
                       "images; kNN uses all of them", file=sys.stderr)
+        self.check_checkpoints(options, checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, load_encoder
+
         for path in checkpoints:
             try:
                 load_encoder(path)

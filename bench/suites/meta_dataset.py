@@ -216,7 +216,6 @@ class MetaDatasetSuite(Suite):
         return tasks
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
         from transfer.meta_dataset.records import RecordError
@@ -241,6 +240,11 @@ class MetaDatasetSuite(Suite):
                 raise InputError(str(error)) from None
             except EpisodeError as error:
                 raise InputError(f"{root / source}: {error}") from None
+        self.check_checkpoints(options, checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, load_encoder
+
         for path in checkpoints:
             try:
                 load_encoder(path)
