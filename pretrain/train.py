@@ -332,9 +332,10 @@ class Trainer:
                 record["knn_top1"] = self.knn_monitor()
                 record["knn_seconds"] = round(time.perf_counter() - started, 3)
             distributed.barrier()
+            if self.rank == 0:  # the line first: a kill before the state only repeats the epoch on resume
+                self._log(record)
             self.save_state(epoch + 1)
             if self.rank == 0:
-                self._log(record)
                 if self.show_progress:
                     knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
                     tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{knn}")

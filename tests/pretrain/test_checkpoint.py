@@ -79,3 +79,22 @@ def test_refuses_truncated_file(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
         load_encoder(tmp_path / "cut.pt")
+
+
+def test_a_foreign_or_random_file_is_named_without_advice_to_load_it_unsafely(tmp_path):
+    import os
+
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(), tmp_path / "model.pt")  # a whole pickled model
+    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError) as whole:
+        load_encoder(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError) as random_bytes:
+        load_encoder(tmp_path / "random.pt")
+    assert "model.pt: not a RingBench encoder: it pickles the Python object torchvision.models.resnet.ResNet" \
+        in str(whole.value)
+    assert "random.pt: not a readable torch checkpoint" in str(random_bytes.value)
+    for message in (str(whole.value), str(random_bytes.value)):
+        assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+        assert "python -m pretrain.train" in message and "save_encoder" in message
