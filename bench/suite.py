@@ -8,6 +8,7 @@ as the cell's `result.json`. Suites never read each other's files.
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,25 @@ def comma_list(value: Any) -> tuple[str, ...]:
     """An option given as "a, b,c" or as a sequence: its non-empty, stripped items in order."""
     items = value.split(",") if isinstance(value, str) else value
     return tuple(text for text in (str(item).strip() for item in items) if text)
+
+
+DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps)")
+
+
+def check_device_option(where: str, value: Any) -> str:
+    """A `device` option: empty (CUDA when the job sees one, else CPU), cpu, cuda, cuda:N or mps.
+
+    Only the spelling is checked up front: the job may run on another machine than the runner."""
+    text = str(value).strip()
+    if text and not DEVICE_PATTERN.fullmatch(text):
+        raise InputError(f"{where} device={value!r}: expected cpu, cuda, cuda:N or mps (empty: CUDA when available)")
+    return text
+
+
+def check_int_option(where: str, key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{where} {key}={value!r}: expected an integer >= {minimum}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,9 @@ class TrainConfig:
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (0 <= self.bank_momentum < 1, f"bank_momentum must lie in [0, 1), got {self.bank_momentum}"),
             (0 <= self.key_momentum < 1, f"key_momentum must lie in [0, 1), got {self.key_momentum}"),
-            (self.queue_size >= 1 and self.num_negatives >= 1, "queue_size and num_negatives must be >= 1"),
+            (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
+            (self.num_negatives >= 2, f"num_negatives (K: softmax terms of a memory-bank method, the positive "
+                                      f"included) must be >= 2, got {self.num_negatives}"),
             (0 < self.crop_min_scale <= 1, f"crop_min_scale must lie in (0, 1], got {self.crop_min_scale}"),
             (all(0 < m < 1 for m in self.lr_milestones), f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}"),
             (self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),

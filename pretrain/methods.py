@@ -55,7 +55,9 @@ class MethodSettings:
     stem: str = "imagenet"
     embed_dim: int = 128
     temperature: float = 0.07
-    num_negatives: int = 4096  # K for memory banks
+    # K for memory banks: softmax terms INCLUDING the positive, so K - 1 bank draws per anchor, as the IR
+    # paper and the official Ring code (`k=4096`: the positive plus 4095 noise indices) count it
+    num_negatives: int = 4096
     bank_momentum: float = 0.5  # IR paper; 0 = overwrite, as the released Ring configs
     queue_size: int = 65536
     key_momentum: float = 0.999
@@ -129,6 +131,14 @@ class BankUpdater:
         self.pending.clear()
 
 
+def bank_draws(settings: MethodSettings) -> int:
+    """Negatives drawn from a memory bank per anchor: K - 1, the positive being the K-th term."""
+    if settings.num_negatives < 2:
+        raise ValueError(f"num_negatives (K, counting the positive) must be >= 2 for memory banks, "
+                         f"got {settings.num_negatives}")
+    return settings.num_negatives - 1
+
+
 def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor, sampler: BankNegativeSampler, w_out: float,
                  generator: torch.Generator | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, K) negative logits for bank methods; indices from the sampler, gradient through the anchors."""
@@ -154,7 +164,7 @@ class InstanceRecognition(ContrastiveMethod):
         super().__init__(settings, sampler, num_samples)
         generator = generator or torch.Generator().manual_seed(0)
         self.register_buffer("bank", _init_bank(num_samples, settings.embed_dim, generator))
-        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives, settings.threshold_sample)
+        self.bank_sampler = BankNegativeSampler(sampler, bank_draws(settings), settings.threshold_sample)
         self.updates = BankUpdater()
 
     def loss(self, views, index, w_out, generator):
@@ -186,7 +196,7 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
         self._set_forward("_forward_colour", self.colour_encoder)
         self.register_buffer("bank_l", _init_bank(num_samples, settings.embed_dim, generator))
         self.register_buffer("bank_ab", _init_bank(num_samples, settings.embed_dim, generator))
-        self.bank_sampler = BankNegativeSampler(sampler, settings.num_negatives, settings.threshold_sample)
+        self.bank_sampler = BankNegativeSampler(sampler, bank_draws(settings), settings.threshold_sample)
         self.updates = BankUpdater()
         self.register_buffer("mean", torch.tensor(settings.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(settings.std).view(1, 3, 1, 1), persistent=False)

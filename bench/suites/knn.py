@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+from bench.suite import (
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    check_device_option,
+    check_int_option,
+)
 
 
 class KnnSuite(Suite):
@@ -33,6 +42,8 @@ class KnnSuite(Suite):
             raise InputError(f"knn ks={list(options['ks'])}: expected a comma list of positive integers")
         if options["temperature"] <= 0:
             raise InputError(f"knn temperature={options['temperature']}: expected a positive number")
+        check_int_option("knn", "batch_size", options["batch_size"], 1)
+        check_device_option("knn", options["device"])
 
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         params = {"dataset": "digits", "split": "test", "ks": [int(k) for k in options["ks"]],

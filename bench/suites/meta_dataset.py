@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, check_device_option, comma_list
 
 MODES = ("episodic", "linear")
 SPLIT_NAMES = ("TRAIN", "VALID", "TEST")
@@ -105,7 +105,7 @@ def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDat
         batch_size=_int(merged, "batch_size", 1),
         linear_epochs=_int(merged, "linear_epochs", 1),
         linear_max_per_class=_int(merged, "linear_max_per_class", 0),
-        device=str(merged["device"]).strip(),
+        device=check_device_option("meta_dataset", merged["device"]),
     )
 
 
@@ -223,7 +223,8 @@ class MetaDatasetSuite(Suite):
 
         opts = parse_options(options, data_root)
         if not opts.embedded and not opts.records.is_dir():
-            raise InputError(f"{opts.records}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
+            given = f"records={options['records']}" if str(options.get("records", "")).strip() else f"--records {opts.records}"
+            raise InputError(f"{given}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
         root = records_dir(opts)
         opts = parse_options(dict(options) | {"records": str(root)}, None)
         names, notes = selected_sources(opts)
