@@ -136,6 +136,9 @@ class Suite(ABC):
     options: ClassVar[dict[str, Any]] = {}  # valid key=value overrides and their defaults
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
     uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
+    # What a metric's per-sample values are and what its seeds vary, for saying what an interval covers
+    sample_unit: ClassVar[str] = "samples"
+    seed_unit: ClassVar[str] = "evaluation seeds"
 
     @classmethod
     def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:

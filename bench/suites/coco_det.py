@@ -146,6 +146,8 @@ def cpu_threads_for_cell() -> int | None:
 class CocoDetSuite(Suite):
     name = "coco_det"
     protocol_version = "1"
+    sample_unit = "categories (per-category AP; one fine-tuning run)"
+    seed_unit = "fine-tuning seeds"
     options = {
         "engine": "auto",  # auto | detectron2 | torchvision
         "tasks": "mask_rcnn,keypoint_rcnn",  # comma list of mask_rcnn (bbox + segm) and keypoint_rcnn (bbox + keypoints)

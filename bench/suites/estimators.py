@@ -70,6 +70,7 @@ def estimates_frame(ranked: Any):
 class EstimatorsSuite(Suite):
     name = "estimators"
     protocol_version = "1"
+    sample_unit = "independent batches"
     uses_checkpoints = False
     default_seeds = (0,)
     options = {

@@ -28,6 +28,7 @@ from bench.suite import (
 class KnnSuite(Suite):
     name = "knn"
     protocol_version = "1"
+    sample_unit = "test images (one deterministic evaluation)"
     default_seeds = (0,)  # kNN is deterministic; more seeds would only repeat the number
     options = {
         "ks": [20, 200],  # one metric per k

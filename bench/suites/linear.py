@@ -149,6 +149,8 @@ def open_split(dataset: str, data_root: Path | None, split: str, image_size: int
 class LinearSuite(Suite):
     name = "linear"
     protocol_version = "1"
+    sample_unit = "test images (one training of the classifier)"
+    seed_unit = "classifier training seeds"
     options = {
         "datasets": "auto",  # auto: digits without --data-root, else every standard dataset found there
         "protocol": "paper",  # paper | fast

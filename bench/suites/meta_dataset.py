@@ -183,6 +183,8 @@ def linear_file(shared_dir: Path, source: str, opts: MetaDatasetOptions, fingerp
 class MetaDatasetSuite(Suite):
     name = "meta_dataset"
     protocol_version = "1"
+    sample_unit = "episodes (images in mode=linear)"
+    seed_unit = "evaluation seeds (same episodes)"
     options = {
         "records": "",  # folder of converted sources; empty: --data-root, else the embedded digits source
         "sources": "all",  # comma list of source folder names
