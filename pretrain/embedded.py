@@ -96,8 +96,8 @@ def estimated_seconds(count: int) -> float:
 def describe_training(count: int) -> str:
     minutes = max(1, round(estimated_seconds(count) / 60))
     return (f"about {minutes} min: {count} encoder(s), {parallel_trainings(count)} at a time with "
-            f"{EMBEDDED_THREADS} thread each; measured {EMBEDDED_SECONDS_PER_ENCODER / 60:.1f} min per encoder "
-            "on an idle 2-core CPU")
+            f"{EMBEDDED_THREADS} thread each, {EMBEDDED_SECONDS_PER_ENCODER / 60:.1f} min of CPU per encoder "
+            "as measured on a 2-core CPU; longer on a busy machine")
 
 
 def _train_one(recipe: str, seed: int, overrides: dict, out_dir: str, threads: int) -> str:
