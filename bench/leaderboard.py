@@ -357,6 +357,9 @@ def over_pretraining_seeds(ranked: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=PRETRAIN_SEED_COLUMNS)
     rows = []
     usable = ranked[ranked["ckpt_seed"].notna() & ranked["method"].notna()]
+    if usable.empty:
+        return pd.DataFrame(columns=PRETRAIN_SEED_COLUMNS)
+    usable = usable[usable.groupby(PRETRAIN_SEED_KEYS, dropna=False)["ckpt_seed"].transform("nunique") >= 2]
     for key, group in usable.groupby(PRETRAIN_SEED_KEYS, sort=True, dropna=False):
         group = group.drop_duplicates("ckpt_seed")  # one checkpoint per pretraining seed
         if len(group) < 2:
@@ -376,7 +379,8 @@ def paired_over_pretraining_seeds(paired: pd.DataFrame) -> pd.DataFrame:
     difference being one sample (n = pretraining seeds), per evaluation seed (or over them: seed "all")."""
     keys = ["suite", "task", "metric", "seed", "method", "pretrain_dataset", "epochs", "arch"]
     rows = []
-    for group_key, group in paired.groupby(keys, sort=False, dropna=False):
+    several = paired.groupby(keys, dropna=False)["ckpt_seed"].transform("nunique") >= 2
+    for group_key, group in paired[several].groupby(keys, sort=False, dropna=False):
         group = group.drop_duplicates("ckpt_seed")
         if len(group) < 2:
             continue
