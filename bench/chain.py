@@ -1,38 +1,39 @@
-"""`--suite pretrain --then SUITES`: evaluate the encoders a pretraining grid produces.
+"""`--suite pretrain --then SUITES`: evaluate the encoders a checkpoint-producing suite writes.
 
-Local and debug executors simply run the evaluation suites after the pretraining cells finish.
-On SLURM both are submitted at once: the pretraining cells as an array, and a small follow-up job
+Local and debug executors simply run the evaluation suites after the producing cells finish.
+On SLURM both are submitted at once: the producing cells as an array, and a small follow-up job
 with an `afterok` dependency on them that plans the evaluation suites on the trained encoders and
-submits their arrays. If any pretraining cell fails, SLURM never starts the follow-up
+submits their arrays. If any producing cell fails, SLURM never starts the follow-up
 (DependencyNeverSatisfied) and the runner cancels it and says so.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.plan import Plan, build_plan
+from bench.execute import plan_suite, run_plan, run_suite
+from bench.plan import Plan
 from bench.store import CorruptResult, ResultStore
+from bench.suite import Suite
+from slurm.jobs import cancel_jobs, queue_state
 from slurm.profiles import ResourceProfile
 
 
-def trained_encoders(results_root: Path, cell_ids: list[str]) -> tuple[list[Path], list[str]]:
-    """Encoder paths recorded by finished pretraining cells, and the ids of cells without one."""
-    store = ResultStore(results_root, "pretrain")
+def trained_encoders(producer: Suite, results_root: Path, cell_ids: list[str]) -> tuple[list[Path], list[str]]:
+    """Encoder paths recorded by the producing suite's finished cells, and the ids of cells without one."""
+    store = ResultStore(results_root, producer.name)
     encoders, missing = [], []
     for cid in cell_ids:
-        folder = store.cell(cid)
         try:
-            encoder = folder.read_result().get("info", {}).get("encoder")
+            encoder = producer.produced_checkpoint(store.cell(cid).read_result())
         except (OSError, CorruptResult):
             encoder = None
-        if encoder and Path(encoder).is_file():
-            encoders.append(Path(encoder))
+        if encoder is not None and encoder.is_file():
+            encoders.append(encoder)
         else:
             missing.append(cid)
     return encoders, missing
@@ -40,52 +41,44 @@ def trained_encoders(results_root: Path, cell_ids: list[str]) -> tuple[list[Path
 
 @dataclass
 class FollowUpJob:
-    """Runs inside SLURM once the pretraining array succeeded: plan and submit the evaluation suites."""
+    """Runs inside SLURM once the producing array succeeded: plan and submit the evaluation suites."""
 
     then: list[str]
     results_root: str
-    pretrain_cell_ids: list[str]
+    producer_cell_ids: list[str]
     profiles: dict[str, ResourceProfile]
     max_parallel: int | None = None
     data_root: str | None = None
     seeds: list[int] | None = None
     option_pairs: dict[str, list[str]] = field(default_factory=dict)
+    producer: str = "pretrain"  # the suite whose cells wrote the encoders
 
     def __call__(self) -> dict[str, Any]:
-        from bench.runner import Runner
         from bench.suites import load_suite
 
-        encoders, missing = trained_encoders(Path(self.results_root), self.pretrain_cell_ids)
+        encoders, missing = trained_encoders(load_suite(self.producer), Path(self.results_root), self.producer_cell_ids)
         if missing:
-            raise RuntimeError(f"pretraining cells without an encoder: {', '.join(missing)}")
+            raise RuntimeError(f"{self.producer} cells without an encoder: {', '.join(missing)}")
         submitted = {}
         for name in self.then:
-            suite = load_suite(name)
-            plan = build_plan(name, suite, results_root=Path(self.results_root),
-                              option_pairs=self.option_pairs.get(name, []),
-                              checkpoint_specs=[str(e) for e in encoders],
-                              data_root=Path(self.data_root) if self.data_root else None, seeds=self.seeds)
-            suite.prepare(plan.options, plan.data_root, plan.store.shared_dir)
-            summary = Runner(plan, "slurm", self.profiles, max_parallel=self.max_parallel, wait=False,
-                             progress=False, stream=sys.stdout).run()
-            submitted[name] = summary.job_ids
-            print(f"{name}: submitted {summary.submitted} cell(s) on {len(encoders)} encoder(s)", flush=True)
+            run = run_suite(name, results_root=Path(self.results_root), executor="slurm", profiles=self.profiles,
+                            option_pairs=self.option_pairs.get(name, []), checkpoint_specs=[str(e) for e in encoders],
+                            data_root=Path(self.data_root) if self.data_root else None, seeds=self.seeds,
+                            max_parallel=self.max_parallel, wait=False, progress=False, stream=sys.stdout)
+            submitted[name] = run.summary.job_ids
+            print(f"{name}: submitted {run.summary.submitted} cell(s) on {len(encoders)} encoder(s)", flush=True)
         return submitted
-
-
-def _squeue_reason(job_id: str) -> str | None:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True)
-    text = out.stdout.strip()
-    return text or None
 
 
 def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, ResourceProfile], *,
              pretrain_job_ids: list[str], max_parallel: int | None, wait: bool, force: bool,
-             progress: bool, stream: TextIO, seeds: list[int] | None) -> tuple[int, list[Plan]]:
-    """Run (or, on SLURM, submit with afterok) the evaluation suites on the pretrained encoders."""
+             progress: bool, stream: TextIO, seeds: list[int] | None,
+             option_pairs: dict[str, list[str]] | None = None) -> tuple[int, list[Plan]]:
+    """Run (or, on SLURM, submit with afterok) the evaluation suites on the encoders `plan`'s cells produce;
+    `option_pairs` holds each evaluation suite's key=value options."""
     from bench.runner import Runner
-    from bench.suites import load_suite
 
+    option_pairs = option_pairs or {}
     cell_ids = [p.cell_id for p in plan.cells]
     root = plan.store.root
     if executor == "slurm" and pretrain_job_ids:
@@ -95,24 +88,25 @@ def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, Res
         notes: list[str] = []
         arrays = sorted({j.split("_")[0] for j in pretrain_job_ids})
         follow = FollowUpJob(then, str(root.resolve()), cell_ids, profiles, max_parallel,
-                             str(plan.data_root) if plan.data_root else None, seeds)
+                             str(plan.data_root) if plan.data_root else None, seeds, dict(option_pairs),
+                             producer=plan.suite.name)
         executor_obj = make_executor("slurm", plan.store.jobs_dir, fit_profile(get_profile(profiles, "cpu"), "slurm", notes),
                                      name="rb-then", dependency="afterok:" + ":".join(arrays))
         job = executor_obj.submit(follow)
-        print(f"then: job {job.job_id} plans {', '.join(then)} once pretraining job(s) "
+        print(f"then: job {job.job_id} plans {', '.join(then)} once {plan.suite.name} job(s) "
               f"{', '.join(arrays)} succeed (afterok)", file=stream)
         if not wait:
             return 0, []
         watch = Runner(plan, "slurm", profiles, progress=progress, stream=stream).run()  # adopts the live cells
         if watch.failed:
-            print(f"then: {watch.failed} pretraining cell(s) failed", file=stream)
+            print(f"then: {watch.failed} {plan.suite.name} cell(s) failed", file=stream)
         while True:
-            state = _squeue_reason(str(job.job_id))
+            state = queue_state(str(job.job_id))
             if state is None:
                 break
             if "DependencyNeverSatisfied" in state:
-                subprocess.run(["scancel", str(job.job_id)], capture_output=True)
-                print(f"then: a pretraining cell failed, so {', '.join(then)} was not run "
+                cancel_jobs([str(job.job_id)])
+                print(f"then: a {plan.suite.name} cell failed, so {', '.join(then)} was not run "
                       f"(follow-up job {job.job_id} cancelled)", file=stream)
                 return 1, []
             time.sleep(2)
@@ -121,25 +115,23 @@ def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, Res
         except Exception as error:  # noqa: BLE001 - report the follow-up job's failure as such
             print(f"then: follow-up job {job.job_id} failed: {str(error).strip().splitlines()[-1]}", file=stream)
             return 1, []
-    encoders, missing = trained_encoders(root, cell_ids)
+    encoders, missing = trained_encoders(plan.suite, root, cell_ids)
     if missing:
-        print(f"then: {len(missing)} pretraining cell(s) produced no encoder ({', '.join(missing)}); "
+        print(f"then: {len(missing)} {plan.suite.name} cell(s) produced no encoder ({', '.join(missing)}); "
               f"evaluating the {len(encoders)} that did", file=stream)
     if not encoders:
         return 1, []
     code, plans = 0, []
     for name in then:
-        suite = load_suite(name)
         try:
-            later = build_plan(name, suite, results_root=root, checkpoint_specs=[str(e) for e in encoders],
-                               data_root=plan.data_root, seeds=seeds)
-            suite.prepare(later.options, later.data_root, later.store.shared_dir)
+            later = plan_suite(name, results_root=root, option_pairs=option_pairs.get(name, []),
+                               checkpoint_specs=[str(e) for e in encoders], data_root=plan.data_root, seeds=seeds)
         except ValueError as error:
             print(f"then: {name}: {error}", file=stream)
             code = 2
             continue
-        summary = Runner(later, executor, profiles, max_parallel=max_parallel, force=force, wait=wait,
-                         progress=progress, stream=stream).run()
+        summary = run_plan(later, executor=executor, profiles=profiles, max_parallel=max_parallel, force=force,
+                           wait=wait, progress=progress, stream=stream).summary
         print(f"then: {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.states.items())), file=stream)
         code = max(code, 1 if summary.failed else 0)
         plans.append(later)

@@ -25,7 +25,7 @@ from bench.store import (
     publish_json_once,
     read_events,
 )
-from bench.suite import Cell, CellOutput
+from bench.suite import Cell, CellOutput, comma_list
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def pin_device_for_local_rank(local_rank: int) -> None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None or visible.strip() == "":
         return
-    devices = [d for d in visible.split(",") if d.strip()]
+    devices = list(comma_list(visible))
     if devices and devices[0] not in ("NoDevFiles",):
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[local_rank % len(devices)]
 
@@ -89,7 +89,7 @@ def current_job_id() -> str | None:
 
 
 def build_result(job: CellJob, output: CellOutput, started: float, run_s: float, attempt: int) -> dict[str, Any]:
-    from bench.version import code_version
+    from pretrain.version import code_version
 
     cell = job.cell
     if not isinstance(output, CellOutput) or not output.metrics:
@@ -104,6 +104,7 @@ def build_result(job: CellJob, output: CellOutput, started: float, run_s: float,
         "seed": cell.seed,
         "options": dict(cell.options),
         "data_root": None if cell.data_root is None else str(cell.data_root),
+        "dataset": job.dataset,  # the fingerprint that is part of the cell id (None: the suite reads no data)
         "checkpoint": job.checkpoint_identity,
         "metrics": {name: metric.to_json() for name, metric in output.metrics.items()},
         "info": info,
@@ -130,6 +131,7 @@ class CellJob:
     protocol_version: str
     checkpoint_identity: dict[str, Any] | None
     executor: str = "local"
+    dataset: dict[str, Any] | None = None  # DatasetFingerprint.to_json() of the data the cell reads
 
     @property
     def folder(self) -> CellFolder:

@@ -3,7 +3,9 @@
     python -m bench.leaderboard [--results DIR] [--suite NAME ...]
 
 Writes, per suite, under the results folder:
-    <suite>.csv         the tidy leaderboard: one row per (model, task, metric), with rank and avg_rank
+    <suite>.csv         the tidy leaderboard: one row per (model, task, metric, dataset, setting), with
+                        rank and avg_rank; `dataset` names the data (short name:fingerprint), `setting`
+                        the options that differ from the suite's defaults (e.g. temperature=0.5)
     <suite>.md          the same as a readable table (mean +- ci95 (rank)), paired Ring-vs-NCE deltas,
                         missing and failed cells
     <suite>.png         means with 95% intervals per task, one colour per checkpoint
@@ -14,6 +16,7 @@ and long.csv: every stored metric of every suite (one row per cell x metric).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -29,10 +32,14 @@ import pandas as pd
 from bench.store import RESULT, CorruptResult, ResultStore, read_json, suites_in, validate_result
 
 MODEL_KEYS = ["method", "sampler", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
+# What a row of the leaderboard is: one model on one task, metric, dataset and setting. `identity`
+# hashes everything of the cell id but the checkpoint and the seed (task params, options, protocol,
+# dataset fingerprint), so two settings that print alike are still never averaged together.
+SETTING_KEYS = ["dataset", "setting", "identity"]
 LONG_COLUMNS = [
     "suite", "task", "metric", "model", "method", "sampler", "sampler_params", "pretrain_dataset", "epochs",
-    "ckpt_seed", "arch", "checkpoint_sha256", "checkpoint_path", "seed", "mean", "std", "n", "ci95",
-    "higher_is_better", "engine", "code_version", "protocol_version", "cell_id",
+    "ckpt_seed", "arch", "checkpoint_sha256", "checkpoint_path", "dataset", "setting", "identity", "seed", "mean",
+    "std", "n", "ci95", "higher_is_better", "engine", "code_version", "protocol_version", "cell_id",
 ]
 
 
@@ -57,19 +64,83 @@ try:  # orjson parses the per-sample arrays several times faster; the standard l
     import orjson
 
     _parse = orjson.loads
+
+    def _dumps_sorted(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     _PARSE_ERRORS: tuple[type[BaseException], ...] = (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError)
 except ImportError:  # pragma: no cover - depends on the environment
     _parse = json.loads
+    _dumps_sorted = None
     _PARSE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
 
 
 def _load(path: str) -> dict[str, Any]:
+    """A validated result; FileNotFoundError when there is none, CorruptResult for anything unreadable."""
     try:
         with open(path, "rb") as handle:
             result = _parse(handle.read())
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # a directory, no permission, an I/O error: the result cannot be used
+        raise CorruptResult(f"{path}: cannot be read ({error.strerror or error})") from None
     except _PARSE_ERRORS as error:
         raise CorruptResult(f"{path}: not valid JSON ({error})") from None
     return validate_result(result, path)
+
+
+@dataclass(frozen=True)
+class SuiteDefaults:
+    """What `setting` is measured against: the suite's default options, and the options naming data
+    folders (their data is the `dataset` column, not a setting)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    path_options: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, suite: str) -> SuiteDefaults:
+        hooks = suite_hooks(suite)
+        if hooks is None:
+            return cls()
+        return cls(dict(hooks.options), tuple(getattr(hooks, "path_options", ())))
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def setting_of(options: dict[str, Any] | None, defaults: SuiteDefaults) -> str:
+    """The options that differ from the suite's defaults, as `key=value` in key order ("" for none)."""
+    if not options:
+        return ""
+    parts = []
+    for key in sorted(options):
+        if key in defaults.path_options:
+            continue
+        value = options[key]
+        if key in defaults.options and _option_text(value) == _option_text(defaults.options[key]):
+            continue
+        parts.append(f"{key}={_option_text(value)}")
+    return " ".join(parts)
+
+
+def identity_of(result: dict[str, Any], defaults: SuiteDefaults) -> str:
+    options = {k: v for k, v in (result.get("options") or {}).items() if k not in defaults.path_options}
+    dataset = result.get("dataset") or {}
+    identity = [result["task"].get("params") or {}, options, result.get("protocol_version"), dataset.get("sha256")]
+    return hashlib.sha256(_canonical(identity)).hexdigest()[:12]
+
+
+def _canonical(value: Any) -> bytes:
+    if _dumps_sorted is not None:
+        try:
+            return _dumps_sorted(value)
+        except TypeError:  # a value orjson does not serialise: the standard library's str() fallback
+            pass
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
 def scan_suite(root: Path, suite: str) -> Scan:
@@ -78,6 +149,7 @@ def scan_suite(root: Path, suite: str) -> Scan:
     store = ResultStore(root, suite)
     if not store.cells_dir.is_dir():
         return scan
+    defaults = SuiteDefaults.of(suite)
     for entry in os.scandir(store.cells_dir):
         if not entry.is_dir():
             continue
@@ -96,6 +168,9 @@ def scan_suite(root: Path, suite: str) -> Scan:
             scan.corrupt.append(str(error))
             continue
         checkpoint = result.get("checkpoint") or {}
+        dataset = (result.get("dataset") or {}).get("label") or ""
+        setting = setting_of(result.get("options"), defaults)
+        identity = identity_of(result, defaults)
         for metric_name, metric in result["metrics"].items():
             scan.rows.append({
                 "suite": result["suite"],
@@ -113,6 +188,9 @@ def scan_suite(root: Path, suite: str) -> Scan:
                 "arch": checkpoint.get("arch"),
                 "checkpoint_sha256": checkpoint.get("sha256"),
                 "checkpoint_path": checkpoint.get("path"),
+                "dataset": dataset,
+                "setting": setting,
+                "identity": identity,
                 "seed": result["seed"],
                 "mean": float(metric["mean"]),
                 "std": float(metric.get("std") or 0.0),
@@ -132,29 +210,43 @@ def long_table(scan: Scan) -> pd.DataFrame:
     return pd.DataFrame(scan.rows, columns=LONG_COLUMNS)
 
 
+AGGREGATE_COLUMNS = ["mean", "std", "n", "ci95", "n_seeds", "deterministic", "higher_is_better", "engine",
+                     "code_version"]
+
+
 def aggregate(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per (suite, model, task, metric): several evaluation seeds are averaged, their spread
-    giving the interval; a single seed keeps its per-sample mean, std, n and ci95."""
-    keys = ["suite", "model", "task", "metric"]
+    """One row per (suite, model, task, metric, dataset, setting): only cells that differ in their
+    evaluation seed alone are averaged, their spread giving the interval; a single seed keeps its
+    per-sample mean, std, n and ci95. Seeds that all gave the very same number (a deterministic
+    evaluation such as kNN) are reported once, with the per-sample interval, and `deterministic`."""
+    keys = ["suite", "model", "task", "metric", *SETTING_KEYS]
     if long.empty:
-        return pd.DataFrame(columns=keys + MODEL_KEYS + ["mean", "std", "n", "ci95", "n_seeds",
-                                                         "higher_is_better", "engine", "code_version"])
+        return pd.DataFrame(columns=keys + MODEL_KEYS + AGGREGATE_COLUMNS)
+    long = long.drop_duplicates(subset=[*keys, "seed"])  # one value per distinct seed
     grouped = long.groupby(keys, sort=True, dropna=False)
     first = grouped.first()
     count = grouped["mean"].count()
     seed_mean = grouped["mean"].mean()
     seed_std = grouped["mean"].std(ddof=0).fillna(0.0)
-    single = count == 1
+    spread = grouped["mean"].max() - grouped["mean"].min()
+    deterministic = (count > 1) & (spread == 0)
+    single = (count == 1) | deterministic
     out = first[MODEL_KEYS].copy()
     out["mean"] = np.where(single, first["mean"], seed_mean)
     out["std"] = np.where(single, first["std"], seed_std)
     out["n"] = np.where(single, first["n"], count).astype(int)
     out["ci95"] = np.where(single, first["ci95"], 1.96 * seed_std / np.sqrt(count))
     out["n_seeds"] = count.astype(int)
+    out["deterministic"] = deterministic.astype(bool)
     out["higher_is_better"] = first["higher_is_better"].astype(bool)
     out["engine"] = grouped["engine"].agg(_joined)  # which engine produced the number (coco_det)
     out["code_version"] = grouped["code_version"].agg(_joined)
-    return out.reset_index()
+    out = out.reset_index()
+    # two identities that print the same setting (e.g. engine=auto resolved differently): tell them apart
+    clash = out.groupby(["suite", "model", "task", "metric", "dataset", "setting"], dropna=False)["identity"].transform("nunique") > 1
+    if clash.any():
+        out.loc[clash, "setting"] = (out.loc[clash, "setting"] + " #" + out.loc[clash, "identity"].str[:6]).str.strip()
+    return out
 
 
 def _joined(values: pd.Series) -> str:
@@ -181,32 +273,49 @@ def tied_ranks(means: np.ndarray, ci95: np.ndarray, higher_is_better: bool = Tru
     return ranks
 
 
+RANKED_COLUMNS = ["suite", "model", "task", "metric", "dataset", "setting", "column", "entry", *MODEL_KEYS, "mean",
+                  "std", "n", "ci95", "n_seeds", "deterministic", "higher_is_better", "rank", "avg_rank", "engine",
+                  "code_version"]
+
+
 def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """Add `rank` per (suite, column) and `avg_rank` per (suite, model): the headline column.
+    """Add `rank` per (suite, dataset, setting, column) and `avg_rank` per (suite, entry): the headline
+    column. Models are ranked only against models evaluated on the same data with the same setting.
 
     `column` is "task metric" when models are checkpoints; in a suite without checkpoints the models
-    are its tasks (e.g. pretraining recipes), compared per metric."""
+    are its tasks (e.g. pretraining recipes), compared per metric. `entry` names a table row: the
+    model, its setting when not the default, and its dataset when one task was evaluated on several
+    (two COCO folders); a suite whose tasks are datasets (Meta-Dataset sources) keeps one row per model."""
     if agg.empty:
-        return agg.assign(column=pd.Series(dtype=str), rank=pd.Series(dtype=float), avg_rank=pd.Series(dtype=float))
+        return pd.DataFrame(columns=RANKED_COLUMNS)
     agg = agg.copy()
     checkpointless = agg["model"] == agg["task"]
     agg["column"] = np.where(checkpointless, agg["metric"], agg["task"] + " " + agg["metric"])
+    entry = agg["model"].astype(str)
+    with_setting = agg["setting"] != ""
+    entry = entry.where(~with_setting, entry + " [" + agg["setting"] + "]")
+    several = agg.groupby(["suite", "task"])["dataset"].transform("nunique") > 1
+    agg["entry"] = entry.where(~several, entry + " @ " + agg["dataset"])
+    scope = ["suite", "dataset", "setting"]
     parts = []
-    for _, group in agg.groupby(["suite", "column"], sort=True):
+    for _, group in agg.groupby([*scope, "column"], sort=True, dropna=False):
         group = group.copy()
         group["rank"] = tied_ranks(group["mean"].to_numpy(), group["ci95"].to_numpy(),
                                    bool(group["higher_is_better"].iloc[0]))
         parts.append(group)
     ranked = pd.concat(parts, ignore_index=True)
-    ranked["avg_rank"] = ranked.groupby(["suite", "model"])["rank"].transform("mean")
-    return ranked.sort_values(["suite", "avg_rank", "model", "task", "metric"], ignore_index=True)[
-        ["suite", "model", "task", "metric", "column", *MODEL_KEYS, "mean", "std", "n", "ci95", "n_seeds",
-         "higher_is_better", "rank", "avg_rank", "engine", "code_version"]]
+    ranked["avg_rank"] = ranked.groupby(["suite", "entry"], dropna=False)["rank"].transform("mean")
+    return ranked.sort_values(["suite", "setting", "avg_rank", "entry", "task", "metric"],
+                              ignore_index=True)[RANKED_COLUMNS]
 
 
-PAIRED_COLUMNS = ["suite", "task", "metric", "seed", "ring_model", "nce_model", "method", "pretrain_dataset",
-                  "epochs", "ckpt_seed", "arch", "n", "ring_mean", "nce_mean", "mean_diff", "ci95_diff",
-                  "p_ttest", "p_sign", "test"]
+PAIRED_COLUMNS = ["suite", "task", "metric", "dataset", "setting", "seed", "ring_model", "nce_model", "method",
+                  "pretrain_dataset", "epochs", "ckpt_seed", "arch", "n", "ring_mean", "nce_mean", "mean_diff",
+                  "ci95_diff", "p_ttest", "p_sign", "test"]
+# Ring and NCE twins: same pretraining recipe (method, data, epochs, arch) and pretraining seed
+# (`ckpt_seed`, the checkpoint metadata's seed), evaluated on the same data with the same setting.
+TWIN_KEYS = ["suite", "task", "metric", "dataset", "setting", "identity", "method", "pretrain_dataset", "epochs",
+             "arch", "ckpt_seed"]
 
 
 def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:
@@ -252,14 +361,15 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     favour Ring when higher is better."""
     if long.empty:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
-    twin_keys = ["suite", "task", "metric", "seed", "method", "pretrain_dataset", "epochs", "arch", "ckpt_seed"]
+    twin_keys = [*TWIN_KEYS, "seed"]
     ring = long[long["sampler"] == "ring"]
     nce = long[long["sampler"] == "nce"]
     merged = ring.merge(nce, on=twin_keys, suffixes=("_ring", "_nce"))
     rows, ring_values, nce_values = [], [], []
-    for record in merged[twin_keys + ["model_ring", "model_nce", "cell_id_ring", "cell_id_nce"]].to_dict("records"):
-        ids_r, values_r = samples.get((record["cell_id_ring"], record["metric"]), (None, None))
-        ids_n, values_n = samples.get((record["cell_id_nce"], record["metric"]), (None, None))
+    keys = zip(merged["cell_id_ring"].tolist(), merged["cell_id_nce"].tolist(), merged["metric"].tolist())
+    for row, (ring_id, nce_id, metric) in enumerate(keys):
+        ids_r, values_r = samples.get((ring_id, metric), (None, None))
+        ids_n, values_n = samples.get((nce_id, metric), (None, None))
         if not values_r or not values_n or ids_r is None or ids_n is None:
             continue  # no per-sample values: no paired statistic (the leaderboard still shows both means)
         if ids_r == ids_n:  # the usual case: both evaluated the same samples in the same order
@@ -268,7 +378,7 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
             a, b = _aligned(ids_r, values_r, ids_n, values_n)
             if len(a) == 0:
                 continue
-        rows.append(record)
+        rows.append(row)
         ring_values.append(a)
         nce_values.append(b)
     if not rows:
@@ -287,7 +397,8 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
         stats_out["sd"][index] = diff.std(axis=1, ddof=1) if n > 1 else 0.0
         stats_out["positive"][index] = (diff > 0).sum(axis=1)
         stats_out["nonzero"][index] = (diff != 0).sum(axis=1)
-    table = pd.DataFrame(rows).rename(columns={"model_ring": "ring_model", "model_nce": "nce_model"})
+    table = merged.iloc[rows][twin_keys + ["model_ring", "model_nce"]].reset_index(drop=True).rename(
+        columns={"model_ring": "ring_model", "model_nce": "nce_model"})
     table["n"] = count
     table["ring_mean"], table["nce_mean"] = stats_out["ring"], stats_out["nce"]
     table["mean_diff"] = stats_out["mean"]
@@ -295,34 +406,63 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     table["p_ttest"] = paired_t_p(stats_out["mean"], stats_out["sd"], count)
     table["p_sign"] = sign_test_p(stats_out["positive"].astype(int), stats_out["nonzero"].astype(int))
     table["test"] = "paired t-test; exact sign test"
-    table = table[PAIRED_COLUMNS]
+    table = collapse_deterministic(table[[*PAIRED_COLUMNS, "identity"]])
     if table["seed"].nunique() > 1:
         table = pd.concat([table, paired_over_seeds(table)], ignore_index=True)
     # per task and metric: seeds in order, then the row over seeds
-    order = table["seed"].map(lambda seed: (1, 0) if seed == "all" else (0, int(seed)))
-    return table.assign(_order=order).sort_values(["suite", "task", "metric", "ring_model", "_order"], kind="stable",
-                                                  ignore_index=True).drop(columns="_order")
+    order = table["seed"].map(lambda seed: (1, 0) if seed == "all" else (0, int(str(seed).split(",")[0])))
+    return table.assign(_order=order).sort_values(["suite", "task", "metric", "dataset", "setting", "ring_model",
+                                                   "_order"], kind="stable",
+                                                  ignore_index=True).drop(columns=["_order", "identity"])
+
+
+PAIR_KEYS = ["suite", "task", "metric", "dataset", "setting", "identity", "ring_model", "nce_model", "method",
+             "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
+
+
+def collapse_deterministic(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Twins that gave the very same pair of numbers under every evaluation seed (a deterministic
+    evaluation) are one comparison, not several: keep one row, its seed column listing the seeds."""
+    if per_seed.empty:
+        return per_seed
+    values = ["ring_mean", "nce_mean", "mean_diff", "ci95_diff"]
+    grouped = per_seed.groupby(PAIR_KEYS, sort=False, dropna=False)
+    same = (grouped[values].transform("nunique") <= 1).all(axis=1) & (grouped["seed"].transform("size") > 1)
+    if not same.any():
+        return per_seed
+    repeated = per_seed[same]
+    seeds = repeated.groupby(PAIR_KEYS, sort=False, dropna=False)["seed"].transform(
+        lambda s: ",".join(str(v) for v in sorted(s, key=int)))
+    once = repeated.assign(seed=seeds, test=repeated["test"] + "; identical under every seed (deterministic)")
+    once = once.drop_duplicates(subset=PAIR_KEYS)
+    return pd.concat([per_seed[~same], once], ignore_index=True)
 
 
 def paired_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Rows with seed "all": the twins compared over evaluation seeds, each seed's mean being one paired
     sample (n = seeds), for twins evaluated under two or more common seeds."""
-    keys = ["suite", "task", "metric", "ring_model", "nce_model", "method", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
-    rows = []
-    for group_key, group in per_seed.groupby(keys, sort=False, dropna=False):
-        if len(group) < 2:
-            continue
-        diff = group["ring_mean"].to_numpy(float) - group["nce_mean"].to_numpy(float)
-        n = len(diff)
-        sd = diff.std(ddof=1)
-        rows.append(dict(zip(keys, group_key)) | {
-            "seed": "all", "n": n, "ring_mean": group["ring_mean"].mean(), "nce_mean": group["nce_mean"].mean(),
-            "mean_diff": diff.mean(), "ci95_diff": 1.96 * sd / np.sqrt(n),
-            "p_ttest": float(paired_t_p(np.array([diff.mean()]), np.array([sd]), np.array([n]))[0]),
-            "p_sign": float(sign_test_p(np.array([(diff > 0).sum()]), np.array([(diff != 0).sum()]))[0]),
-            "test": "over seeds (samples: per-seed means); paired t-test; exact sign test",
-        })
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    columns = [*PAIRED_COLUMNS, "identity"]
+    diff = per_seed["ring_mean"].astype(float) - per_seed["nce_mean"].astype(float)
+    frame = per_seed[PAIR_KEYS].assign(ring_mean=per_seed["ring_mean"].astype(float),
+                                       nce_mean=per_seed["nce_mean"].astype(float), diff=diff,
+                                       positive=(diff > 0).astype(int), nonzero=(diff != 0).astype(int))
+    over = frame.groupby(PAIR_KEYS, sort=False, dropna=False).agg(
+        n=("diff", "size"), ring_mean=("ring_mean", "mean"), nce_mean=("nce_mean", "mean"),
+        mean_diff=("diff", "mean"), sd=("diff", "std"), positive=("positive", "sum"), nonzero=("nonzero", "sum"))
+    over = over[over["n"] >= 2].reset_index()
+    if over.empty:
+        return pd.DataFrame(columns=columns)
+    n = over["n"].to_numpy()
+    over["ci95_diff"] = 1.96 * over["sd"].to_numpy() / np.sqrt(n)
+    over["p_ttest"] = paired_t_p(over["mean_diff"].to_numpy(), over["sd"].to_numpy(), n)
+    over["p_sign"] = sign_test_p(over["positive"].to_numpy(), over["nonzero"].to_numpy())
+    over["seed"] = "all"
+    over["test"] = "over seeds (samples: per-seed means); paired t-test; exact sign test"
+    return over[columns]
+
+
+DETERMINISTIC_NOTE = ("† the same number under every evaluation seed (a deterministic evaluation): reported "
+                      "once; its interval covers the test samples, not seeds.")
 
 
 def suite_units(hooks: Any) -> tuple[str, str]:
@@ -336,11 +476,15 @@ def interval_column(frame: pd.DataFrame, hooks: Any) -> pd.Series:
     sample_unit, seed_unit = suite_units(hooks)
     if frame.empty:
         return pd.Series(dtype=str)
-    return pd.Series(np.where(frame["n_seeds"] > 1, seed_unit, np.where(frame["n"] > 1, sample_unit, "none (one value)")),
+    over_seeds = frame["n_seeds"] > 1
+    if "deterministic" in frame:  # the same number under every seed: reported once, samples' interval
+        over_seeds &= ~frame["deterministic"].astype(bool)
+    return pd.Series(np.where(over_seeds, seed_unit, np.where(frame["n"] > 1, sample_unit, "none (one value)")),
                      index=frame.index)
 
 
-PRETRAIN_SEED_KEYS = ["suite", "task", "metric", "method", "sampler", "pretrain_dataset", "epochs", "arch"]
+PRETRAIN_SEED_KEYS = ["suite", "task", "metric", "dataset", "setting", "method", "sampler", "pretrain_dataset",
+                      "epochs", "arch"]
 PRETRAIN_SEED_COLUMNS = [*PRETRAIN_SEED_KEYS, "model", "ckpt_seeds", "n", "mean", "sd", "ci95", "interval"]
 
 
@@ -377,7 +521,8 @@ def over_pretraining_seeds(ranked: pd.DataFrame) -> pd.DataFrame:
 def paired_over_pretraining_seeds(paired: pd.DataFrame) -> pd.DataFrame:
     """Rows with ckpt_seed "all": Ring vs NCE twins over pretraining seeds, each seed's paired mean
     difference being one sample (n = pretraining seeds), per evaluation seed (or over them: seed "all")."""
-    keys = ["suite", "task", "metric", "seed", "method", "pretrain_dataset", "epochs", "arch"]
+    keys = [k for k in ("suite", "task", "metric", "dataset", "setting", "identity", "seed", "method",
+                        "pretrain_dataset", "epochs", "arch") if k in paired]
     rows = []
     several = paired.groupby(keys, dropna=False)["ckpt_seed"].transform("nunique") >= 2
     for group_key, group in paired[several].groupby(keys, sort=False, dropna=False):
@@ -398,7 +543,7 @@ def paired_over_pretraining_seeds(paired: pd.DataFrame) -> pd.DataFrame:
             "p_sign": float(sign_test_p(np.array([(diff > 0).sum()]), np.array([(diff != 0).sum()]))[0]),
             "test": "over pretraining seeds (samples: per-seed paired differences); paired t-test; exact sign test",
         })
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    return pd.DataFrame(rows, columns=list(paired.columns))
 
 
 def with_pretraining_seed_rows(paired: pd.DataFrame, hooks: Any) -> pd.DataFrame:
@@ -415,31 +560,39 @@ def with_pretraining_seed_rows(paired: pd.DataFrame, hooks: Any) -> pd.DataFrame
 
 
 def markdown_table(ranked: pd.DataFrame) -> str:
-    """Models as rows (sorted by average rank), `mean ± ci95 (rank)` per task/metric, best rank in bold."""
+    """Entries (model [setting] @ dataset) as rows, sorted by average rank; `mean ± ci95 (rank)` per
+    task/metric, the best rank of each (dataset, setting, column) in bold."""
     if ranked.empty:
         return "_no results_\n"
     columns = sorted(ranked["column"].unique())
-    models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
+    entries = ranked.drop_duplicates("entry").sort_values(["setting", "avg_rank", "entry"])["entry"].tolist()
     header = "| model | avg rank | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
-    best = ranked.groupby("column")["rank"].min()
-    engines = ranked.groupby("model")["engine"].agg(lambda v: ",".join(sorted({e for e in v if e})))
+    best = ranked.groupby(["dataset", "setting", "column"], dropna=False)["rank"].min()
+    engines = ranked.groupby("entry")["engine"].agg(lambda v: ",".join(sorted({e for e in v if e})))
     if engines.any():  # say which engine produced each row's numbers
         header = header.replace("| avg rank |", "| engine | avg rank |")
         lines = [header, "|" + "---|" * (len(columns) + 3)]
-    for model in models:
-        mine = ranked[ranked["model"] == model].set_index("column")
+    by_entry: dict[str, dict[str, dict[str, Any]]] = {}
+    for record in ranked.to_dict("records"):
+        by_entry.setdefault(record["entry"], {})[record["column"]] = record
+    for entry in entries:
+        mine = by_entry[entry]
         cells = []
         for column in columns:
-            if column not in mine.index:
+            if column not in mine:
                 cells.append("missing")
                 continue
-            r = mine.loc[column]
+            r = mine[column]
             text = f"{r['mean']:.2f} ± {r['ci95']:.2f} ({r['rank']:g})"
-            cells.append(f"**{text}**" if r["rank"] == best[column] else text)
-        avg = mine["avg_rank"].iloc[0]
-        engine = f" {engines[model]} |" if engines.any() else ""
-        lines.append(f"| {model} |{engine} {avg:.2f} | " + " | ".join(cells) + " |")
+            if r["rank"] == best[(r["dataset"], r["setting"], column)]:
+                text = f"**{text}**"
+            cells.append(text + (" †" if r["deterministic"] else ""))
+        avg = next(iter(mine.values()))["avg_rank"]
+        engine = f" {engines[entry]} |" if engines.any() else ""
+        lines.append(f"| {entry} |{engine} {avg:.2f} | " + " | ".join(cells) + " |")
+    if ranked["deterministic"].any():
+        lines += ["", DETERMINISTIC_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -452,12 +605,12 @@ def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
     ranked = ranked.copy()
     ranked["column"] = ranked["column"].str.replace(" ", "\n", n=1, regex=False)
     columns = sorted(ranked["column"].unique())
-    models = ranked.drop_duplicates("model").sort_values(["avg_rank", "model"])["model"].tolist()
+    models = ranked.drop_duplicates("entry").sort_values(["avg_rank", "entry"])["entry"].tolist()
     width = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns) + 2), 3.6))
     colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
     for m, model in enumerate(models):
-        mine = ranked[ranked["model"] == model].set_index("column")
+        mine = ranked[ranked["entry"] == model].set_index("column")
         xs, ys, errs = [], [], []
         for c, column in enumerate(columns):
             if column in mine.index:
@@ -471,16 +624,16 @@ def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from pretrain.atomic_files import atomic_write
+
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"), fsync=False, suffix=".png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from pretrain.atomic_files import atomic_write_text
+
+    atomic_write_text(path, text)  # a unique temporary: two runners finishing together may both write
 
 
 def suite_hooks(suite: str):
@@ -544,13 +697,14 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
         md.append("\n## Ring vs NCE twins (paired, same samples)\n")
         md.append("Twins share method, data, epochs, arch and pretraining seed; `pretraining seed` all: "
                   "each seed's paired difference is one sample. `interval over` names what the 95% CI covers.\n")
-        md.append("| task | metric | method | seed | pretraining seed | n | ring | nce | ring − nce | 95% CI | "
-                  "interval over | p (t) | p (sign) |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for _, r in paired.iterrows():
-            md.append(f"| {r['task']} | {r['metric']} | {r['method']} | {r['seed']} | {r['ckpt_seed']} | {r['n']} | "
-                      f"{r['ring_mean']:.2f} | {r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | "
-                      f"{r['interval']} | {r['p_ttest']:.3g} | {r['p_sign']:.3g} |")
+        md.append("| task | metric | dataset | setting | method | seed | pretraining seed | n | ring | nce | ring − nce "
+                  "| 95% CI | interval over | p (t) | p (sign) |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in paired.to_dict("records"):
+            md.append(f"| {r['task']} | {r['metric']} | {r['dataset'] or '-'} | {r['setting'] or 'default'} | "
+                      f"{r['method']} | {r['seed']} | {r['ckpt_seed']} | {r['n']} | {r['ring_mean']:.2f} | "
+                      f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | {r['interval']} | "
+                      f"{r['p_ttest']:.3g} | {r['p_sign']:.3g} |")
         md.append("")
     if scan.failed or scan.corrupt or scan.pending:
         md.append("\n## Not tabulated\n")
@@ -598,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="append", default=[], help="only these suites (repeatable)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
     args = parser.parse_args(argv)
-    from bench.runner import results_root_default
+    from bench.store import results_root_default
 
     root = args.results or results_root_default()
     if not root.is_dir():

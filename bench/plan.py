@@ -3,67 +3,38 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.store import CellState, ResultStore, cell_id
-from bench.suite import Cell, InputError, Suite, comma_list
+from bench.suite import Cell, InputError, Suite
+from pretrain.overrides import OverrideError, comma_list, kind_of, parse_text, split_pair
+
+if TYPE_CHECKING:
+    from pretrain.checkpoint import CheckpointInfo
 
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
                  "image_size", "code_version")
 
 
-def parse_value(key: str, text: str, default: Any) -> Any:
-    """Convert a command-line string to the type of the option's default."""
-    try:
-        if isinstance(default, bool):
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, list | tuple):
-            items = list(comma_list(text))
-            if default and not isinstance(default[0], str):
-                items = [type(default[0])(item) for item in items]
-            return type(default)(items)
-        if isinstance(default, dict):
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-    except (ValueError, json.JSONDecodeError):
-        kind = type(default).__name__
-        raise InputError(f"option {key}={text!r}: expected a {kind} like the default {default!r}") from None
-    if default is None:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    return text
-
-
-def parse_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
+def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
+    """The suite's defaults with `key=value` pairs applied, each typed like its default."""
     options = dict(suite.options)
+    valid = ", ".join(sorted(suite.options)) or "(none)"
     for pair in pairs:
         if "=" not in pair:
-            raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: "
-                             f"{', '.join(sorted(suite.options)) or '(none)'}")
-        key, _, text = pair.partition("=")
+            raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: {valid}")
+        key, text = split_pair(pair)
         if key not in suite.options:
-            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: "
-                             f"{', '.join(sorted(suite.options)) or '(none)'}")
-        options[key] = parse_value(key, text, suite.options[key])
+            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: {valid}")
+        try:
+            options[key] = parse_text(key, text, kind_of(suite.options[key]), label="option ")
+        except OverrideError as error:
+            raise InputError(f"{error} like the default {suite.options[key]!r}") from None
     return options
 
 
@@ -71,8 +42,8 @@ def expand_checkpoints(specs: Sequence[str]) -> list[Path]:
     """Paths, comma lists, globs or folders (every *.pt inside) -> existing files, in order, no duplicates."""
     paths: list[Path] = []
     for spec in specs:
-        for item in [s for s in spec.split(",") if s.strip()]:
-            item = os.path.expanduser(item.strip())
+        for item in comma_list(spec):
+            item = os.path.expanduser(item)
             if glob.has_magic(item):
                 matches = sorted(glob.glob(item, recursive=True))
                 if not matches:
@@ -93,42 +64,23 @@ def expand_checkpoints(specs: Sequence[str]) -> list[Path]:
     return list(unique)
 
 
-def _identity_cache_path() -> Path:
+def _info_cache_path() -> Path:
     from pretrain.embedded import cache_root
 
-    return cache_root() / "checkpoint_identities.json"
+    return cache_root() / "checkpoint_infos.json"
 
 
-def checkpoint_identity(path: Path) -> dict[str, Any]:
-    """Who a checkpoint is, from load_encoder (which also refuses a bad file with CheckpointError).
+def resolve_checkpoint(path: Path) -> CheckpointInfo:
+    """The checkpoint's CheckpointInfo (path, sha256, metadata), loaded and validated only when the file is
+    new or changed (cached by path, size and mtime), so planning a known checkpoint needs no torch."""
+    from pretrain.checkpoint import checkpoint_info
 
-    Identities are cached by (path, size, mtime) so planning a known checkpoint needs no torch import;
-    a changed file gets a new key and is loaded and validated again.
-    """
-    from bench.store import atomic_write_json, read_json
+    return checkpoint_info(path, _info_cache_path())
 
-    resolved = Path(path).resolve()
-    stat = resolved.stat()
-    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_path = _identity_cache_path()
-    try:
-        cache = read_json(cache_path)
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache, dict) and isinstance(cache.get(key), dict):
-        return cache[key]
-    from pretrain.checkpoint import load_encoder
 
-    loaded = load_encoder(resolved)
-    identity = {"path": str(resolved), "sha256": loaded.sha256}
-    identity.update({name: loaded.metadata.get(name) for name in IDENTITY_KEYS})
-    cache = cache if isinstance(cache, dict) else {}
-    cache[key] = identity
-    try:
-        atomic_write_json(cache_path, cache, fsync=False)
-    except OSError:
-        pass  # a read-only cache only costs the next run a reload
-    return identity
+def checkpoint_identity(info: CheckpointInfo) -> dict[str, Any]:
+    """The part of a checkpoint's metadata that identifies it in results and leaderboards."""
+    return {"path": str(info.path), "sha256": info.sha256} | {name: info.metadata.get(name) for name in IDENTITY_KEYS}
 
 
 @dataclass
@@ -137,6 +89,7 @@ class PlannedCell:
     cell_id: str  # "" for a cell of an embedded encoder not trained yet (a dry run's plan)
     checkpoint: dict[str, Any] | None
     state: CellState = field(default_factory=lambda: CellState("pending"))
+    dataset: dict[str, Any] | None = None  # DatasetFingerprint.to_json() of the data the cell reads
 
     @property
     def label(self) -> str:
@@ -158,6 +111,7 @@ class Plan:
     seeds: list[int]
     store: ResultStore
     cells: list[PlannedCell]
+    settings: Any = None  # the suite's typed options (Suite.parse_options), parsed once
     # embedded encoders still to be trained (only in a plan built with train_embedded=False, a dry run)
     untrained: list[Path] = field(default_factory=list)
     untrained_note: str = ""
@@ -168,8 +122,8 @@ def _untrained_identity(path: Path, recipe: str, seed: int) -> dict[str, Any]:
     from pretrain.recipes import recipe_config
 
     config = recipe_config(recipe)
-    return {"path": str(path), "sha256": None, "method": config.method, "sampler": config.sampler,
-            "pretrain_dataset": config.dataset, "epochs": config.epochs, "seed": seed, "untrained": True}
+    return {"path": str(path), "sha256": None, "method": config.method.name, "sampler": config.sampler.name,
+            "pretrain_dataset": config.data.name, "epochs": config.optim.epochs, "seed": seed, "untrained": True}
 
 
 def build_plan(
@@ -181,7 +135,7 @@ def build_plan(
     checkpoint_specs: Sequence[str] = (),
     data_root: Path | None = None,
     seeds: Sequence[int] | None = None,
-    identities: Mapping[Path, dict[str, Any]] | None = None,
+    infos: Mapping[Path, CheckpointInfo] | None = None,
     task_names: Sequence[str] | None = None,
     pretrain_seeds: Sequence[int] | None = None,
     train_embedded: bool = True,
@@ -196,9 +150,17 @@ def build_plan(
     from pretrain import embedded
 
     stream = stream or sys.stderr
-    options = parse_options(suite, option_pairs)
+    options = parse_suite_options(suite, option_pairs)
+    if data_root is not None and not suite.reads_data_root:
+        raise InputError(f"suite {suite.name} reads no dataset folder (it evaluates on its own embedded data), so "
+                         f"{data_root_flag} {data_root} would be ignored; drop {data_root_flag}")
     if data_root is not None and not Path(data_root).exists():
         raise InputError(f"{data_root_flag} {data_root}: no such folder")
+    if data_root is not None:  # jobs may start in another folder; the id does not depend on the path
+        data_root = Path(os.path.abspath(Path(data_root).expanduser()))
+    for key in suite.path_options:
+        if isinstance(options.get(key), str) and options[key].strip():
+            options[key] = os.path.abspath(os.path.expanduser(options[key].strip()))
     store = ResultStore(results_root, suite.name)
     untrained: list[Path] = []
     if suite.uses_checkpoints:
@@ -223,8 +185,14 @@ def build_plan(
             raise InputError(f"suite {suite.name} evaluates no checkpoint; --pretrain-seeds does not apply")
         checkpoints = []
     seeds = list(seeds) if seeds else list(suite.seeds_for(data_root))
-    suite.check(options, data_root, [path for path in checkpoints if path not in untrained])
-    tasks = suite.tasks(options, data_root)
+    known = dict(infos or {})
+    for path in checkpoints:  # each checkpoint resolved once per plan; suites read its metadata from here
+        if path not in known and path not in untrained:
+            known[path] = resolve_checkpoint(path)
+    resolved = [known[path] for path in checkpoints if path not in untrained]
+    settings = suite.parse_options(options, data_root)  # parsed once; check, tasks and the cells get the typed object
+    suite.check(settings, data_root, resolved)  # every user input, before any training
+    tasks = suite.tasks(settings, data_root)
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise InputError(f"suite {suite.name} lists a task name twice: {sorted({n for n in names if names.count(n) > 1})}")
@@ -241,22 +209,22 @@ def build_plan(
             print(f"{suite.name}: training the embedded NCE and Ring encoders first (not cached under "
                   f"{embedded.encoders_dir()}; {note}); the cells follow", file=stream, flush=True)
             embedded.default_encoders(pretrain_seeds, stream=stream)
-            suite.check_checkpoints(options, untrained)
+            for path in untrained:
+                known[path] = resolve_checkpoint(path)
+            suite.check_checkpoints(settings, [known[path] for path in untrained])
+            resolved = [known[path] for path in checkpoints]
             untrained = []
-    identities = dict(identities or {})
+    fingerprints = suite.dataset_fingerprints(options, data_root, tasks)
+    identity_options = {key: value for key, value in options.items() if key not in suite.path_options}
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
         runs = dict(zip(embedded.embedded_paths(pretrain_seeds), embedded.embedded_runs(pretrain_seeds)))
-        sources = []
-        for path in checkpoints:
-            if path in untrained:
-                identities[path] = _untrained_identity(path, *runs[path])
-            elif path not in identities:
-                identities[path] = checkpoint_identity(path)
-            sources.append((path, identities[path]))
+        sources = [(path, _untrained_identity(path, *runs[path]) if path in untrained
+                    else checkpoint_identity(known[path])) for path in checkpoints]
     cells = []
     for path, identity in sources:
         for task in tasks:
+            fingerprint = fingerprints.get(task.name)
             for seed in seeds:
                 cid = "" if identity and identity.get("untrained") else cell_id(
                     suite=suite.name,
@@ -265,9 +233,12 @@ def build_plan(
                     seed=seed,
                     protocol_version=suite.protocol_version,
                     checkpoint_sha256=identity["sha256"] if identity else None,
-                    options=options,
+                    options=identity_options,
+                    dataset_sha256=fingerprint.sha256 if fingerprint is not None else None,
                 )
                 cell = Cell(suite=suite.name, task=task, checkpoint=path, seed=seed, options=options,
-                            data_root=data_root, shared_dir=store.shared_dir)
-                cells.append(PlannedCell(cell, cid, identity))
-    return Plan(suite_name, suite, options, data_root, checkpoints, seeds, store, cells, untrained, note)
+                            data_root=data_root, shared_dir=store.shared_dir, settings=settings)
+                cells.append(PlannedCell(cell, cid, identity,
+                                         dataset=fingerprint.to_json() if fingerprint is not None else None))
+    return Plan(suite_name, suite, options, data_root, [info.path for info in resolved] + untrained or checkpoints,
+                seeds, store, cells, settings, untrained, note)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.suite import InputError
+from bench.suite import InputError, comma_list
 from slurm.executors import EXECUTORS
 
 EXIT_USER_ERROR = 2
@@ -52,14 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "seeds each recipe is trained with (--seeds then goes to the --then suites)")
     parser.add_argument("--resource", action="append", default=[], metavar="[PROFILE.]KEY=VALUE",
                         help="override a resource profile, e.g. eval.gpus=2, pretrain.partition=big, timeout_min=30")
-    parser.add_argument("--then", default="", metavar="SUITES",
-                        help="with --suite pretrain: evaluation suites to run on the trained encoders "
+    parser.add_argument("--then", nargs="+", action="append", default=[], metavar="SUITE [key=value ...]",
+                        help="with --suite pretrain: evaluation suites to run on the trained encoders, each name "
+                             "followed by its own options, e.g. --then knn ks=5 linear, or --then 'knn, linear' "
                              "(SLURM: submitted at once with afterok dependencies)")
     parser.add_argument("--no-wait", action="store_true",
                         help="SLURM only: submit and return; watch with python -m bench.status")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not rebuild results/<suite>.csv at the end")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="suite option overrides")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="suite option overrides (before --then: they belong to --suite)")
     return parser
 
 
@@ -67,7 +69,7 @@ def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
     if not text:
         return None
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in comma_list(text)]
     except ValueError:
         raise InputError(f"{flag} {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
     if flag == "--pretrain-seeds" and any(seed < 0 for seed in seeds):
@@ -84,38 +86,42 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stream = sys.stderr
     try:
-        from bench.plan import build_plan
-        from bench.runner import results_root_default
-        from bench.suites import load_suite
+        from bench.execute import parse_then, plan_suite, run_plan
+        from bench.plan import parse_suite_options
+        from bench.store import results_root_default
+        from bench.suites import load_suite, load_suite_class, suite_names
         from slurm.executors import resolve_executor
-        from slurm.profiles import PROFILES, apply_overrides
+        from slurm.profiles import PROFILES, apply_resource_overrides
 
         if args.max_parallel is not None and args.max_parallel < 1:
             raise InputError(f"--max-parallel {args.max_parallel}: expected a positive integer")
         results_root = args.results or results_root_default()
-        profiles = apply_overrides(PROFILES, args.resource)
+        profiles = apply_resource_overrides(PROFILES, args.resource)
         executor = resolve_executor(args.executor)
         if args.no_wait and executor != "slurm":
             raise InputError(f"--no-wait needs the slurm executor (local and debug jobs live with the runner); got {executor}")
-        then = [s for s in args.then.split(",") if s.strip()]
-        if then and args.suite != "pretrain":
-            raise InputError("--then chains evaluation suites after --suite pretrain only")
+        then_chain = parse_then([token for group in args.then for token in group])
+        then = [name for name, _ in then_chain]
         suite = load_suite(args.suite)
-        then_suites = [load_suite(name) for name in then]
-        for later in then_suites:
+        if then and not suite.produces_checkpoints:
+            producers = [name for name in suite_names() if load_suite_class(name).produces_checkpoints]
+            raise InputError(f"--then chains evaluation suites after --suite {' or '.join(producers)} only")
+        for name, pairs in then_chain:
+            later = load_suite(name)
             if not later.uses_checkpoints:
-                raise InputError(f"--then {later.name}: that suite evaluates no checkpoint")
+                raise InputError(f"--then {name}: that suite evaluates no checkpoint")
+            parse_suite_options(later, pairs)  # a bad option fails now, before anything is submitted
         if args.records is not None and args.data_root is not None:
             raise InputError("--records and --data-root name the same folder; give one of them")
         data_root, data_root_flag = (args.records, "--records") if args.records is not None else (args.data_root, "--data-root")
         seeds, then_seeds = parse_seeds(args.seeds), parse_seeds(args.seeds)
         pretrain_seeds = parse_seeds(args.pretrain_seeds, "--pretrain-seeds")
-        if pretrain_seeds and args.suite == "pretrain":  # the pretrain suite's cell seeds are pretraining seeds
+        if pretrain_seeds and suite.produces_checkpoints:  # the pretrain suite's cell seeds are pretraining seeds
             seeds, pretrain_seeds = pretrain_seeds, None
         plan_start = time.time()
-        plan = build_plan(args.suite, suite, results_root=results_root, option_pairs=args.overrides,
+        plan = plan_suite(args.suite, results_root=results_root, option_pairs=args.overrides,
                           checkpoint_specs=args.checkpoints, data_root=data_root, seeds=seeds,
-                          task_names=[t.strip() for t in (args.tasks or "").split(",") if t.strip()] or None,
+                          task_names=list(comma_list(args.tasks or "")) or None, prepare=not args.dry_run,
                           pretrain_seeds=pretrain_seeds, train_embedded=not args.dry_run,
                           data_root_flag=data_root_flag, stream=stream)
         plan_seconds = time.time() - plan_start
@@ -126,24 +132,20 @@ def main(argv: list[str] | None = None) -> int:
             if then:
                 print(f"then: {', '.join(then)} on the encoders these cells produce", file=sys.stdout)
             return 0
-        plan.store.shared_dir.mkdir(parents=True, exist_ok=True)
-        suite.prepare(plan.options, plan.data_root, plan.store.shared_dir)
     except user_error_types() as error:
         if os.environ.get("RINGBENCH_TRACEBACK"):
             raise
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
 
-    from bench.runner import Runner
-
     chain_on_slurm = bool(then) and executor == "slurm"
-    runner = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
-                    wait=not args.no_wait and not chain_on_slurm, progress=not args.no_progress, stream=stream)
     try:
-        summary = runner.run()
+        run = run_plan(plan, executor=executor, profiles=profiles, max_parallel=args.max_parallel, force=args.force,
+                       wait=not args.no_wait and not chain_on_slurm, progress=not args.no_progress, stream=stream)
     except user_error_types() as error:  # a bad partition, or sbatch refusing the request
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
+    summary, runner = run.summary, run.runner
     print(f"{plan.suite.name}: {summary.total} cells: kept {summary.skipped_done}, submitted {summary.submitted}, "
           f"watched {summary.adopted}; planning {plan_seconds:.2f}s, submission {summary.submit_seconds:.2f}s",
           file=stream)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         then_code, then_plans = run_then(plan, then, executor, profiles, pretrain_job_ids=live,
                                          max_parallel=args.max_parallel, wait=not args.no_wait, force=args.force,
                                          progress=not args.no_progress, stream=stream,
-                                         seeds=then_seeds)
+                                         seeds=then_seeds, option_pairs=dict(then_chain))
         code = max(code, then_code)
         plans += then_plans
         if chain_on_slurm and not args.no_wait:

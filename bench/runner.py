@@ -13,18 +13,20 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 from bench.job import CellJob
 from bench.plan import Plan, PlannedCell
 from bench.progress import ProgressView
 from bench.store import CellFolder, CellState, append_event, atomic_write_json
-from slurm.executors import fit_profile, make_executor, slurm_live_jobs
-from slurm.local_cluster import pid_alive
+from slurm.executors import fit_profile, make_executor
+from slurm.jobs import job_alive, process_alive, slurm_live_jobs
 from slurm.profiles import ResourceProfile, get_profile
 
 TERMINAL = ("done", "failed")
+# A claim by a runner on another host cannot be checked with a pid: it holds this long, which covers
+# the seconds between claiming and submitting (SLURM submits every claimed cell at once).
+CLAIM_TTL_OTHER_HOST_S = 600.0
 
 
 class SubmissionError(ValueError):
@@ -39,6 +41,7 @@ class Tracked:
     owner: dict[str, Any] | None = None  # submitted.json of an earlier runner's job we adopted
     state: str = "queued"
     lost_checks: int = 0
+    claimed: bool = False  # this runner claimed the cell (claim.json) and will submit it
 
 
 @dataclass
@@ -59,12 +62,13 @@ class RunSummary:
 
 def owner_alive(owner: dict[str, Any], live_slurm: set[str] | None) -> bool:
     """Is the job recorded in submitted.json still queued or running?"""
-    executor, job_id = owner.get("executor"), str(owner.get("job_id") or "")
-    if executor == "local":
-        return owner.get("host") == socket.gethostname() and job_id.isdigit() and pid_alive(int(job_id))
-    if executor == "slurm":
-        return live_slurm is None or job_id in live_slurm  # unknown: assume alive rather than duplicate
-    return False  # debug jobs live and die with their runner
+    if owner.get("executor") == "runner":  # claimed by a runner that has not submitted it yet
+        alive = process_alive(owner.get("host"), owner.get("runner_pid"))
+        return alive if alive is not None else time.time() - float(owner.get("time", 0)) < CLAIM_TTL_OTHER_HOST_S
+    alive = job_alive(owner.get("executor"), str(owner.get("job_id") or ""), owner.get("host"), live_slurm)
+    if alive is None:  # unknown SLURM state: assume alive rather than duplicate; another host's local job: not ours
+        return owner.get("executor") == "slurm"
+    return alive
 
 
 class Runner:
@@ -131,6 +135,7 @@ class Runner:
             protocol_version=self.plan.suite.protocol_version,
             checkpoint_identity=planned.checkpoint,
             executor=self.executor,
+            dataset=planned.dataset,
         )
 
     def mark_submitted(self, tracked: Tracked, job_id: str) -> None:
@@ -139,13 +144,55 @@ class Runner:
                   "host": socket.gethostname(), "runner_pid": os.getpid(), "task": planned.cell.task.name,
                   "seed": planned.cell.seed, "checkpoint": planned.checkpoint}
         atomic_write_json(tracked.folder.submitted_path, record, fsync=False)
+        tracked.folder.claim_path.unlink(missing_ok=True)  # the submission supersedes the claim
         append_event(tracked.folder.path, "submitted", executor=self.executor, job_id=job_id)
         tracked.state = "submitted"
         self.summary.job_ids.append(job_id)
 
     # ---------------------------------------------------------------- classify
     def classify(self) -> tuple[list[Tracked], list[Tracked], list[Tracked]]:
-        """Split the plan into (done, in flight elsewhere, to submit)."""
+        """Split the plan into (done, in flight elsewhere, to submit) and claim the cells to submit.
+
+        Under the suite lock, so a second runner started at the same time sees this one's claims
+        and watches those cells instead of submitting them again."""
+        with self.plan.store.lock():
+            done, in_flight, to_submit = self._classify()
+            claimed_at = time.time()
+            for tracked in to_submit:
+                self._claim(tracked, claimed_at)
+        return done, in_flight, to_submit
+
+    def _claim(self, tracked: Tracked, claimed_at: float) -> None:
+        planned = tracked.planned
+        if not tracked.folder.description_path.exists():  # names the cell in bench.status before any job exists
+            atomic_write_json(tracked.folder.description_path, {
+                "cell_id": planned.cell_id, "suite": self.plan.suite.name, "task": planned.cell.task.name,
+                "params": dict(planned.cell.task.params), "seed": planned.cell.seed,
+                "checkpoint": planned.checkpoint, "dataset": planned.dataset, "options": dict(planned.cell.options),
+            }, fsync=False)
+        atomic_write_json(tracked.folder.claim_path, {
+            "time": claimed_at, "executor": "runner", "submits_with": self.executor, "runner_pid": os.getpid(),
+            "host": socket.gethostname()}, fsync=False)
+        tracked.claimed = True
+
+    def _release_claims(self, trackeds: list[Tracked]) -> None:
+        """Claims of cells this runner never submitted (interrupted, or refused by sbatch)."""
+        for tracked in trackeds:
+            if tracked.claimed and tracked.job is None:
+                claim = tracked.folder.claim() or {}
+                if claim.get("runner_pid") == os.getpid() and claim.get("host") == socket.gethostname():
+                    tracked.folder.claim_path.unlink(missing_ok=True)
+
+    def _refresh_owner(self, tracked: Tracked) -> None:
+        """A watched cell that another runner had only claimed: once it is submitted, watch its job."""
+        owner = tracked.owner or {}
+        if owner.get("executor") == "runner":
+            submitted = tracked.folder.submitted()
+            if submitted and submitted.get("time", 0) >= owner.get("time", 0):
+                tracked.owner = submitted
+                tracked.state = "submitted"
+
+    def _classify(self) -> tuple[list[Tracked], list[Tracked], list[Tracked]]:
         done, in_flight, to_submit = [], [], []
         candidates = []
         for planned in self.plan.cells:
@@ -166,13 +213,19 @@ class Runner:
             elif state.state in ("submitted", "running"):
                 candidates.append((tracked, folder.submitted() or {}))
                 continue
+            elif state.state == "queued":
+                candidates.append((tracked, folder.claim() or {}))
+                continue
             to_submit.append(tracked)
         slurm_ids = [str(owner.get("job_id")) for _, owner in candidates if owner.get("executor") == "slurm"]
         live = slurm_live_jobs(slurm_ids) if slurm_ids else set()
         for tracked, owner in candidates:
             if not self.force and owner_alive(owner, live):
                 tracked.owner = owner
-                tracked.state = "running" if tracked.folder.running() else "submitted"
+                if owner.get("executor") == "runner":
+                    tracked.state = "queued"
+                else:
+                    tracked.state = "running" if tracked.folder.running() else "submitted"
                 in_flight.append(tracked)
             else:
                 to_submit.append(tracked)
@@ -199,6 +252,7 @@ class Runner:
             else:
                 self._run_slurm(to_submit, in_flight)
         finally:
+            self._release_claims(to_submit)
             self._close_bar()
         for note in self.notes:
             self.say(f"note: {note}")
@@ -230,6 +284,10 @@ class Runner:
             if tracked.job is not None:
                 log = f"; log: {tracked.job.paths.stderr}"
             message = f"job ended without writing a result (state: {state.state}){log}"
+            owner = tracked.owner or {}
+            if tracked.job is None and owner.get("executor") == "runner":
+                message = (f"the runner that claimed this cell (pid {owner.get('runner_pid')} on {owner.get('host')}) "
+                           "ended before submitting it; run the command again to submit it")
             atomic_write_json(tracked.folder.error_path, {"time": time.time(), "type": "LostJob",
                                                           "message": message, "traceback": ""})
             append_event(tracked.folder.path, "lost", message=message)
@@ -296,6 +354,7 @@ class Runner:
     _live_cache: tuple[float, set[str] | None] = (0.0, None)
 
     def _adopted_alive(self, tracked: Tracked) -> bool:
+        self._refresh_owner(tracked)
         owner = tracked.owner or {}
         if owner.get("executor") != "slurm":
             return owner_alive(owner, set())
@@ -344,6 +403,13 @@ class Runner:
                 last_queue_check = time.time()
             still = []
             for tracked in active:
+                self._refresh_owner(tracked)
+                if (tracked.owner or {}).get("executor") == "runner":  # claimed by a runner that has not submitted yet
+                    if tracked.folder.result_path.exists() or not owner_alive(tracked.owner, None):
+                        self._finish(tracked)
+                    else:
+                        still.append(tracked)
+                    continue
                 state = tracked.folder.state()
                 if state.state in ("done", "failed", "corrupt"):
                     if state.state == "failed" and live is not None and self._job_id(tracked) in live:
@@ -391,6 +457,12 @@ def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile
               f"({plan.untrained_note}):", file=stream)
         for path in plan.untrained:
             print(f"  {path}", file=stream)
+
+
+    datasets = {p.dataset["label"]: p.dataset for p in plan.cells if p.dataset}
+    if datasets:  # the fingerprints that are part of the cell ids below
+        print("datasets: " + ", ".join(f"{label} ({d['files']} files)" for label, d in sorted(datasets.items())),
+              file=stream)
     print(f"cells ({len(plan.cells)}):", file=stream)
     for planned in plan.cells:
         if not planned.cell_id:  # its encoder does not exist yet, so neither does its id
@@ -413,8 +485,4 @@ def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile
     print("dry run: nothing submitted", file=stream)
 
 
-def results_root_default() -> Path:
-    return Path(os.environ.get("RINGBENCH_RESULTS", "results"))
-
-
-__all__ = ["Runner", "RunSummary", "SubmissionError", "describe_plan", "results_root_default"]
+__all__ = ["Runner", "RunSummary", "SubmissionError", "describe_plan"]

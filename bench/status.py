@@ -1,21 +1,21 @@
 """python -m bench.status: each cell's state for a results folder, from the cell files.
 
-States: done, failed (with the first line of its error), running, submitted (queued), pending
-(planned, never submitted), corrupt (a result.json that cannot be read; `bench.run` recomputes it)
-and lost (its job is gone from the queue or process table without writing a result).
+States: done, failed (with the first line of its error), running, submitted (waiting in the
+scheduler's queue), queued (claimed by a runner that has not submitted it yet), pending (planned,
+never submitted), corrupt (a result.json that cannot be read; `bench.run` recomputes it) and lost
+(its job or runner is gone without writing a result). For SLURM jobs the scheduler (squeue) is
+asked, so a requeued job waiting to start again shows as submitted (pending), not as running.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections import Counter
 from pathlib import Path
 
 from bench.store import CellFolder, CellState, ResultStore, suites_in
-from slurm.executors import slurm_live_jobs
-from slurm.local_cluster import pid_alive
+from slurm.jobs import job_alive, slurm_job_states
 
 
 def _label(folder: CellFolder) -> str:
@@ -23,35 +23,54 @@ def _label(folder: CellFolder) -> str:
     try:
         result = folder.read_result()
         task, checkpoint, seed = result["task"]["name"], result.get("checkpoint") or {}, result["seed"]
-    except Exception:  # noqa: BLE001 - no readable result: fall back to the pickled plan entry
-        marker = folder.submitted() or {}
+    except Exception:  # noqa: BLE001 - no readable result: the submission marker, else the cell description
+        marker = folder.submitted() or folder.description() or {}
         task, checkpoint, seed = marker.get("task", "?"), marker.get("checkpoint") or {}, marker.get("seed", "?")
     who = f"{checkpoint.get('method')}/{checkpoint.get('sampler')} " if checkpoint else ""
     return f"{who}{task} seed={seed}"
 
 
 def live_states(folders: list[tuple[CellFolder, CellState]]) -> list[tuple[CellFolder, CellState]]:
-    """Turn submitted/running cells whose job no longer exists into `lost`."""
+    """Correct the files' view with the scheduler's and the process table's: a SLURM job squeue lists
+    as PENDING is submitted (even after an attempt ran: a requeue), one it lists as RUNNING is
+    running, and a cell whose job or claiming runner no longer exists is lost."""
+    from bench.runner import owner_alive
+
     slurm_ids = [s.job_id for _, s in folders if s.executor == "slurm" and s.state in ("submitted", "running")]
-    live = slurm_live_jobs([j for j in slurm_ids if j]) if slurm_ids else set()
+    queue = slurm_job_states([j for j in slurm_ids if j]) if slurm_ids else {}
     out = []
-    host = socket.gethostname()
     for folder, state in folders:
         if state.state in ("submitted", "running"):
             owner = folder.submitted() or {}
-            gone = False
-            if state.executor == "slurm" and live is not None:
-                gone = state.job_id not in live
-            elif state.executor == "local":
-                job = str(owner.get("job_id") or "")
-                gone = owner.get("host") == host and job.isdigit() and not pid_alive(int(job))
-            elif state.executor == "debug":
-                gone = True  # debug jobs run inside their runner; a fresh status call means it ended
+            live = None if queue is None else set(queue)
+            gone = job_alive(state.executor, str(state.job_id or ""), owner.get("host"), live) is False
+            if state.executor == "slurm" and queue and state.job_id in queue:
+                state = _scheduler_state(folder, state, *queue[state.job_id])
             if gone and not folder.result_path.exists():
                 state = CellState("lost", f"job {state.job_id} ended without writing a result", state.job_id,
                                   state.executor)
+        elif state.state == "queued":
+            claim = folder.claim() or {}
+            if not owner_alive(claim, None) and not folder.result_path.exists():
+                state = CellState("lost", f"runner {claim.get('runner_pid')} on {claim.get('host')} claimed the cell "
+                                  "and ended before submitting it", None, "runner")
         out.append((folder, state))
     return out
+
+
+def _scheduler_state(folder: CellFolder, state: CellState, slurm_state: str, reason: str) -> CellState:
+    running = folder.running() or {}
+    attempt = running.get("attempt")
+    if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"):
+        before = f"; attempt {attempt} ran on {running.get('host')}" if state.state == "running" and attempt else ""
+        why = f", reason {reason}" if reason and reason != "None" else ""
+        return CellState("submitted", f"{slurm_state.lower()} in the SLURM queue{why}{before}", state.job_id,
+                         state.executor)
+    if slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+        detail = f"attempt {attempt} on {running.get('host')}" if state.state == "running" else "starting"
+        return CellState("running", f"{detail} (SLURM {slurm_state})", state.job_id, state.executor)
+    return CellState(state.state, f"SLURM {slurm_state}" + (f", reason {reason}" if reason else ""), state.job_id,
+                     state.executor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only cells in these states (done, failed, running, submitted, pending, corrupt, lost)")
     parser.add_argument("--summary", action="store_true", help="counts per state only")
     args = parser.parse_args(argv)
-    from bench.runner import results_root_default
+    from bench.store import results_root_default
 
     root = args.results or results_root_default()
     names = args.suite or suites_in(root)

@@ -4,11 +4,14 @@ Layout under a results root (default `results/`):
 
     <suite>/cells/<cell_id>/result.json    the stored result (schema below, SCHEMA_VERSION)
     <suite>/cells/<cell_id>/error.json     the last failure (type, message, traceback)
+    <suite>/cells/<cell_id>/cell.json      what the cell is (task, seed, checkpoint, dataset, options)
+    <suite>/cells/<cell_id>/claim.json     the runner that will submit it (written under the suite lock)
     <suite>/cells/<cell_id>/submitted.json which executor/job owns the cell right now
     <suite>/cells/<cell_id>/running.json   written by the job when it starts (host, pid, attempt)
     <suite>/cells/<cell_id>/events.jsonl   append-only history (submitted, started, result, failed...)
     <suite>/shared/                        Suite.prepare output shared by all cells
     <suite>/jobs/                          submitit logs and pickles
+    <suite>/.runner.lock                   held (fcntl) while a runner classifies and claims cells
 
 Files are the only source of truth: tables and status are rebuilt from them, never from live job
 objects. `result.json` is published with a hard link from a fsynced temporary file, so it appears
@@ -17,25 +20,36 @@ complete or not at all, and a second writer (a requeued job, a duplicate array t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pretrain.atomic_files import create_temporary
 
 SCHEMA_VERSION = 1
 RESULT = "result.json"
 ERROR = "error.json"
 RUNNING = "running.json"
 SUBMITTED = "submitted.json"
+CLAIM = "claim.json"
+CELL = "cell.json"
+LOCK = ".runner.lock"
 EVENTS = "events.jsonl"
 
 RESULT_KEYS = ("schema_version", "cell_id", "suite", "task", "seed", "metrics", "checkpoint", "code_version")
+
+
+def results_root_default() -> Path:
+    """Where results live unless --results says otherwise: $RINGBENCH_RESULTS, else ./results."""
+    return Path(os.environ.get("RINGBENCH_RESULTS", "results"))
 
 
 class CorruptResult(Exception):
@@ -55,8 +69,13 @@ def cell_id(
     protocol_version: str,
     checkpoint_sha256: str | None,
     options: Mapping[str, Any],
+    dataset_sha256: str | None = None,
 ) -> str:
-    """Stable identity of a cell: same inputs, same id, on every machine and Python run."""
+    """Stable identity of a cell: same inputs, same id, on every machine and Python run.
+
+    `dataset_sha256` is the fingerprint of the data the cell reads (bench.fingerprint); suites that
+    read none pass None and keep the ids they had before fingerprints existed. `options` must not
+    hold data paths (Suite.path_options): the fingerprint stands for the data, wherever it lives."""
     identity = {
         "checkpoint_sha256": checkpoint_sha256,
         "suite": suite,
@@ -66,12 +85,13 @@ def cell_id(
         "protocol_version": str(protocol_version),
         "options": dict(options),
     }
+    if dataset_sha256 is not None:
+        identity["dataset_sha256"] = str(dataset_sha256)
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:20]
 
 
-def _write_temporary(path: Path, text: str, fsync: bool = True) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _write_temporary(path: Path, text: str, fsync: bool = True) -> Path:
+    fd, tmp = create_temporary(path)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
         if fsync:
@@ -167,7 +187,7 @@ def read_events(folder: Path) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class CellState:
-    state: str  # done, failed, running, submitted, pending, corrupt
+    state: str  # done, failed, running, submitted, queued (claimed by a runner, not yet submitted), pending, corrupt
     detail: str = ""
     job_id: str | None = None
     executor: str | None = None
@@ -192,6 +212,8 @@ class CellFolder:
     error_path = property(lambda self: self.path / ERROR)
     running_path = property(lambda self: self.path / RUNNING)
     submitted_path = property(lambda self: self.path / SUBMITTED)
+    claim_path = property(lambda self: self.path / CLAIM)
+    description_path = property(lambda self: self.path / CELL)
 
     def read_result(self) -> dict[str, Any]:
         return read_result(self.result_path)
@@ -205,6 +227,12 @@ class CellFolder:
 
     def submitted(self) -> dict[str, Any] | None:
         return self._read_optional(self.submitted_path)
+
+    def claim(self) -> dict[str, Any] | None:
+        return self._read_optional(self.claim_path)
+
+    def description(self) -> dict[str, Any] | None:
+        return self._read_optional(self.description_path)
 
     def running(self) -> dict[str, Any] | None:
         return self._read_optional(self.running_path)
@@ -226,6 +254,12 @@ class CellFolder:
         running = self.running()
         error = self.error()
         job_id, executor = submitted.get("job_id"), submitted.get("executor")
+        claim = self.claim() or {}
+        claimed_at = claim.get("time", 0)
+        # a claim newer than the submission and the last failure: a runner will submit the cell
+        if claim and claimed_at > submitted.get("time", 0) and claimed_at > (error or {}).get("time", 0):
+            return CellState("queued", f"claimed by runner {claim.get('runner_pid')} on {claim.get('host')}",
+                             None, "runner")
         # a failure only counts if it is newer than the latest submission
         if error and error.get("time", 0) >= submitted.get("time", 0):
             return CellState("failed", _first_line(error.get("message", "")), job_id, executor)
@@ -254,6 +288,19 @@ class ResultStore:
     cells_dir = property(lambda self: self.suite_dir / "cells")
     shared_dir = property(lambda self: self.suite_dir / "shared")
     jobs_dir = property(lambda self: self.suite_dir / "jobs")
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across processes (and hosts, where the filesystem supports flock): held while a
+        runner classifies the cells and claims those it will submit, so overlapping runs never
+        submit a cell twice."""
+        self.suite_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.suite_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def cell(self, cell_id: str) -> CellFolder:
         return CellFolder(self.cells_dir / cell_id)

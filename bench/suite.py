@@ -17,15 +17,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pretrain.overrides import comma_list as comma_list  # re-exported for the suites
+
 
 class InputError(ValueError):
     """Bad input found before submission; the message names the file, key or value and what was expected."""
-
-
-def comma_list(value: Any) -> tuple[str, ...]:
-    """An option given as "a, b,c" or as a sequence: its non-empty, stripped items in order."""
-    items = value.split(",") if isinstance(value, str) else value
-    return tuple(text for text in (str(item).strip() for item in items) if text)
 
 
 DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps)")
@@ -64,9 +60,10 @@ class Cell:
     task: Task
     checkpoint: Path | None  # None for suites that evaluate no checkpoint (uses_checkpoints = False)
     seed: int
-    options: Mapping[str, Any]  # the suite options after key=value overrides
+    options: Mapping[str, Any]  # the suite options after key=value overrides (part of the cell's identity)
     data_root: Path | None
     shared_dir: Path  # per-suite folder written by `Suite.prepare` (episodes, embedded data, caches)
+    settings: Any = None  # the same options typed by `Suite.parse_options`, parsed once by the plan
 
 
 @dataclass
@@ -139,6 +136,21 @@ class Suite(ABC):
     # What a metric's per-sample values are and what its seeds vary, for saying what an interval covers
     sample_unit: ClassVar[str] = "samples"
     seed_unit: ClassVar[str] = "evaluation seeds"
+    produces_checkpoints: ClassVar[bool] = False  # True: cells write encoders that `--then` suites evaluate
+
+    def parse_options(self, options: Mapping[str, Any], data_root: Path | None = None) -> Any:
+        """The options as the suite's typed object (a frozen dataclass), parsed once per plan and handed to
+        `check`, `tasks` and every cell (`Cell.settings`); the default keeps the mapping."""
+        return options
+
+    def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
+        """The encoder a finished cell of a checkpoint-producing suite wrote (from its result.json)."""
+        return None
+
+    reads_data_root: ClassVar[bool] = True  # False: the suite reads no dataset folder and refuses --data-root
+    # options that name a data folder: the dataset fingerprint stands for them in the cell id, so
+    # moving the folder or giving it as a relative path keeps the id
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,6 +179,12 @@ class Suite(ABC):
     @abstractmethod
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         """The declarative task list for these options."""
+
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        """Task name -> the `bench.fingerprint.DatasetFingerprint` of the data it reads (part of the
+        cell id and of result.json). Called after `check`; suites that read no data return {}."""
+        return {}
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:  # noqa: B027
         """Validate data and checkpoints up front; raise InputError naming what is wrong.

@@ -12,18 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
-from pretrain import __version__
+from pretrain.atomic_files import atomic_write
 from pretrain.backbones import ARCHS, STEMS, build_backbone, feature_dim
+from pretrain.version import code_version as code_version  # re-exported for pretrain.train
 
 FORMAT = "ringbench-encoder"
 FORMAT_VERSION = 1
@@ -44,6 +42,24 @@ REQUIRED_METADATA = {
 }
 
 
+def encoder_metadata(*, method: str, sampler: str, arch: str, stem: str, pretrain_dataset: str, epochs: int,
+                     image_size: int, mean, std, sampler_params: dict | None = None, config: dict | None = None,
+                     seed: int = 0, **extra: Any) -> dict[str, Any]:
+    """The metadata dict of an encoder file: REQUIRED_METADATA's fields in one order, then `extra`
+    (training adds recipe and knn_top1; `save_encoder` fills code_version when absent). A new field is
+    one keyword at the call that knows it (and one REQUIRED_METADATA line if every file must carry it)."""
+    return {"method": method, "sampler": sampler, "sampler_params": dict(sampler_params or {}), "arch": arch,
+            "stem": stem, "pretrain_dataset": pretrain_dataset, "epochs": int(epochs), "image_size": int(image_size),
+            "mean": list(mean), "std": list(std), "config": dict(config or {}), "seed": int(seed)} | extra
+
+
+def untrained_metadata(*, arch: str, stem: str, image_size: int, mean, std, sampler: str = "none",
+                       **extra: Any) -> dict[str, Any]:
+    """Metadata of an untrained (random-init) control encoder: method "random", no data, no epochs."""
+    return encoder_metadata(method="random", sampler=sampler, arch=arch, stem=stem, pretrain_dataset="none",
+                            epochs=0, image_size=image_size, mean=mean, std=std, **extra)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and what is wrong."""
 
@@ -57,19 +73,62 @@ class LoadedEncoder:
     feature_dim: int
 
 
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Who an encoder file is, resolved once: its path, content hash and metadata (no weights).
+
+    Path-like, so it goes wherever a checkpoint path goes; suites read `metadata` instead of loading.
+    """
+
+    path: Path
+    sha256: str
+    metadata: dict[str, Any]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:  # messages name the file
+        return str(self.path)
+
+
+def checkpoint_info(path: str | os.PathLike | CheckpointInfo, cache_file: Path | None = None) -> CheckpointInfo:
+    """The CheckpointInfo of an encoder file (returned as is when already one), validated by `load_encoder`
+    the first time it is seen.
+
+    With `cache_file`, infos are kept there keyed by (path, size, mtime), so a known, unchanged file is
+    not loaded again (not even torch is needed for it); a changed file gets a new key.
+    """
+    import json
+
+    if isinstance(path, CheckpointInfo):
+        return path
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    stat = resolved.stat()
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache: dict[str, Any] = {}
+    if cache_file is not None:
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (OSError, ValueError):
+            cache = {}
+        entry = cache.get(key) if isinstance(cache, dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("metadata"), dict) and entry.get("sha256"):
+            return CheckpointInfo(resolved, entry["sha256"], entry["metadata"])
+    loaded = load_encoder(resolved)
+    info = CheckpointInfo(resolved, loaded.sha256, loaded.metadata)
+    if cache_file is not None:
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = {"sha256": info.sha256, "metadata": info.metadata}
+        try:
+            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+            temporary = Path(cache_file).with_name(f".{Path(cache_file).name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(cache))
+            os.replace(temporary, cache_file)
+        except OSError:
+            pass  # a read-only cache only costs the next run a reload
+    return info
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -78,23 +137,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """`write(handle)` into a temporary file in the same folder, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -1,17 +1,29 @@
-"""The training configuration: one flat, typed dataclass, validated before anything runs."""
+"""The training configuration: typed sections on OmegaConf structured configs, validated before anything runs.
+
+    TrainConfig
+      sampler  name + the parameters of every registered sampler (built from the registry)
+      method   name, backbone, embedding, temperature, bank / queue sizes and momenta
+      data     dataset name and root, image size, augmentation, loader workers
+      optim    batch size, epochs, SGD and the lr schedule
+      (top)    kNN monitor, seed, device, precision
+
+Overrides are dotted (`sampler.w_out=0.2`, `optim.epochs=5`); the flat keys of earlier versions
+(`w_out=0.2`, `epochs=5`) still work as aliases, with a one-line notice.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import sys
 import typing
 from dataclasses import dataclass, field
+from typing import Any
 
-from pretrain.annealing import check_policy
 from pretrain.backbones import ARCHS, STEMS
 from pretrain.data import check_dataset_name
 from pretrain.methods import MethodSettings, check_combination
-from pretrain.samplers import SamplerConfig, check_sampler_name
+from pretrain.overrides import OverrideError, override_fields
+from pretrain.samplers import SAMPLER_CLASSES, NegativeSampler, build_sampler, sampler_parameters
 
 LR_SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -21,39 +33,64 @@ class ConfigError(ValueError):
     """A bad recipe name, override key or value."""
 
 
+def _sampler_section() -> type:
+    """The `sampler` section: `name` plus every registered sampler's parameters (a parameter shared by
+    several samplers, such as w_out, must have one type and default)."""
+    fields: dict[str, tuple[Any, Any]] = {"name": (str, "nce")}
+    for name, cls in SAMPLER_CLASSES.items():
+        hints = typing.get_type_hints(cls.Params)
+        for param in dataclasses.fields(cls.Params):
+            entry = (hints[param.name], param.default)
+            if fields.setdefault(param.name, entry) != entry:
+                raise TypeError(f"sampler {name!r} declares {param.name}: {entry} but another sampler "
+                                f"declares {fields[param.name]}")
+    section = dataclasses.make_dataclass(
+        "SamplerSection", [(key, kind, field(default=default)) for key, (kind, default) in fields.items()],
+        namespace={"__doc__": "Which negative sampler and its parameters (those of other samplers are unused).",
+                   "build": _build_sampler, "__module__": __name__})
+    return section
+
+
+def _build_sampler(self, epochs: int) -> NegativeSampler:
+    """The named sampler from its own parameters, its schedule spread over `epochs`."""
+    return build_sampler(self.name, epochs=epochs, **{key: getattr(self, key) for key in sampler_parameters(self.name)})
+
+
+SamplerSection = _sampler_section()
+
+
 @dataclass
-class TrainConfig:
-    # what is trained
-    method: str = "moco"
-    sampler: str = "nce"
+class MethodSection:
+    name: str = "moco"  # ir | cmc | moco | simclr
     arch: str = "resnet18"
     stem: str = "imagenet"
     embed_dim: int = 128
     temperature: float = 0.07
-    # negatives
-    w_out: float = 0.1  # target outer cut (fraction of the pool) for ring / ball
-    w_in: float = 0.1  # inner cut as a fraction of the kept outer set
-    anneal: str = "linear"  # constant | linear | step (ring / ball only)
-    anneal_epochs: int = -1  # -1: half of the epochs
-    anneal_steps: int = 4
-    tau_plus: float = 0.1
-    beta: float = 1.0
-    mochi_hardest: int = 1024
-    mochi_mixed: int = 512
-    mochi_query_mixed: int = 256
-    num_negatives: int = 4096
+    num_negatives: int = 4096  # K drawn per anchor from a memory bank
     bank_momentum: float = 0.5
     queue_size: int = 65536
     key_momentum: float = 0.999
-    ring_threshold_sample: int = 0  # 0: exact ring cuts for banks; >0: cuts from this many sampled columns
-    # data
-    dataset: str = "cifar10"
-    data_root: str = ""
+    threshold_sample: int = 0  # 0: exact ring cuts for banks; >0: cuts from this many sampled columns
+
+    def settings(self, mean, std) -> MethodSettings:
+        values = {key: value for key, value in dataclasses.asdict(self).items() if key != "name"}
+        return MethodSettings(**values, mean=tuple(mean), std=tuple(std))
+
+
+@dataclass
+class DataSection:
+    name: str = "cifar10"
+    root: str = ""
     image_size: int = 32
     crop_min_scale: float = 0.2
     hflip: bool = True
     workers: int = 0
-    # optimisation (the paper's SGD recipe)
+
+
+@dataclass
+class OptimSection:
+    """The paper's SGD recipe."""
+
     batch_size: int = 256  # global, split across ranks
     epochs: int = 200
     lr: float = 0.03
@@ -62,6 +99,17 @@ class TrainConfig:
     lr_schedule: str = "step"
     lr_milestones: tuple[float, ...] = (0.68, 0.83)  # fractions of the epochs where the lr drops 10x
     max_steps_per_epoch: int = 0  # 0: whole epochs
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = tuple(self.lr_milestones)
+
+
+@dataclass
+class TrainConfig:
+    sampler: SamplerSection = field(default_factory=SamplerSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
     # monitor and run
     knn_k: int = 200
     knn_temperature: float = 0.07
@@ -73,107 +121,131 @@ class TrainConfig:
     deterministic: bool = True
     recipe: str = field(default="", metadata={"internal": True})
 
-    def resolved_anneal_epochs(self) -> int:
-        return self.epochs // 2 if self.anneal_epochs < 0 else self.anneal_epochs
-
-    def sampler_config(self) -> SamplerConfig:
-        return SamplerConfig(self.sampler, self.w_out, self.w_in, self.tau_plus, self.beta,
-                             self.mochi_hardest, self.mochi_mixed, self.mochi_query_mixed)
-
-    def method_settings(self, mean, std) -> MethodSettings:
-        return MethodSettings(self.arch, self.stem, self.embed_dim, self.temperature, self.num_negatives,
-                              self.bank_momentum, self.queue_size, self.key_momentum, self.ring_threshold_sample,
-                              tuple(mean), tuple(std))
+    def build_sampler(self) -> NegativeSampler:
+        """The configured negative sampler, validated, with its schedule spread over the run."""
+        return self.sampler.build(self.optim.epochs)
 
     def validate(self) -> TrainConfig:
+        method, data, optim = self.method, self.data, self.optim
         try:
-            check_sampler_name(self.sampler)
-            check_combination(self.method, self.sampler)
-            self.sampler_config()
-            check_policy(self.anneal)
-            check_dataset_name(self.dataset)
+            sampler = self.build_sampler()
+            check_combination(method.name, sampler)
+            check_dataset_name(data.name)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         checks = [
-            (self.arch in ARCHS, f"arch {self.arch!r}; valid: {', '.join(ARCHS)}"),
-            (self.stem in STEMS, f"stem {self.stem!r}; valid: {', '.join(STEMS)}"),
-            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"),
+            (method.arch in ARCHS, f"method.arch {method.arch!r}; valid: {', '.join(ARCHS)}"),
+            (method.stem in STEMS, f"method.stem {method.stem!r}; valid: {', '.join(STEMS)}"),
+            (optim.lr_schedule in LR_SCHEDULES,
+             f"optim.lr_schedule {optim.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"),
             (self.precision in PRECISIONS, f"precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (0 <= self.bank_momentum < 1, f"bank_momentum must lie in [0, 1), got {self.bank_momentum}"),
-            (0 <= self.key_momentum < 1, f"key_momentum must lie in [0, 1), got {self.key_momentum}"),
-            (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
-            (self.num_negatives >= 2, f"num_negatives (K: softmax terms of a memory-bank method, the positive "
-                                      f"included) must be >= 2, got {self.num_negatives}"),
-            (0 < self.crop_min_scale <= 1, f"crop_min_scale must lie in (0, 1], got {self.crop_min_scale}"),
-            (all(0 < m < 1 for m in self.lr_milestones), f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}"),
-            (self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
+            (optim.epochs >= 1, f"optim.epochs must be >= 1, got {optim.epochs}"),
+            (optim.batch_size >= 2, f"optim.batch_size must be >= 2, got {optim.batch_size}"),
+            (optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}"),
+            (method.temperature > 0, f"method.temperature must be > 0, got {method.temperature}"),
+            (0 <= method.bank_momentum < 1, f"method.bank_momentum must lie in [0, 1), got {method.bank_momentum}"),
+            (0 <= method.key_momentum < 1, f"method.key_momentum must lie in [0, 1), got {method.key_momentum}"),
+            (method.queue_size >= 1, f"method.queue_size must be >= 1, got {method.queue_size}"),
+            (method.num_negatives >= 2, f"method.num_negatives (K: softmax terms of a memory-bank method, the "
+                                        f"positive included) must be >= 2, got {method.num_negatives}"),
+            (0 < data.crop_min_scale <= 1, f"data.crop_min_scale must lie in (0, 1], got {data.crop_min_scale}"),
+            (all(0 < m < 1 for m in optim.lr_milestones),
+             f"optim.lr_milestones must be fractions in (0, 1), got {optim.lr_milestones}"),
+            (data.image_size >= 8, f"data.image_size must be >= 8, got {data.image_size}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.sampler == "mochi" and self.queue_size < 2:
-            raise ConfigError("sampler 'mochi' needs a queue (queue_size >= 2)")
+        if sampler.needs_queue and method.queue_size < 2:
+            raise ConfigError(f"sampler {sampler.name!r} needs a queue (method.queue_size >= 2)")
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"lr_milestones": list(self.lr_milestones)}
+        """Nested plain values (lists for tuples), as written to config.json and checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat_dict(self) -> dict[str, Any]:
+        """Dotted key -> value, every leaf."""
+        return _flatten(self.to_dict())
+
+    def to_yaml(self) -> str:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(OmegaConf.structured(self))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """From `to_dict()` output, or the flat dicts older versions stored (their keys are aliases)."""
         values = dict(values)
-        if "lr_milestones" in values:
-            values["lr_milestones"] = tuple(values["lr_milestones"])
-        return cls(**values)
+        recipe = values.pop("recipe", "")
+        config = apply_overrides(cls(), _flatten(values), notice=False)
+        config.recipe = recipe
+        return config
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _aliases() -> dict[str, str]:
+    """Flat keys of earlier versions -> dotted keys."""
+    aliases = {"sampler": "sampler.name", "method": "method.name", "dataset": "data.name", "data_root": "data.root",
+               "ring_threshold_sample": "method.threshold_sample", "mochi_hardest": "sampler.hardest",
+               "mochi_mixed": "sampler.mixed", "mochi_query_mixed": "sampler.query_mixed"}
+    for section in ("sampler", "method", "data", "optim"):
+        for key in (f.name for f in dataclasses.fields(TrainConfig.__dataclass_fields__[section].default_factory)):
+            if key != "name":
+                aliases.setdefault(key, f"{section}.{key}")
+    return aliases
+
+
+ALIASES = _aliases()
+_noticed: set[str] = set()
+
+
+def _notice(old: str, new: str) -> None:
+    if old not in _noticed:
+        _noticed.add(old)
+        print(f"notice: config key {old!r} is now {new!r}", file=sys.stderr)
 
 
 def config_keys() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal")]
+    from pretrain.overrides import field_kinds
+
+    return list(field_kinds(TrainConfig))
 
 
-def _parse_value(key: str, kind, text: str):
+def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bool = True) -> TrainConfig:
+    """Apply `key=value` strings or a {key: value} dict (dotted keys; flat aliases with a notice).
+
+    Values are typed by the dataclass and checked by OmegaConf's structured config; an unknown key
+    gets close matches and the list of valid keys."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    recipe = config.recipe
     try:
-        if kind is bool:
-            lowered = text.strip().lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if typing.get_origin(kind) is tuple:
-            return tuple(float(part) for part in text.split(",") if part.strip())
-        return text
-    except ValueError:
-        raise ConfigError(f"override {key}={text!r}: expected a {getattr(kind, '__name__', kind)}") from None
-
-
-def apply_overrides(config: TrainConfig, overrides: dict | list[str]) -> TrainConfig:
-    """Apply `key=value` strings or a {key: value} dict; unknown keys list the valid ones."""
-    if isinstance(overrides, list):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not key=value")
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = value
-        overrides = pairs
-    hints = typing.get_type_hints(TrainConfig)
-    keys = config_keys()
-    changes = {}
-    for key, value in overrides.items():
-        if key not in keys:
-            close = difflib.get_close_matches(key, keys, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(keys)}")
-        kind = hints[key]
-        changes[key] = _parse_value(key, kind, value) if isinstance(value, str) and kind is not str else value
-        if typing.get_origin(kind) is tuple and not isinstance(changes[key], tuple):
-            changes[key] = tuple(changes[key])
-    return dataclasses.replace(config, **changes)
+        changed = override_fields(config, overrides, label="override ", aliases=ALIASES,
+                                   on_alias=_notice if notice else None, what="config key")
+    except OverrideError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        typed = OmegaConf.to_object(OmegaConf.structured(changed))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"override: {error.msg if hasattr(error, 'msg') else error}".splitlines()[0]) from None
+    typed.recipe = recipe
+    return typed

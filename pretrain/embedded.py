@@ -77,6 +77,11 @@ def embedded_paths(pretrain_seeds: Sequence[int] | None = None) -> list[Path]:
     return [_run_dir(recipe, seed) / ENCODER_FILE for recipe, seed in embedded_runs(pretrain_seeds)]
 
 
+def cached_encoders(pretrain_seeds: Sequence[int] | None = None) -> list[Path]:
+    """The embedded encoder files already in the cache, per seed [NCE, Ring] order; trains nothing."""
+    return [path for path in embedded_paths(pretrain_seeds) if path.is_file()]
+
+
 def missing_runs(pretrain_seeds: Sequence[int] | None = None) -> list[tuple[str, int]]:
     runs = embedded_runs(pretrain_seeds)
     return [run for run, path in zip(runs, embedded_paths(pretrain_seeds)) if not path.is_file()]

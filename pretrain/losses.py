@@ -13,8 +13,6 @@ import math
 
 import torch
 
-from pretrain.samplers import SamplerConfig
-
 
 def _rows(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if pos_logits.ndim != 1 or neg_logits.ndim != 2 or neg_logits.shape[0] != pos_logits.shape[0]:
@@ -62,12 +60,3 @@ def hcl_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, beta: float, ta
     log_weights = (beta * neg - (torch.logsumexp(beta * neg, dim=1, keepdim=True) - math.log(count))).detach()
     return _debiased_loss(pos, torch.logsumexp(log_weights + neg, dim=1), count, tau_plus, temperature)
 
-
-def sampler_loss(config: SamplerConfig, pos_logits: torch.Tensor, neg_logits: torch.Tensor, temperature: float,
-                 neg_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The loss a sampler implies for already selected negatives."""
-    if config.name == "dcl":
-        return dcl_loss(pos_logits, neg_logits, config.tau_plus, temperature)
-    if config.name == "hcl":
-        return hcl_loss(pos_logits, neg_logits, config.beta, config.tau_plus, temperature)
-    return info_nce_loss(pos_logits, neg_logits, neg_mask)

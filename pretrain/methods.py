@@ -21,16 +21,9 @@ from torch.nn import functional as F
 from pretrain import distributed
 from pretrain.backbones import Encoder
 from pretrain.colour import lab_views
-from pretrain.losses import sampler_loss
-from pretrain.samplers import BankNegativeSampler, SamplerConfig, mochi_negatives, pool_negative_mask
+from pretrain.samplers import NegativeSampler
 
 METHODS = ("ir", "cmc", "moco", "simclr")
-ALLOWED_SAMPLERS = {
-    "ir": ("nce", "ring", "ball", "dcl", "hcl"),
-    "cmc": ("nce", "ring", "ball", "dcl", "hcl"),
-    "moco": ("nce", "ring", "ball", "dcl", "hcl", "mochi"),
-    "simclr": ("nce", "ring", "ball", "dcl", "hcl"),
-}
 
 
 def check_method_name(name: str) -> str:
@@ -39,14 +32,13 @@ def check_method_name(name: str) -> str:
     return name
 
 
-def check_combination(method: str, sampler: str) -> None:
+def check_combination(method: str, sampler: NegativeSampler | type[NegativeSampler]) -> None:
+    """Raise ValueError when `method` cannot host `sampler` (a queue-based sampler on a method without a queue)."""
     check_method_name(method)
-    if sampler not in ALLOWED_SAMPLERS[method]:
-        if sampler == "mochi":
-            raise ValueError(f"sampler 'mochi' mixes hard negatives from a queue; method {method!r} has no queue "
-                             "(use method=moco)")
-        raise ValueError(f"sampler {sampler!r} is not available for method {method!r}; "
-                         f"valid: {', '.join(ALLOWED_SAMPLERS[method])}")
+    if sampler.needs_queue and not METHOD_CLASSES[method].has_queue:
+        queued = ", ".join(name for name, cls in METHOD_CLASSES.items() if cls.has_queue)
+        raise ValueError(f"sampler {sampler.name!r} draws on a queue of past keys; method {method!r} has no queue "
+                         f"(use method={queued})")
 
 
 @dataclass
@@ -81,10 +73,11 @@ class ContrastiveMethod(nn.Module):
 
     name = ""
     num_views = 2
+    has_queue = False  # keeps a queue of past keys that queue-based samplers (MoCHi) draw on
 
-    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int):
+    def __init__(self, settings: MethodSettings, sampler: NegativeSampler, num_samples: int):
         super().__init__()
-        check_combination(self.name, sampler.name)
+        check_combination(self.name, sampler)
         self.settings, self.sampler, self.num_samples = settings, sampler, num_samples
         self.temperature = settings.temperature
         self.encoder = Encoder(settings.arch, settings.stem, settings.embed_dim)
@@ -104,8 +97,9 @@ class ContrastiveMethod(nn.Module):
     def export_backbone(self) -> nn.Module:
         return self.encoder.backbone
 
-    def loss(self, views: list[torch.Tensor], index: torch.Tensor, w_out: float,
+    def loss(self, views: list[torch.Tensor], index: torch.Tensor,
              generator: torch.Generator | None) -> torch.Tensor:
+        """The batch's loss; negatives and loss terms come from `self.sampler` at its current epoch."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -139,17 +133,20 @@ def bank_draws(settings: MethodSettings) -> int:
     return settings.num_negatives - 1
 
 
-def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor, sampler: BankNegativeSampler, w_out: float,
-                 generator: torch.Generator | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K) negative logits for bank methods; indices from the sampler, gradient through the anchors."""
+def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor, sampler: NegativeSampler, settings: MethodSettings,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K - 1) negative logits for bank methods (the positive is the K-th term); indices from the sampler,
+    gradient through the anchors."""
     pool_size, dim = bank.shape
-    full = pool_size <= sampler.num_negatives * dim  # one B x N matmul is cheaper than a B x K x D gather
+    k, temperature = bank_draws(settings), settings.temperature
+    full = pool_size <= k * dim  # one B x N matmul is cheaper than a B x K x D gather
     with full_precision(anchors):
         if full:
             logits = anchors.float() @ bank.float().T / temperature
-            index = sampler(anchors, bank, w_out, generator, similarity=logits.detach())
+            index = sampler.bank_indices(anchors, bank, k, generator, similarity=logits.detach(),
+                                         threshold_sample=settings.threshold_sample)
             return torch.gather(logits, 1, index), index
-        index = sampler(anchors, bank, w_out, generator)
+        index = sampler.bank_indices(anchors, bank, k, generator, threshold_sample=settings.threshold_sample)
         return torch.einsum("bd,bkd->bk", anchors.float(), bank[index].float()) / temperature, index
 
 
@@ -159,20 +156,19 @@ class InstanceRecognition(ContrastiveMethod):
     name = "ir"
     num_views = 1
 
-    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+    def __init__(self, settings: MethodSettings, sampler: NegativeSampler, num_samples: int,
                  generator: torch.Generator | None = None):
         super().__init__(settings, sampler, num_samples)
         generator = generator or torch.Generator().manual_seed(0)
         self.register_buffer("bank", _init_bank(num_samples, settings.embed_dim, generator))
-        self.bank_sampler = BankNegativeSampler(sampler, bank_draws(settings), settings.threshold_sample)
         self.updates = BankUpdater()
 
-    def loss(self, views, index, w_out, generator):
+    def loss(self, views, index, generator):
         anchors = self._forward_encoder(views[0]).float()
         pos = (anchors * self.bank[index]).sum(dim=1) / self.temperature
-        neg, _ = _bank_logits(anchors, self.bank, self.bank_sampler, w_out, generator, self.temperature)
+        neg, _ = _bank_logits(anchors, self.bank, self.sampler, self.settings, generator)
         self.updates.add(self.bank, index, anchors)
-        return sampler_loss(self.sampler, pos, neg, self.temperature)
+        return self.sampler.loss(pos, neg, self.temperature)
 
     @torch.no_grad()
     def after_step(self):
@@ -188,7 +184,7 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
     name = "cmc"
     num_views = 1
 
-    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+    def __init__(self, settings: MethodSettings, sampler: NegativeSampler, num_samples: int,
                  generator: torch.Generator | None = None):
         super().__init__(settings, sampler, num_samples)
         generator = generator or torch.Generator().manual_seed(0)
@@ -196,7 +192,6 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
         self._set_forward("_forward_colour", self.colour_encoder)
         self.register_buffer("bank_l", _init_bank(num_samples, settings.embed_dim, generator))
         self.register_buffer("bank_ab", _init_bank(num_samples, settings.embed_dim, generator))
-        self.bank_sampler = BankNegativeSampler(sampler, bank_draws(settings), settings.threshold_sample)
         self.updates = BankUpdater()
         self.register_buffer("mean", torch.tensor(settings.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(settings.std).view(1, 3, 1, 1), persistent=False)
@@ -215,15 +210,15 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
             lightness, colour = lab_views(rgb)
             return (lightness - self.mean) / self.std, (colour - self.mean) / self.std
 
-    def loss(self, views, index, w_out, generator):
+    def loss(self, views, index, generator):
         lightness, colour = self.split(views[0])
         z_l = self._forward_encoder(lightness).float()
         z_ab = self._forward_colour(colour).float()
         total = 0.0
         for anchors, bank in ((z_l, self.bank_ab), (z_ab, self.bank_l)):
             pos = (anchors * bank[index]).sum(dim=1) / self.temperature
-            neg, _ = _bank_logits(anchors, bank, self.bank_sampler, w_out, generator, self.temperature)
-            total = total + sampler_loss(self.sampler, pos, neg, self.temperature)
+            neg, _ = _bank_logits(anchors, bank, self.sampler, self.settings, generator)
+            total = total + self.sampler.loss(pos, neg, self.temperature)
         self.updates.add(self.bank_l, index, z_l)
         self.updates.add(self.bank_ab, index, z_ab)
         return total
@@ -237,8 +232,9 @@ class MomentumContrast(ContrastiveMethod):
     """MoCo v2: momentum key encoder, a queue of past keys, shuffle-BN across ranks for the keys."""
 
     name = "moco"
+    has_queue = True
 
-    def __init__(self, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+    def __init__(self, settings: MethodSettings, sampler: NegativeSampler, num_samples: int,
                  generator: torch.Generator | None = None):
         super().__init__(settings, sampler, num_samples)
         generator = generator or torch.Generator().manual_seed(0)
@@ -272,7 +268,7 @@ class MomentumContrast(ContrastiveMethod):
         unshuffled[order] = keys
         return unshuffled.view(distributed.world_size(), local, -1)[distributed.rank()]
 
-    def loss(self, views, index, w_out, generator):
+    def loss(self, views, index, generator):
         query = self._forward_encoder(views[0]).float()
         self._momentum_update()
         keys = self._keys(views[1]).float().detach()
@@ -280,12 +276,11 @@ class MomentumContrast(ContrastiveMethod):
         with full_precision(query):
             pos = (query * keys).sum(dim=1) / self.temperature
             neg = query @ self.queue.float().T / self.temperature
-            if self.sampler.name == "mochi":
-                synthetic = mochi_negatives(query, self.queue, neg.detach(), self.sampler.mochi_hardest,
-                                            self.sampler.mochi_mixed, self.sampler.mochi_query_mixed, generator)
+            synthetic = self.sampler.extra_negatives(query, self.queue, neg.detach(), generator)
+            if synthetic is not None:
                 neg = torch.cat([neg, torch.einsum("bd,bsd->bs", query, synthetic) / self.temperature], dim=1)
-        mask = pool_negative_mask(self.sampler, neg.detach(), w_out)
-        return sampler_loss(self.sampler, pos, neg, self.temperature, mask)
+        mask = self.sampler.pool_mask(neg.detach())
+        return self.sampler.loss(pos, neg, self.temperature, mask)
 
     @torch.no_grad()
     def after_step(self):
@@ -325,13 +320,13 @@ class SimCLR(ContrastiveMethod):
 
     name = "simclr"
 
-    def loss(self, views, index, w_out, generator):
+    def loss(self, views, index, generator):
         embeddings = self._forward_encoder(torch.cat([views[0], views[1]])).float()
         gathered = distributed.all_gather_with_grad(embeddings)
         with full_precision(embeddings):
             pos, neg = simclr_logits(embeddings, gathered, distributed.rank() * embeddings.shape[0], self.temperature)
-        mask = pool_negative_mask(self.sampler, neg.detach(), w_out)
-        return sampler_loss(self.sampler, pos, neg, self.temperature, mask)
+        mask = self.sampler.pool_mask(neg.detach())
+        return self.sampler.loss(pos, neg, self.temperature, mask)
 
 
 METHOD_CLASSES: dict[str, type[ContrastiveMethod]] = {
@@ -342,9 +337,9 @@ METHOD_CLASSES: dict[str, type[ContrastiveMethod]] = {
 }
 
 
-def build_method(name: str, settings: MethodSettings, sampler: SamplerConfig, num_samples: int,
+def build_method(name: str, settings: MethodSettings, sampler: NegativeSampler, num_samples: int,
                  seed: int = 0) -> ContrastiveMethod:
-    check_combination(name, sampler.name)
+    check_combination(name, sampler)
     generator = torch.Generator().manual_seed(seed)
     if name == "simclr":
         return SimCLR(settings, sampler, num_samples)

@@ -19,30 +19,32 @@ import difflib
 from pretrain.config import ConfigError, TrainConfig, apply_overrides
 
 PAPER_DATASETS = {
-    "cifar10": {"dataset": "cifar10", "image_size": 32, "stem": "cifar"},
-    "cifar100": {"dataset": "cifar100", "image_size": 32, "stem": "cifar"},
-    "stl10": {"dataset": "stl10", "image_size": 96, "stem": "imagenet"},
-    "imagenet": {"dataset": "imagenet", "image_size": 224, "stem": "imagenet", "knn_max_train": 50000},
+    "cifar10": {"data.name": "cifar10", "data.image_size": 32, "method.stem": "cifar"},
+    "cifar100": {"data.name": "cifar100", "data.image_size": 32, "method.stem": "cifar"},
+    "stl10": {"data.name": "stl10", "data.image_size": 96, "method.stem": "imagenet"},
+    "imagenet": {"data.name": "imagenet", "data.image_size": 224, "method.stem": "imagenet", "knn_max_train": 50000},
 }
 PAPER_METHODS = ("ir", "cmc", "moco", "simclr")
-RING_ANNEALED = {"sampler": "ring", "w_out": 0.1, "w_in": 0.1, "anneal": "linear", "anneal_epochs": -1}
-RING_RELEASED = {"sampler": "ring", "w_out": 0.1, "w_in": 0.1, "anneal": "constant"}
-RELEASED_METHOD = {"ir": {"bank_momentum": 0.0}, "cmc": {"bank_momentum": 0.0}, "moco": {},
-                   "simclr": {"w_out": 0.5, "lr_schedule": "constant"}}
+RING_ANNEALED = {"sampler.name": "ring", "sampler.w_out": 0.1, "sampler.w_in": 0.1, "sampler.anneal": "linear",
+                 "sampler.anneal_epochs": -1}
+RING_RELEASED = {"sampler.name": "ring", "sampler.w_out": 0.1, "sampler.w_in": 0.1, "sampler.anneal": "constant"}
+RELEASED_METHOD = {"ir": {"method.bank_momentum": 0.0}, "cmc": {"method.bank_momentum": 0.0}, "moco": {},
+                   "simclr": {"sampler.w_out": 0.5, "optim.lr_schedule": "constant"}}
 
 # Digits: 1,437 training images at 32 px with the ImageNet stem (the embedded encoders are
 # converted by the detection suite, which expects it). Cosine lr from 0.1 converges in few epochs.
 DIGITS_BASE = {
-    "dataset": "digits", "image_size": 32, "stem": "imagenet", "arch": "resnet18",
-    "batch_size": 128, "lr": 0.1, "lr_schedule": "cosine", "weight_decay": 5e-4,
-    "crop_min_scale": 0.5, "hflip": False, "knn_k": 50, "num_negatives": 1024, "queue_size": 1024,
-    "bank_momentum": 0.5, "temperature": 0.1,
+    "data.name": "digits", "data.image_size": 32, "method.stem": "imagenet", "method.arch": "resnet18",
+    "optim.batch_size": 128, "optim.lr": 0.1, "optim.lr_schedule": "cosine", "optim.weight_decay": 5e-4,
+    "data.crop_min_scale": 0.5, "data.hflip": False, "knn_k": 50, "method.num_negatives": 1024,
+    "method.queue_size": 1024, "method.bank_momentum": 0.5, "method.temperature": 0.1,
 }
 DIGITS_EPOCHS = {"ir": 8, "cmc": 4, "moco": 5, "simclr": 20}
 # SimCLR learns from in-batch negatives only, so it needs many steps: at batch 128 for 4 epochs (45 steps)
 # its kNN was 0.80, below an untrained ResNet-18 (0.889); batch 64 for 20 epochs (440 steps) reaches 0.95.
-DIGITS_METHOD = {"simclr": {"batch_size": 64}}
-DIGITS_RING = {"sampler": "ring", "w_out": 0.5, "w_in": 0.1, "anneal": "linear", "anneal_epochs": -1}
+DIGITS_METHOD = {"simclr": {"optim.batch_size": 64}}
+DIGITS_RING = {"sampler.name": "ring", "sampler.w_out": 0.5, "sampler.w_in": 0.1, "sampler.anneal": "linear",
+               "sampler.anneal_epochs": -1}
 DEFAULT_METHOD = "simclr"
 
 
@@ -50,8 +52,8 @@ def _paper_recipes() -> dict[str, dict]:
     recipes = {}
     for dataset, data in PAPER_DATASETS.items():
         for method in PAPER_METHODS:
-            base = {"method": method, **data}
-            recipes[f"{method}_nce_{dataset}"] = base | {"sampler": "nce"}
+            base = {"method.name": method, **data}
+            recipes[f"{method}_nce_{dataset}"] = base | {"sampler.name": "nce"}
             recipes[f"{method}_ring_{dataset}"] = base | RING_ANNEALED
             recipes[f"{method}_ring_released_{dataset}"] = base | RING_RELEASED | RELEASED_METHOD[method]
     return recipes
@@ -60,8 +62,8 @@ def _paper_recipes() -> dict[str, dict]:
 def _digits_recipes() -> dict[str, dict]:
     recipes = {}
     for method in PAPER_METHODS:
-        base = DIGITS_BASE | {"method": method, "epochs": DIGITS_EPOCHS[method]} | DIGITS_METHOD.get(method, {})
-        recipes[f"digits_{method}_nce"] = base | {"sampler": "nce"}
+        base = DIGITS_BASE | {"method.name": method, "optim.epochs": DIGITS_EPOCHS[method]} | DIGITS_METHOD.get(method, {})
+        recipes[f"digits_{method}_nce"] = base | {"sampler.name": "nce"}
         recipes[f"digits_{method}_ring"] = base | DIGITS_RING
     # the embedded pair: the kNN monitor runs after the last epoch only, to keep first use short
     recipes["digits_default_nce"] = recipes[f"digits_{DEFAULT_METHOD}_nce"] | {"knn_every": DIGITS_EPOCHS[DEFAULT_METHOD]}

@@ -26,8 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from pretrain import distributed
-from pretrain.annealing import outer_fraction
-from pretrain.checkpoint import atomic_torch_save, code_version, save_encoder
+from pretrain.checkpoint import atomic_torch_save, code_version, encoder_metadata, save_encoder
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import (
     MONITOR_SPLITS,
@@ -47,7 +46,7 @@ STATE_FORMAT = "ringbench-train-state"
 STATE_VERSION = 1
 STATE_FILE, ENCODER_FILE, METRICS_FILE, CONFIG_FILE = "train.state.pt", "encoder.pt", "metrics.jsonl", "config.json"
 # Keys that may differ between the run that wrote a state and the one resuming it.
-RESUME_FREE_KEYS = {"workers", "device", "data_root", "knn_every"}
+RESUME_FREE_KEYS = {"data.workers", "device", "data.root", "knn_every"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -67,18 +66,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
-    if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
-    if config.lr_schedule == "step":
-        drops = sum(epoch >= int(fraction * config.epochs) for fraction in config.lr_milestones)
-        return config.lr * 0.1**drops
-    return config.lr
-
-
-def w_out_at(config: TrainConfig, epoch: int) -> float:
-    if config.sampler not in ("ring", "ball"):
-        return config.w_out
-    return outer_fraction(config.anneal, config.w_out, epoch, config.resolved_anneal_epochs(), config.anneal_steps)
+    if config.optim.lr_schedule == "cosine":
+        return config.optim.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.optim.epochs))
+    if config.optim.lr_schedule == "step":
+        drops = sum(epoch >= int(fraction * config.optim.epochs) for fraction in config.optim.lr_milestones)
+        return config.optim.lr * 0.1**drops
+    return config.optim.lr
 
 
 def _rng_state() -> dict:
@@ -132,8 +125,8 @@ class Trainer:
         if allow_distributed:
             distributed.init_from_env(self.device)
         self.rank, self.world = (distributed.rank(), distributed.world_size()) if allow_distributed else (0, 1)
-        if config.batch_size % self.world:
-            raise ConfigError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
+        if config.optim.batch_size % self.world:
+            raise ConfigError(f"batch_size {config.optim.batch_size} is not divisible by {self.world} processes")
         self.show_progress = show_progress and self.rank == 0
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.state_path = self.out_dir / STATE_FILE
@@ -148,7 +141,7 @@ class Trainer:
         self._build(state)
 
     def _check_resumable(self, state: dict) -> None:
-        saved, current = state["config"], self.config.to_dict()
+        saved, current = TrainConfig.from_dict(state["config"]).flat_dict(), self.config.flat_dict()
         differing = sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k) != current[k])
         if differing:
             details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing[:6])
@@ -158,11 +151,12 @@ class Trainer:
     def _build(self, state: dict | None) -> None:
         config = self.config
         torch.manual_seed(config.seed)  # identical model and memory initialisation on every rank
-        self.mean, self.std = dataset_stats(config.dataset)
-        root = config.data_root or None
-        self.images = open_dataset(config.dataset, root, PRETRAIN_SPLIT[config.dataset], **self._size_kw())
-        settings = config.method_settings(self.mean, self.std)
-        self.method = build_method(config.method, settings, config.sampler_config(), len(self.images),
+        self.mean, self.std = dataset_stats(config.data.name)
+        root = config.data.root or None
+        self.images = open_dataset(config.data.name, root, PRETRAIN_SPLIT[config.data.name], **self._size_kw())
+        settings = config.method.settings(self.mean, self.std)
+        self.sampler = config.build_sampler()
+        self.method = build_method(config.method.name, settings, self.sampler, len(self.images),
                                    seed=config.seed).to(self.device)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -171,8 +165,8 @@ class Trainer:
             self.method.wrap_distributed(lambda module: DistributedDataParallel(module, device_ids=device_ids))
         parameters = [p for name in self.method.trainable_encoders()
                       for p in getattr(self.method, name).parameters()]
-        self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(parameters, lr=config.optim.lr, momentum=config.optim.momentum,
+                                         weight_decay=config.optim.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank + 1)
         self.start_epoch = 0
         torch.manual_seed(config.seed * 1000 + self.rank)  # augmentation stream, distinct per rank
@@ -186,19 +180,19 @@ class Trainer:
             if len(rng) != self.world and self.rank == 0:
                 print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
                       "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
-        self.transform = pretrain_transform(config.image_size, self.mean, self.std, config.crop_min_scale,
-                                            config.hflip)
+        self.transform = pretrain_transform(config.data.image_size, self.mean, self.std, config.data.crop_min_scale,
+                                            config.data.hflip)
         self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
         self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
                                                seed=config.seed, drop_last=True)
-        self.loader = DataLoader(self.views, batch_size=config.batch_size // self.world, sampler=self.data_sampler,
-                                 num_workers=config.workers, drop_last=True,
+        self.loader = DataLoader(self.views, batch_size=config.optim.batch_size // self.world, sampler=self.data_sampler,
+                                 num_workers=config.data.workers, drop_last=True,
                                  pin_memory=self.device.type == "cuda", persistent_workers=False)
         if len(self.loader) == 0:
-            raise ConfigError(f"{len(self.images)} images give no full batch of {config.batch_size // self.world}")
+            raise ConfigError(f"{len(self.images)} images give no full batch of {config.optim.batch_size // self.world}")
 
     def _size_kw(self) -> dict:
-        return {"image_size": self.config.image_size} if self.config.dataset == "digits" else {}
+        return {"image_size": self.config.data.image_size} if self.config.data.name == "digits" else {}
 
     # ------------------------------------------------------------------------------------------ monitor
     @torch.no_grad()
@@ -206,8 +200,8 @@ class Trainer:
         backbone = self.method.export_backbone()
         was_training = backbone.training
         backbone.eval()
-        loader = DataLoader(TransformedImages(images, eval_transform(self.config.image_size, self.mean, self.std)),
-                            batch_size=256, num_workers=self.config.workers)
+        loader = DataLoader(TransformedImages(images, eval_transform(self.config.data.image_size, self.mean, self.std)),
+                            batch_size=256, num_workers=self.config.data.workers)
         chunks = []
         for batch, _ in loader:
             with self._autocast():
@@ -216,10 +210,10 @@ class Trainer:
         return torch.cat(chunks).numpy()
 
     def knn_monitor(self) -> float:
-        train_split, test_split = MONITOR_SPLITS[self.config.dataset]
-        root = self.config.data_root or None
-        train = open_dataset(self.config.dataset, root, train_split, **self._size_kw())
-        test = open_dataset(self.config.dataset, root, test_split, **self._size_kw())
+        train_split, test_split = MONITOR_SPLITS[self.config.data.name]
+        root = self.config.data.root or None
+        train = open_dataset(self.config.data.name, root, train_split, **self._size_kw())
+        test = open_dataset(self.config.data.name, root, test_split, **self._size_kw())
         if len(train) > self.config.knn_max_train:
             keep = np.sort(np.random.default_rng(0).choice(len(train), self.config.knn_max_train, replace=False))
             train = _Subset(train, keep)
@@ -266,14 +260,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> dict:
         config = self.config
-        lr, w_out = lr_at(config, epoch), w_out_at(config, epoch)
+        lr = lr_at(config, epoch)
+        self.sampler.set_epoch(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.method.train()
         self.data_sampler.set_epoch(epoch)
-        steps = len(self.loader) if config.max_steps_per_epoch <= 0 else min(len(self.loader), config.max_steps_per_epoch)
+        steps = len(self.loader) if config.optim.max_steps_per_epoch <= 0 else min(len(self.loader), config.optim.max_steps_per_epoch)
         total, count, started = 0.0, 0, time.perf_counter()
-        progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.show_progress,
+        progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.optim.epochs}", disable=not self.show_progress,
                         leave=False, dynamic_ncols=True)
         for step, batch in enumerate(self.loader):
             if step >= steps:
@@ -282,7 +277,7 @@ class Trainer:
             views = [view.to(self.device, non_blocking=True) for view in views]
             index = index.to(self.device)
             with self._autocast():
-                loss = self.method.loss(views, index, w_out, self.generator)
+                loss = self.method.loss(views, index, self.generator)
             if not torch.isfinite(loss):
                 last = f"{self.state_path} (epoch {epoch})" if epoch > 0 else "none (first epoch)"
                 raise TrainingDiverged(
@@ -298,9 +293,8 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
         progress.close()
-        band = w_out if config.sampler in ("ring", "ball") else None
-        return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "w_out": band, "steps": count,
-                "train_seconds": round(time.perf_counter() - started, 3)}
+        return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, **self.sampler.epoch_record(),
+                "steps": count, "train_seconds": round(time.perf_counter() - started, 3)}
 
     def fit(self, until_epoch: int | None = None) -> Path | None:
         """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks).
@@ -318,7 +312,7 @@ class Trainer:
 
     def _fit(self, until_epoch: int | None) -> Path | None:
         config = self.config
-        stop = config.epochs if until_epoch is None else min(until_epoch, config.epochs)
+        stop = config.optim.epochs if until_epoch is None else min(until_epoch, config.optim.epochs)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -326,7 +320,7 @@ class Trainer:
         record = {}
         for epoch in range(self.start_epoch, stop):
             record = self.train_epoch(epoch)
-            last = epoch + 1 == config.epochs
+            last = epoch + 1 == config.optim.epochs
             if self.rank == 0 and config.knn_every > 0 and ((epoch + 1) % config.knn_every == 0 or last):
                 started = time.perf_counter()
                 record["knn_top1"] = self.knn_monitor()
@@ -338,29 +332,24 @@ class Trainer:
             if self.rank == 0:
                 if self.show_progress:
                     knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
-                    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{knn}")
+                    tqdm.write(f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f}{knn}")
         distributed.barrier()
-        if self.rank != 0 or stop < config.epochs:
+        if self.rank != 0 or stop < config.optim.epochs:
             return None
         return self.export(record.get("knn_top1"))
 
     def export(self, knn_top1: float | None = None) -> Path:
         config = self.config
-        params = config.sampler_config().params()
-        if config.sampler in ("ring", "ball"):
-            params |= {"anneal": config.anneal, "anneal_epochs": config.resolved_anneal_epochs(),
-                       "anneal_steps": config.anneal_steps, "w_out_final": w_out_at(config, config.epochs - 1)}
         if knn_top1 is None and self.metrics_path.exists():
             records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
             knn_top1 = next((r["knn_top1"] for r in reversed(records) if "knn_top1" in r), None)
-        metadata = {
-            "method": config.method, "sampler": config.sampler, "sampler_params": params,
-            "arch": config.arch, "stem": config.stem, "pretrain_dataset": config.dataset,
-            "epochs": config.epochs, "image_size": config.image_size,
-            "mean": list(self.mean), "std": list(self.std), "config": config.to_dict(),
-            "seed": config.seed, "code_version": code_version(), "recipe": config.recipe,
-            "knn_top1": knn_top1,
-        }
+        metadata = encoder_metadata(
+            method=config.method.name, sampler=config.sampler.name, sampler_params=self.sampler.metadata(),
+            arch=config.method.arch, stem=config.method.stem, pretrain_dataset=config.data.name,
+            epochs=config.optim.epochs, image_size=config.data.image_size, mean=self.mean, std=self.std,
+            config=config.to_dict(), seed=config.seed, code_version=code_version(), recipe=config.recipe,
+            knn_top1=knn_top1,
+        )
         return save_encoder(self.encoder_path, self.method.export_backbone(), metadata)
 
 
@@ -389,10 +378,10 @@ def check_recipe(recipe_name: str, overrides: dict | None = None) -> TrainConfig
 
     Raises ConfigError or DatasetError (both ValueError) with a message naming the bad key or path."""
     config = recipe_config(recipe_name, overrides or {})
-    size = {"image_size": config.image_size} if config.dataset == "digits" else {}
-    open_dataset(config.dataset, config.data_root or None, PRETRAIN_SPLIT[config.dataset], **size)
-    for split in MONITOR_SPLITS[config.dataset]:
-        open_dataset(config.dataset, config.data_root or None, split, **size)
+    size = {"image_size": config.data.image_size} if config.data.name == "digits" else {}
+    open_dataset(config.data.name, config.data.root or None, PRETRAIN_SPLIT[config.data.name], **size)
+    for split in MONITOR_SPLITS[config.data.name]:
+        open_dataset(config.data.name, config.data.root or None, split, **size)
     return config
 
 
@@ -406,7 +395,7 @@ def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.Pat
     resume = state_path.exists()
     if resume and encoder_path.exists():
         state = read_state(state_path)
-        if state["epoch"] >= config.epochs and state["config"] == config.to_dict():
+        if state["epoch"] >= config.optim.epochs and TrainConfig.from_dict(state["config"]) == config:
             return encoder_path
     path = train(config, out_dir, resume=resume, show_progress=show_progress, allow_distributed=allow_distributed)
     if path is None:  # a non-zero rank of a DDP job
@@ -422,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default runs/pretrain/<recipe>)")
     parser.add_argument("--resume", action="store_true", help="continue the training state in --out exactly")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
-    parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--show-config", action="store_true", help="print the resolved config (YAML) and exit")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(recipe_names()))
@@ -432,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = recipe_config(args.recipe, args.overrides)
         if args.show_config:
-            print(json.dumps(config.to_dict(), indent=2))
+            print(config.to_yaml(), end="")
             return 0
         out_dir = Path(args.out or Path("runs") / "pretrain" / args.recipe)
         started = time.perf_counter()

@@ -10,7 +10,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from slurm.profiles import ResourceProfile
+from pretrain.overrides import comma_list
+from slurm.jobs import slurm_job_states as slurm_job_states  # re-exported: they used to live here
+from slurm.jobs import slurm_live_jobs as slurm_live_jobs
+from slurm.profiles import ProfileError, ResourceProfile
 
 EXECUTORS = ("auto", "local", "debug", "slurm")
 
@@ -38,7 +41,7 @@ def local_gpu_count() -> int:
     """GPUs on this machine without importing torch (the runner stays light)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        return len([d for d in comma_list(visible) if d != "-1"])
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
@@ -90,10 +93,8 @@ def fit_profile(profile: ResourceProfile, executor: str, notes: list[str]) -> Re
         if profile.partition:
             partitions = slurm_partitions()
             if partitions is not None and profile.partition not in partitions:
-                from bench.suite import InputError
-
-                raise InputError(f"partition {profile.partition!r} does not exist on this cluster; "
-                                 f"partitions: {', '.join(partitions) or '(none)'}")
+                raise ProfileError(f"partition {profile.partition!r} does not exist on this cluster; "
+                                   f"partitions: {', '.join(partitions) or '(none)'}")
         limits = slurm_node_limits(profile.partition)
         if limits:
             if profile.gpus > limits["gpus"]:
@@ -139,23 +140,3 @@ def make_executor(
         params.pop("nodes", None)  # local executors run on this one machine
     auto.update_parameters(**params)
     return auto
-
-
-def slurm_live_jobs(job_ids: list[str]) -> set[str] | None:
-    """Which of these SLURM job ids (plain or array `A_i`) are still queued or running; None if unknown."""
-    if not job_ids:
-        return set()
-    mains = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(mains)], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        if "Invalid job id" in out.stderr:
-            return set()
-        return None
-    return set(out.stdout.split())
-
-

@@ -10,11 +10,16 @@ and debug executors ignore, so one call site serves every executor.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.suite import InputError
+from pretrain.overrides import OverrideError, parse_text, split_pair
+
+
+class ProfileError(ValueError):
+    """A bad resource profile or `--resource` override; the message names the key, value or profile."""
 
 
 @dataclass(frozen=True)
@@ -76,36 +81,32 @@ PROFILES: dict[str, ResourceProfile] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(ResourceProfile)}
+HINTS = typing.get_type_hints(ResourceProfile)
 ALIASES = {"gpus_per_node": "gpus", "cpus_per_task": "cpus", "time": "timeout_min", "mem": "mem_gb"}
 
 
 def _convert(key: str, text: str) -> Any:
-    kind = FIELDS[key].type
-    if text.lower() in ("", "none", "null"):
-        if "None" in str(kind):
-            return None
-        raise InputError(f"--resource {key}: a value is required")
-    if "int" in str(kind):
-        try:
-            return int(text)
-        except ValueError:
-            raise InputError(f"--resource {key}={text!r}: expected an integer") from None
-    return text
+    if text.strip().lower() in ("", "none", "null") and FIELDS[key].default is not None:
+        raise ProfileError(f"--resource {key}: a value is required")
+    try:
+        return parse_text(key, text, HINTS[key], label="--resource ")
+    except OverrideError as error:
+        raise ProfileError(str(error)) from None
 
 
-def apply_overrides(profiles: dict[str, ResourceProfile], overrides: Iterable[str]) -> dict[str, ResourceProfile]:
+def apply_resource_overrides(profiles: dict[str, ResourceProfile], overrides: Iterable[str]) -> dict[str, ResourceProfile]:
     """Apply `[PROFILE.]KEY=VALUE` strings; a key without a profile applies to every profile."""
     result = dict(profiles)
     for item in overrides:
         if "=" not in item:
-            raise InputError(f"--resource {item!r}: expected [PROFILE.]KEY=VALUE, e.g. eval.gpus=2 or timeout_min=30")
-        target, _, value = item.partition("=")
+            raise ProfileError(f"--resource {item!r}: expected [PROFILE.]KEY=VALUE, e.g. eval.gpus=2 or timeout_min=30")
+        target, value = split_pair(item)
         profile_name, _, key = target.rpartition(".")
         key = ALIASES.get(key, key)
         if key not in FIELDS:
-            raise InputError(f"--resource {item!r}: unknown key {key!r}; valid keys: {', '.join(FIELDS)}")
+            raise ProfileError(f"--resource {item!r}: unknown key {key!r}; valid keys: {', '.join(FIELDS)}")
         if profile_name and profile_name not in result:
-            raise InputError(f"--resource {item!r}: unknown profile {profile_name!r}; valid profiles: {', '.join(result)}")
+            raise ProfileError(f"--resource {item!r}: unknown profile {profile_name!r}; valid profiles: {', '.join(result)}")
         converted = _convert(key, value)
         for name in [profile_name] if profile_name else list(result):
             result[name] = dataclasses.replace(result[name], **{key: converted})
@@ -114,5 +115,5 @@ def apply_overrides(profiles: dict[str, ResourceProfile], overrides: Iterable[st
 
 def get_profile(profiles: dict[str, ResourceProfile], name: str) -> ResourceProfile:
     if name not in profiles:
-        raise InputError(f"unknown resource profile {name!r}; valid profiles: {', '.join(profiles)}")
+        raise ProfileError(f"unknown resource profile {name!r}; valid profiles: {', '.join(profiles)}")
     return profiles[name]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -85,17 +84,14 @@ class FeatureCache:
 
     def _write(self, path: Path, array: np.ndarray, parts: dict[str, Any]) -> None:
         save_array_atomic(path, array)
-        path.with_suffix(".json").write_text(json.dumps(parts, sort_keys=True, default=str, indent=1))
+        from pretrain.atomic_files import atomic_write_text
+
+        atomic_write_text(path.with_suffix(".json"), json.dumps(parts, sort_keys=True, default=str, indent=1))
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary file beside `path`, then rename: a killed writer leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from pretrain.atomic_files import atomic_write
+
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), fsync=False, suffix=".npy")

@@ -22,9 +22,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+
+if TYPE_CHECKING:
+    from pretrain.checkpoint import CheckpointInfo
 
 TASK_KINDS = {"mask_rcnn": "instances", "keypoint_rcnn": "keypoints"}
 HEADLINE = {"bbox/AP", "segm/AP", "keypoints/AP"}  # reported with per-category samples
@@ -89,14 +92,14 @@ def _engine_for(opts: CocoDetOptions, data_root: Path | None) -> str:
 def random_control_encoder(reference: Path | None = None) -> Path:
     """A randomly initialised resnet18 (ImageNet stem) saved as a real encoder file (method "random").
 
-    Its preprocessing metadata (image size, mean, std) is the embedded pair's (from `reference` when
-    given, else from the pair's recipe), so that the control differs from the pretrained encoders only
-    in its weights.
+    Its preprocessing metadata (image size, mean, std) is the embedded pair's (from `reference` when given,
+    else from the pair's recipe; formerly copied from `reference`, the embedded NCE
+    encoder) so that the control differs from the pretrained encoders only in its weights.
     """
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import load_encoder, save_encoder
+    from pretrain.checkpoint import load_encoder, save_encoder, untrained_metadata
     from pretrain.embedded import cache_root
 
     path = cache_root() / "detection" / RANDOM_CONTROL_FILE
@@ -111,25 +114,14 @@ def random_control_encoder(reference: Path | None = None) -> Path:
         from pretrain.recipes import recipe_config
 
         config = recipe_config(EMBEDDED_RECIPES[0])
-        image_size = int(config.image_size)
-        mean, std = (list(values) for values in dataset_stats(config.dataset))
+        image_size = int(config.data.image_size) if hasattr(config, "data") else int(config.image_size)
+        dataset = config.data.dataset if hasattr(config, "data") else config.dataset
+        mean, std = (list(values) for values in dataset_stats(dataset))
     with torch.random.fork_rng():
         torch.manual_seed(0)
         backbone = build_backbone("resnet18", "imagenet")
-    metadata = {
-        "method": "random",
-        "sampler": "none",
-        "sampler_params": {},
-        "arch": "resnet18",
-        "stem": "imagenet",
-        "pretrain_dataset": "none",
-        "epochs": 0,
-        "image_size": image_size,
-        "mean": mean,
-        "std": std,
-        "config": {"init": "torchvision default (kaiming) with torch.manual_seed(0)"},
-        "seed": 0,
-    }
+    metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=image_size, mean=mean, std=std,
+                                  config={"init": "torchvision default (kaiming) with torch.manual_seed(0)"})
     return save_encoder(path, backbone, metadata)
 
 
@@ -167,10 +159,13 @@ class CocoDetSuite(Suite):
     def control_checkpoints(self) -> list[Path]:
         return [random_control_encoder()]
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        from transfer.detection.configs import check_recipe
+    def parse_options(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None = None) -> CocoDetOptions:
+        return options if isinstance(options, CocoDetOptions) else CocoDetOptions.parse(options)
 
-        opts = CocoDetOptions.parse(options)
+    def tasks(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None) -> list[Task]:
+        from transfer.detection.configs import check_detection_recipe
+
+        opts = self.parse_options(options)
         engine = _engine_for(opts, data_root)
         if opts.recipe == "c4" and engine != "detectron2":
             raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
@@ -178,7 +173,7 @@ class CocoDetSuite(Suite):
         tasks = []
         for name in opts.tasks:
             try:
-                check_recipe(name, opts.recipe, "resnet50")
+                check_detection_recipe(name, opts.recipe, "resnet50")
             except ValueError as error:
                 raise InputError(f"coco_det: {error}") from None
             params = {
@@ -195,11 +190,31 @@ class CocoDetSuite(Suite):
             tasks.append(Task(name=f"{dataset}/{label}", params=params, profile=profile))
         return tasks
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        """Embedded: the digits file and the builder's parameters; a COCO folder: the task's train and
+        val annotation json (sha256) and the (name, size) of the images they reference."""
+        from bench.fingerprint import coco_fingerprint, embedded_fingerprint
+        from transfer.detection.coco_data import SPLITS, coco_split, resolve_coco_root
+
+        out = {}
+        for task in tasks:
+            if data_root is None:
+                from transfer.detection.embedded import default_parameters
+
+                out[task.name] = embedded_fingerprint("digits_coco", default_parameters())
+                continue
+            root = resolve_coco_root(data_root)
+            splits = [coco_split(root, TASK_KINDS[task.params["task"]], split) for split in SPLITS]
+            out[task.name] = coco_fingerprint(task.params["dataset"], [(s.json_file, s.image_root) for s in splits])
+        return out
+
+    def check(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None,
+              checkpoints: Sequence[Path | CheckpointInfo]) -> None:
         from transfer.detection.coco_data import CocoDataError, check_coco_root
 
-        opts = CocoDetOptions.parse(options)
-        self.tasks(options, data_root)  # engine availability and recipe/task combinations
+        opts = self.parse_options(options)
+        self.tasks(opts, data_root)  # engine availability and recipe/task combinations
         if data_root is not None:
             kinds = sorted({TASK_KINDS[t] for t in opts.tasks})
             try:
@@ -210,19 +225,18 @@ class CocoDetSuite(Suite):
                 if summary.images_without_annotations:
                     print(f"coco_det: {summary.json_file.name}: {summary.images_without_annotations} of {summary.num_images} "
                           "images have no annotations; training skips them (as Detectron2 does)", file=sys.stderr)
-        self.check_checkpoints(options, checkpoints)
+        self.check_checkpoints(opts, checkpoints)
 
     def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
-        from transfer.detection.configs import check_recipe
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
+        from transfer.detection.configs import check_detection_recipe
 
-        opts = CocoDetOptions.parse(options)
+        opts = self.parse_options(options)
         for path in checkpoints:
             try:
-                encoder = load_encoder(path)
+                meta = checkpoint_info(path).metadata  # the plan's resolved info: nothing is loaded again
             except CheckpointError as error:
                 raise InputError(f"coco_det: checkpoint refused: {error}") from None
-            meta = encoder.metadata
             if meta["stem"] != "imagenet":
                 raise InputError(
                     f"coco_det: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); detection needs the ImageNet "
@@ -230,7 +244,7 @@ class CocoDetSuite(Suite):
                 )
             for name in opts.tasks:
                 try:
-                    check_recipe(name, opts.recipe, meta["arch"])
+                    check_detection_recipe(name, opts.recipe, meta["arch"])
                 except ValueError as error:
                     raise InputError(f"coco_det: {path}: {error}") from None
 
@@ -304,18 +318,10 @@ class CocoDetSuite(Suite):
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)
-        if engine == "detectron2":
-            from transfer.detection.convert import convert_checkpoint_to_detectron2
-            from transfer.detection.engines import detectron2_engine
+        from transfer.detection.engines import run_detection
 
-            weights = convert_checkpoint_to_detectron2(cell.checkpoint, Path(workdir) / "backbone_detectron2.pkl")
-            result = detectron2_engine.train_and_evaluate(job, weights)
-        else:
-            from transfer.detection.engines import torchvision_engine
-
-            result = torchvision_engine.train_and_evaluate(
-                job, encoder.model.state_dict(), protocol.heads, where=str(cell.checkpoint)
-            )
+        # the weights loaded once above go to the engine (Detectron2 converts them, torchvision loads them)
+        result = run_detection(engine, job, encoder.model.state_dict(), protocol.heads, workdir, str(cell.checkpoint))
         if not result.metrics:  # a non-leader task of a multi-GPU job
             return CellOutput(metrics={}, info={"engine": engine, "role": "worker"})
         metrics: dict[str, Metric] = {}

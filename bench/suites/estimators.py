@@ -5,7 +5,8 @@ or an MLP trained with the NCE or the Ring objective) x true MI x K. Each cell d
 independent batches of correlated Gaussian pairs and reports, per estimator, the batch estimates as
 `mi/<estimator>`, `bias/<estimator>` (estimate minus the true MI) and `log_partition/<estimator>`
 (the batch mean of log(1/K sum exp f), so mi = mean positive score - log_partition) metrics; the
-true MI, rho and the band-condition rates go into the info. The experiment itself lives in `bench.estimators`.
+true MI, rho and the band-condition rates go into the info. The study itself lives in `studies.estimators`;
+this suite only adapts it to the runner (options, tasks, metrics).
 
     python -m bench.run --suite estimators --executor local
     python -m bench.run --suite estimators mi=1,4 k=64 critics=optimal batches=50
@@ -15,56 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
-
-# Kept torch-free so planning and --dry-run stay instant; tests check both against bench.estimators
-# and pretrain.samplers.ring_bounds.
-CRITICS = ("optimal", "learned-nce", "learned-ring")
-
-
-def band_bounds(pool: int, w_out: float, w_in: float) -> tuple[int, int]:
-    """Ranks [lower, upper) of the ring in a pool, as pretrain.samplers.ring_bounds computes them."""
-    upper = math.floor(w_out * pool)
-    return math.floor(w_in * upper), upper
-
-
-def task_name(critic: str, mi: float, k: int) -> str:
-    """Same as bench.estimators.Setting.name."""
-    return f"{critic}/mi={mi:g}/K={k}"
-
-
-TASK_NAME = re.compile(r"^(?P<critic>[^/]+)/mi=(?P<mi>[^/]+)/K=(?P<k>\d+)$")
-
-
-def estimates_frame(ranked: Any):
-    """Leaderboard rows -> one row per (critic, K, true MI, estimator) with mean, std, bias, n, ci95.
-
-    `std` is the Metric's std: over batches for one seed, over seed means when several seeds ran.
-    """
-    import pandas as pd
-
-    rows = []
-    for _, row in ranked.iterrows():
-        match = TASK_NAME.match(str(row["task"]))
-        kind, _, estimator = str(row["metric"]).partition("/")
-        if match is None or kind != "mi":
-            continue
-        true_mi = float(match["mi"])
-        rows.append({"critic": match["critic"], "K": int(match["k"]), "true_mi": true_mi, "estimator": estimator,
-                     "mean": float(row["mean"]), "bias": float(row["mean"]) - true_mi, "std": float(row["std"]),
-                     "n": int(row["n"]), "ci95": float(row["ci95"])})
-    frame = pd.DataFrame(rows, columns=["critic", "K", "true_mi", "estimator", "mean", "bias", "std", "n", "ci95"])
-    family = {"nce": 0, "ring": 1, "ball": 2, "hcl": 3}
-    order = sorted(set(frame["estimator"]), key=lambda name: (family.get(name.partition("[")[0], 9), name))
-    frame["estimator"] = pd.Categorical(frame["estimator"], categories=order, ordered=True)
-    frame = frame.sort_values(["critic", "K", "true_mi", "estimator"], ignore_index=True)
-    frame["estimator"] = frame["estimator"].astype(str)
-    return frame
+from studies.estimators import CRITICS, band_bounds, estimates_frame, task_name
 
 
 class EstimatorsSuite(Suite):
@@ -72,6 +29,7 @@ class EstimatorsSuite(Suite):
     protocol_version = "1"
     sample_unit = "independent batches"
     uses_checkpoints = False
+    reads_data_root = False  # synthetic Gaussians only
     default_seeds = (0,)
     options = {
         "dim": 20,  # dimensions of x and y
@@ -149,7 +107,7 @@ class EstimatorsSuite(Suite):
         return w_out, w_in
 
     def estimator_specs(self, options: Mapping[str, Any]):
-        from bench.estimators import default_estimators
+        from studies.estimators.study import default_estimators
 
         bands = [self.parse_band(text, "bands") for text in options["bands"]]
         for w_out in options["balls"]:
@@ -157,7 +115,7 @@ class EstimatorsSuite(Suite):
         return default_estimators(bands, [float(b) for b in options["balls"]], [float(b) for b in options["hcl_betas"]])
 
     def train_objective(self, options: Mapping[str, Any]):
-        from bench.estimators import EstimatorSpec
+        from studies.estimators.study import EstimatorSpec
 
         w_out, w_in = self.parse_band(options["train_band"], "train_band")
         return EstimatorSpec("ring", w_out=w_out, w_in=w_in)
@@ -177,7 +135,7 @@ class EstimatorsSuite(Suite):
     # ----------------------------------------------------------------- leaderboard hooks
 
     def leaderboard_markdown(self, ranked: Any) -> str | None:
-        from bench.estimators import format_table
+        from studies.estimators.study import format_table
 
         frame = estimates_frame(ranked)
         if frame.empty:
@@ -187,7 +145,7 @@ class EstimatorsSuite(Suite):
                 "plus K-1 negatives; NCE never exceeds log K.\n\n" + format_table(frame) + "\n")
 
     def leaderboard_figure(self, ranked: Any, path: Path) -> bool:
-        from bench.estimators import plot_estimates
+        from studies.estimators.study import plot_estimates
 
         frame = estimates_frame(ranked)
         if frame.empty:
@@ -198,7 +156,7 @@ class EstimatorsSuite(Suite):
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         import torch
 
-        from bench.estimators import Setting, run_setting
+        from studies.estimators.study import Setting, run_setting
 
         torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
         options = cell.options
@@ -226,7 +184,7 @@ class EstimatorsSuite(Suite):
             metrics[f"log_partition/{name}"] = Metric.from_samples(result.estimates.log_partition[name], ids,
                                                                   higher_is_better=False)
         info: dict[str, Any] = {
-            "engine": "bench.estimators",
+            "engine": "studies.estimators",
             "critic": setting.critic,
             "true_mi": result.true_mi,
             "rho": result.rho,

@@ -30,6 +30,7 @@ class KnnSuite(Suite):
     protocol_version = "1"
     sample_unit = "test images (one deterministic evaluation)"
     default_seeds = (0,)  # kNN is deterministic; more seeds would only repeat the number
+    reads_data_root = False  # the embedded digits split only
     options = {
         "ks": [20, 200],  # one metric per k
         "temperature": 0.07,  # exp(similarity / temperature) vote weights (Wu et al. 2018)
@@ -45,6 +46,12 @@ class KnnSuite(Suite):
             raise InputError(f"knn temperature={options['temperature']}: expected a positive number")
         check_int_option("knn", "batch_size", options["batch_size"], 1)
         check_device_option("knn", options["device"])
+
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        from bench.fingerprint import standard_dataset_fingerprint
+
+        return {task.name: standard_dataset_fingerprint("digits", None) for task in tasks}
 
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         params = {"dataset": "digits", "split": "test", "ks": [int(k) for k in options["ks"]],

@@ -28,9 +28,10 @@ class LinearDataset:
     num_classes: int
     layout: str  # what --data-root must contain, for error messages and the README
 
-    def expected_classes(self, options: Mapping[str, Any]) -> int:
+    def expected_classes(self, imagenet_classes: int) -> int:
+        """The class count of this dataset (ImageNet's is an option: a class subset may be used)."""
         if self.name == "imagenet":
-            return int(options["imagenet_classes"])
+            return int(imagenet_classes)
         return self.num_classes
 
 
@@ -162,8 +163,11 @@ class LinearSuite(Suite):
     }
     default_seeds = (0,)
 
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
-        opts = LinearOptions.parse(options)
+    def parse_options(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None = None) -> LinearOptions:
+        return options if isinstance(options, LinearOptions) else LinearOptions.parse(options)
+
+    def tasks(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None) -> list[Task]:
+        opts = self.parse_options(options)
         tasks = []
         for name in selected_datasets(opts, data_root):
             spec = DATASETS[name]
@@ -173,7 +177,7 @@ class LinearSuite(Suite):
                 "protocol": opts.protocol,
                 "train_split": spec.train_split,
                 "test_split": spec.test_split,
-                "num_classes": spec.expected_classes(_raw(options)),
+                "num_classes": spec.expected_classes(opts.imagenet_classes),
                 "knn": opts.knn,
             }
             if opts.protocol == "paper":
@@ -181,11 +185,18 @@ class LinearSuite(Suite):
             tasks.append(Task(name=f"{name}/{protocol_name}", params=params, profile="linear"))
         return tasks
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        from bench.fingerprint import standard_dataset_fingerprint
+
+        return {task.name: standard_dataset_fingerprint(task.params["dataset"], data_root) for task in tasks}
+
+    def check(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None,
+              checkpoints: Sequence[Path]) -> None:
         from pretrain.data import DatasetError
 
-        opts = LinearOptions.parse(options)
-        for task in self.tasks(options, data_root):
+        opts = self.parse_options(options)
+        for task in self.tasks(opts, data_root):
             name = task.params["dataset"]
             spec = DATASETS[name]
             expected = int(task.params["num_classes"])
@@ -205,14 +216,14 @@ class LinearSuite(Suite):
             if opts.knn and opts.knn_k > len(splits[spec.train_split]):
                 print(f"linear/{name}: knn_k={opts.knn_k} exceeds the {len(splits[spec.train_split])} training "
                       "images; kNN uses all of them", file=sys.stderr)
-        self.check_checkpoints(options, checkpoints)
+        self.check_checkpoints(opts, checkpoints)
 
     def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
 
         for path in checkpoints:
             try:
-                load_encoder(path)
+                checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(f"linear: checkpoint refused: {error}") from None
 
@@ -225,7 +236,7 @@ class LinearSuite(Suite):
 
         if cell.checkpoint is None:
             raise InputError("the linear suite evaluates a checkpoint; the cell has none")
-        opts = LinearOptions.parse(cell.options)
+        opts = cell.settings if isinstance(cell.settings, LinearOptions) else self.parse_options(cell.options)
         params = cell.task.params
         name = params["dataset"]
         encoder = load_encoder(cell.checkpoint)
@@ -272,7 +283,3 @@ class LinearSuite(Suite):
                  "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers,
                  "feature_cache": {"hits": cache.hits, "misses": cache.misses}}
         return CellOutput(metrics=metrics, info=info)
-
-
-def _raw(options: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(LinearSuite.options) | dict(options)

@@ -202,20 +202,30 @@ class MetaDatasetSuite(Suite):
         "device": "",  # empty: cuda when available
     }
 
+    # the records folder enters the cell id as each source's fingerprint, not as a path (a relative
+    # path would change the id with the working directory, and two folders of one name would collide)
+    path_options = ("records",)
+
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         opts = parse_options(options, data_root)
         names, _ = selected_sources(opts)
-        records_label = "embedded" if opts.embedded else str(opts.records)
         tasks = []
         for source in names:
             if opts.mode == "linear":
-                tasks.append(Task(f"{source}/linear", {"source": source, "mode": "linear", "records": records_label}))
+                tasks.append(Task(f"{source}/linear", {"source": source, "mode": "linear"}))
                 continue
             for shots in opts.shots:
                 name = source if shots == "variable" else f"{source}/{shots}"
-                tasks.append(Task(name, {"source": source, "mode": "episodic", "split": opts.split, "shots": shots,
-                                         "records": records_label}))
+                tasks.append(Task(name, {"source": source, "mode": "episodic", "split": opts.split, "shots": shots}))
         return tasks
+
+    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        """Each source's spec (sha256) and the (name, size) of its class files."""
+        from bench.fingerprint import meta_dataset_source_fingerprint
+
+        root = records_dir(parse_options(options, data_root))
+        return {task.name: meta_dataset_source_fingerprint(root / task.params["source"]) for task in tasks}
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from transfer.meta_dataset.checker import check_source
@@ -246,11 +256,11 @@ class MetaDatasetSuite(Suite):
         self.check_checkpoints(options, checkpoints)
 
     def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, load_encoder
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
 
         for path in checkpoints:
             try:
-                load_encoder(path)
+                checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(str(error)) from None
 
@@ -353,10 +363,9 @@ class MetaDatasetSuite(Suite):
 def _write_json(path: Path, data: dict) -> None:
     import json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    tmp.replace(path)
+    from pretrain.atomic_files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, separators=(",", ":")))  # unique temporary: runners may overlap
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -3,7 +3,7 @@
 The encoders land in the cell folders (`cells/<id>/train/encoder.pt`); the cell's result records
 the path (info.encoder), the final kNN monitor accuracy and the final loss from the training log.
 A requeued cell resumes from the training state in its own folder (pretrain.train.train_recipe).
-Evaluation suites run on the trained encoders with `python -m bench.run --suite pretrain --then knn`.
+Evaluation suites run on the trained encoders with `python -m bench.run --suite pretrain --then knn ks=5`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class PretrainSuite(Suite):
     name = "pretrain"
     protocol_version = "1"
     uses_checkpoints = False
+    produces_checkpoints = True
     default_seeds = (0,)
     options = {
         "recipes": ["digits_default_nce", "digits_default_ring"],  # see python -m pretrain.train --list
@@ -43,10 +44,14 @@ class PretrainSuite(Suite):
     def _overrides(options: Mapping[str, Any], data_root: Path | None, seed: int | None) -> dict[str, Any]:
         overrides = dict(options["overrides"])
         if data_root is not None:
-            overrides.setdefault("data_root", str(data_root))
+            overrides.setdefault("data.root", str(data_root))
         if seed is not None:
             overrides["seed"] = int(seed)
         return overrides
+
+    def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
+        encoder = result.get("info", {}).get("encoder")
+        return Path(encoder) if encoder else None
 
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
         return [Task(name=name, params={"recipe": name, "overrides": dict(options["overrides"])}, profile="pretrain")

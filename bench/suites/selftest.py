@@ -22,6 +22,7 @@ class SelfTestSuite(Suite):
     name = "selftest"
     protocol_version = "1"
     uses_checkpoints = False
+    reads_data_root = False
     default_seeds = (0,)
     options = {
         "n_tasks": 4,  # number of tasks (cells per seed)

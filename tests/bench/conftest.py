@@ -15,15 +15,13 @@ def make_encoder(path: Path, sampler: str, seed: int, method: str = "moco", imag
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import encoder_metadata, save_encoder
 
     torch.manual_seed(seed)
     backbone = build_backbone("resnet18", "imagenet")
-    metadata = {
-        "method": method, "sampler": sampler, "sampler_params": {}, "arch": "resnet18", "stem": "imagenet",
-        "pretrain_dataset": "digits", "epochs": 0, "image_size": image_size, "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25], "config": {"test": True}, "seed": 0,
-    }
+    metadata = encoder_metadata(method=method, sampler=sampler, arch="resnet18", stem="imagenet",
+                                pretrain_dataset="digits", epochs=0, image_size=image_size, mean=[0.5, 0.5, 0.5],
+                                std=[0.25, 0.25, 0.25], config={"test": True}, seed=0)
     return save_encoder(path, backbone, metadata)
 
 
@@ -65,15 +63,11 @@ def plan_and_run(suite_name: str, results: Path, executor: str, overrides=(), ch
     """Plan a suite and run it through the real runner in this process; returns (plan, summary)."""
     import io
 
-    from bench.plan import build_plan
-    from bench.runner import Runner
-    from bench.suites import load_suite
+    from bench.execute import run_suite
     from slurm.profiles import PROFILES
 
-    suite = load_suite(suite_name)
-    plan = build_plan(suite_name, suite, results_root=results, option_pairs=list(overrides),
-                      checkpoint_specs=[str(c) for c in checkpoints])
-    suite.prepare(plan.options, plan.data_root, plan.store.shared_dir)
     stream = runner_kwargs.pop("stream", io.StringIO())
-    runner = Runner(plan, executor, PROFILES, stream=stream, poll_s=0.2, **runner_kwargs)
-    return plan, runner.run()
+    run = run_suite(suite_name, results_root=results, executor=executor, profiles=PROFILES,
+                    option_pairs=list(overrides), checkpoint_specs=[str(c) for c in checkpoints], stream=stream,
+                    poll_s=0.2, **runner_kwargs)
+    return run.plan, run.summary

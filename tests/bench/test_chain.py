@@ -39,3 +39,36 @@ def test_pretrain_then_knn_in_the_debug_executor(tmp_path, bench_env):
 def test_then_is_refused_for_other_suites(tmp_path, bench_env):
     out = run_bench(["--suite", "selftest", "--then", "knn", "--results", str(tmp_path)], bench_env)
     assert out.returncode == 2 and "--then chains evaluation suites after --suite pretrain only" in out.stderr
+
+
+@pytest.mark.slow
+def test_then_passes_options_to_its_suite(tmp_path, bench_env):
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "pretrain", TINY, "--then", "knn", "ks=5", "--executor", "debug", "--results",
+                     str(results), "--no-progress"], bench_env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    knn = [json.loads(p.read_text()) for p in (results / "knn" / "cells").glob("*/result.json")]
+    assert len(knn) == 2 and all(r["task"]["params"]["ks"] == [5] for r in knn)
+    assert all(set(r["metrics"]) == {"acc/k5"} for r in knn), [sorted(r["metrics"]) for r in knn]
+
+
+def test_then_options_are_checked_before_anything_runs(tmp_path, bench_env):
+    out = run_bench(["--suite", "pretrain", "--then", "knn", "k=5", "--results", str(tmp_path)], bench_env)
+    assert out.returncode == 2 and "unknown option 'k' for suite knn" in out.stderr
+    assert not (tmp_path / "pretrain").exists()
+    out = run_bench(["--suite", "pretrain", "--then", "knn, linear", "--dry-run", "--results", str(tmp_path)],
+                    bench_env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "then: knn, linear on the encoders these cells produce" in out.stdout
+
+
+def test_parse_then_splits_names_and_their_options():
+    from bench.execute import parse_then
+    from bench.suite import InputError
+
+    assert parse_then(["knn", "ks=5", "linear"]) == [("knn", ["ks=5"]), ("linear", [])]
+    assert parse_then(["knn, linear", "epochs=3"]) == [("knn", []), ("linear", ["epochs=3"])]
+    with pytest.raises(InputError, match="name the suite before its options"):
+        parse_then(["ks=5"])
+    with pytest.raises(InputError, match="twice"):
+        parse_then(["knn", "knn"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.plan import parse_options
+from bench.plan import parse_suite_options
 from bench.suite import InputError, comma_list
 from bench.suites import SUITES, load_suite, suite_names
 from tests.bench.conftest import run_bench
@@ -26,12 +26,12 @@ def test_unknown_suite_lists_the_valid_ones():
 
 def test_options_are_typed_by_their_defaults_and_unknown_keys_list_valid_ones():
     suite = load_suite("knn")
-    options = parse_options(suite, ["ks=1,5", "temperature=0.5"])
+    options = parse_suite_options(suite, ["ks=1,5", "temperature=0.5"])
     assert options["ks"] == [1, 5] and options["temperature"] == 0.5
     with pytest.raises(InputError, match="valid keys: batch_size, device, ks, temperature"):
-        parse_options(suite, ["k=3"])
+        parse_suite_options(suite, ["k=3"])
     with pytest.raises(InputError, match="temperature='warm': expected a float"):
-        parse_options(suite, ["temperature=warm"])
+        parse_suite_options(suite, ["temperature=warm"])
 
 
 def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, encoder_pair, bench_env):
@@ -98,4 +98,4 @@ def test_comma_list_options_accept_text_or_sequences():
     assert comma_list(" mask_rcnn, ,keypoint_rcnn ") == ("mask_rcnn", "keypoint_rcnn")
     assert comma_list(["omniglot ", "", " aircraft"]) == ("omniglot", "aircraft")
     assert comma_list(" , ") == ()
-    assert parse_options(load_suite("knn"), ["ks=5, 50,"])["ks"] == type(load_suite("knn").options["ks"])([5, 50])
+    assert parse_suite_options(load_suite("knn"), ["ks=5, 50,"])["ks"] == type(load_suite("knn").options["ks"])([5, 50])

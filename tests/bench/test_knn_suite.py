@@ -36,3 +36,7 @@ def test_local_and_debug_executors_give_the_same_table(tmp_path, encoder_pair, b
     plan = build_plan("knn", load_suite("knn"), results_root=tmp_path / "local", option_pairs=["ks=5,50"],
                       checkpoint_specs=[str(p) for p in encoder_pair])
     assert [plan.store.cell(p.cell_id).state().state for p in plan.cells] == ["done", "done"]
+    # the embedded digits have a fingerprint too: in the cell id, result.json and the table
+    stored = plan.store.cell(plan.cells[0].cell_id).read_result()["dataset"]
+    assert stored["name"] == "digits" and len(stored["sha256"]) == 64 and stored == plan.cells[0].dataset
+    assert set(local["dataset"]) == {f"digits:{stored['sha256'][:8]}"}

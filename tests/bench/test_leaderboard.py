@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.leaderboard import aggregate, long_table, paired_comparisons, rank_table, scan_suite, tied_ranks
+from bench.leaderboard import (
+    aggregate,
+    long_table,
+    paired_comparisons,
+    rank_table,
+    scan_suite,
+    tied_ranks,
+    write_suite_tables,
+)
 from bench.store import SCHEMA_VERSION, ResultStore, publish_json_once
 from bench.suite import Metric
 
@@ -103,7 +111,8 @@ def test_leaderboard_reads_only_valid_files(tmp_path):
     (bad / "result.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION})[:-3])
     scan = scan_suite(tmp_path, "s")
     assert len(scan.rows) == 1 and len(scan.corrupt) == 1 and "bad/result.json" in scan.corrupt[0]
-    assert isinstance(long_table(scan), pd.DataFrame)
+    long = long_table(scan)  # the table holds the good cell's numbers only, nothing of the corrupt one
+    assert len(long) == 1 and long.iloc[0]["sampler"] == "nce" and long.iloc[0]["mean"] == pytest.approx(1.5)
 
 
 def test_the_table_says_which_engine_produced_each_number(tmp_path):
@@ -115,3 +124,70 @@ def test_the_table_says_which_engine_produced_each_number(tmp_path):
     assert set(ranked["engine"]) == {"e"}
     header = markdown_table(ranked).splitlines()[0]
     assert header.startswith("| model | engine | avg rank |")
+
+
+def _store_knn_cell(root, cid, sampler, samples, seed=0, temperature=0.07, dataset_sha="d" * 64):
+    """A result as the knn suite stores it: options, task params and the dataset fingerprint."""
+    ids = [f"img{i}" for i in range(len(samples))]
+    options = {"ks": [20, 200], "temperature": temperature, "batch_size": 256, "device": ""}
+    checkpoint = {"path": f"/x/{sampler}.pt", "sha256": (sampler * 16)[:64], "method": "moco", "sampler": sampler,
+                  "sampler_params": {}, "arch": "resnet18", "pretrain_dataset": "digits", "epochs": 10, "seed": 0}
+    result = {"schema_version": SCHEMA_VERSION, "cell_id": cid, "suite": "knn", "protocol_version": "1",
+              "task": {"name": "digits", "params": {"ks": [20, 200], "temperature": temperature}}, "seed": seed,
+              "options": options, "metrics": {"acc/k20": Metric.from_samples(samples, ids).to_json()},
+              "dataset": {"name": "digits", "sha256": dataset_sha, "files": 1, "label": f"digits:{dataset_sha[:8]}"},
+              "checkpoint": checkpoint, "code_version": "test", "engine": "torch-knn"}
+    folder = ResultStore(root, "knn").cell(cid).path
+    folder.mkdir(parents=True)
+    assert publish_json_once(folder / "result.json", result)
+
+
+def test_settings_are_separate_rows_never_averaged_as_seeds_and_twins_pair_within_one(tmp_path):
+    _store_knn_cell(tmp_path, "n-t007", "nce", [100.0, 0.0, 100.0, 100.0])
+    _store_knn_cell(tmp_path, "n-t05", "nce", [0.0, 0.0, 100.0, 0.0], temperature=0.5)
+    _store_knn_cell(tmp_path, "r-t007", "ring", [100.0, 100.0, 100.0, 100.0])
+    _store_knn_cell(tmp_path, "r-t05", "ring", [100.0, 0.0, 0.0, 0.0], temperature=0.5)
+    scan = scan_suite(tmp_path, "knn")
+    agg = aggregate(long_table(scan))
+    assert len(agg) == 4 and set(agg["n_seeds"]) == {1}
+    nce = agg[agg["sampler"] == "nce"].set_index("setting")
+    assert nce.loc["", "mean"] == 75.0 and nce.loc["temperature=0.5", "mean"] == 25.0
+    assert set(agg["dataset"]) == {"digits:dddddddd"}
+    paired = paired_comparisons(long_table(scan), scan.samples)
+    assert sorted(zip(paired["setting"], paired["mean_diff"])) == [("", 25.0), ("temperature=0.5", 0.0)]
+    written = write_suite_tables(tmp_path, "knn", plot=False)
+    table = pd.read_csv(written[0], keep_default_na=False)
+    assert {"dataset", "setting", "deterministic"} <= set(table.columns)
+    assert sorted(table["setting"]) == ["", "", "temperature=0.5", "temperature=0.5"]
+    # each setting ranks its own two models (ranks 1 + 2 or 1.5 + 1.5), not four models together
+    assert table.groupby("setting")["rank"].sum().tolist() == [3.0, 3.0]
+
+
+def test_a_deterministic_evaluation_over_seeds_is_reported_once(tmp_path):
+    nce, ring = [100.0, 0.0, 100.0, 100.0, 0.0], [100.0, 100.0, 100.0, 100.0, 0.0]
+    for seed in range(3):
+        _store_knn_cell(tmp_path, f"n{seed}", "nce", nce, seed=seed)
+        _store_knn_cell(tmp_path, f"r{seed}", "ring", ring, seed=seed)
+    scan = scan_suite(tmp_path, "knn")
+    agg = aggregate(long_table(scan)).set_index("sampler")
+    single = Metric.from_samples(nce)
+    assert agg.loc["nce", "deterministic"] and agg.loc["nce", "n_seeds"] == 3
+    assert (agg.loc["nce", "mean"], agg.loc["nce", "n"]) == (60.0, 5)
+    assert agg.loc["nce", "ci95"] == pytest.approx(single.ci95) and agg.loc["nce", "ci95"] > 0
+    paired = paired_comparisons(long_table(scan), scan.samples)
+    assert len(paired) == 1, paired
+    row = paired.iloc[0]
+    assert row["seed"] == "0,1,2" and "deterministic" in row["test"]
+    assert row["mean_diff"] == 20.0 and np.isfinite(row["p_ttest"])
+    md = (tmp_path / "knn.md")
+    write_suite_tables(tmp_path, "knn", plot=False)
+    assert "†" in md.read_text() and "deterministic evaluation" in md.read_text()
+
+
+def test_an_unreadable_result_is_named_like_a_corrupt_one(tmp_path):
+    _store_cell(tmp_path, "good", "nce", "t", [1.0, 2.0])
+    folder = ResultStore(tmp_path, "s").cell("dir").path
+    (folder / "result.json").mkdir(parents=True)  # a directory where the result should be
+    scan = scan_suite(tmp_path, "s")
+    assert len(scan.rows) == 1 and len(scan.corrupt) == 1
+    assert "dir/result.json" in scan.corrupt[0] and "cannot be read" in scan.corrupt[0]

@@ -98,9 +98,9 @@ def test_preempted_local_job_requeues_and_resumes_from_its_folder(job_env):
 @pytest.mark.slow
 def test_two_task_job_rendezvous_over_env_through_the_local_executor(job_env):
     results = job_env / "results"
-    from slurm.profiles import PROFILES, apply_overrides
+    from slurm.profiles import PROFILES, apply_resource_overrides
 
-    profiles = apply_overrides(PROFILES, ["cpu.tasks_per_node=2"])
+    profiles = apply_resource_overrides(PROFILES, ["cpu.tasks_per_node=2"])
     import io
 
     from bench.plan import build_plan

@@ -84,3 +84,28 @@ def test_a_killed_job_is_reported_as_lost_not_left_running(job_env, bench_env):
     assert summary.states == {"failed": 1}
     error = plan.store.cell(plan.cells[0].cell_id).error()
     assert error is not None and "without writing a result" in error["message"]
+
+
+def test_two_runners_started_at_once_submit_each_cell_exactly_once(job_env, bench_env):
+    """The second runner sees the first one's claims (taken under the suite lock) and watches those
+    cells; with one cell at a time the first runner holds queued cells for seconds, which an
+    unlocked second runner would submit again."""
+    results = job_env / "results"
+    args = [sys.executable, "-m", "bench.run", "--suite", "selftest", "--executor", "local", "--results", str(results),
+            "--max-parallel", "1", "--no-progress", "--no-leaderboard", "n_tasks=4", "sleep_s=0.5"]
+    runners = [subprocess.Popen(args, cwd=REPO, env=bench_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [runner.communicate(timeout=240) for runner in runners]
+    for runner, (_, err) in zip(runners, outputs):
+        assert runner.returncode == 0, err
+    store = ResultStore(results, "selftest")
+    folders = list(store.iter_cells())
+    assert len(folders) == 4
+    for folder in folders:
+        events = [e["event"] for e in read_events(folder.path)]
+        assert events.count("submitted") == 1, (folder.cell_id, events)
+        assert events.count("started") == 1, (folder.cell_id, events)
+        assert folder.state().state == "done" and not folder.claim_path.exists()
+    submitted = [int(err.split("submitted ")[1].split(",")[0]) for _, err in outputs]
+    watched = [int(err.split("watched ")[1].split(";")[0]) for _, err in outputs]
+    assert sum(submitted) == 4 and sum(submitted) + sum(watched) == 8, [err for _, err in outputs]

@@ -32,7 +32,7 @@ def test_cell_id_is_stable_and_sensitive_to_every_part():
     assert first == cell_id(**{**BASE, "params": {"k": 20}})
     assert len(first) == 20
     changes = {"suite": "linear", "task_name": "other", "params": {"k": 21}, "seed": 1, "protocol_version": "2",
-               "checkpoint_sha256": "cd" * 32, "options": {"ks": [21]}}
+               "checkpoint_sha256": "cd" * 32, "options": {"ks": [21]}, "dataset_sha256": "ef" * 32}
     ids = {cell_id(**{**BASE, key: value}) for key, value in changes.items()}
     assert first not in ids and len(ids) == len(changes)
 
@@ -106,3 +106,31 @@ def test_events_ignore_a_line_cut_by_a_crash(tmp_path):
     with open(tmp_path / "events.jsonl", "a") as handle:
         handle.write('{"event": "resu')
     assert [e["event"] for e in read_events(tmp_path)] == ["started", "result_written"]
+
+
+def test_files_respect_the_umask_instead_of_mkstemps_0600(tmp_path):
+    """A teammate or a job running as another user must be able to read results and encoders."""
+    import os
+    import stat
+
+    import numpy as np
+
+    from pretrain.atomic_files import atomic_write_text
+    from tests.bench.conftest import make_encoder
+    from transfer.features import save_array_atomic
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "marker.json", {"a": 1})
+        assert publish_json_once(tmp_path / "result.json", minimal_result())
+        make_encoder(tmp_path / "encoder.pt", "nce", 0)
+        save_array_atomic(tmp_path / "features.npy", np.zeros(3))
+        atomic_write_text(tmp_path / "episodes.json", "{}")
+        os.umask(0o077)  # a private umask is respected too
+        atomic_write_json(tmp_path / "private.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    for name in ("marker.json", "result.json", "encoder.pt", "features.npy", "episodes.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from pretrain.backbones import build_backbone
-from pretrain.checkpoint import CheckpointError, load_encoder, save_encoder
+from pretrain.checkpoint import (
+    REQUIRED_METADATA,
+    CheckpointError,
+    encoder_metadata,
+    load_encoder,
+    save_encoder,
+    untrained_metadata,
+)
 
 
 def metadata(**changes):
@@ -98,3 +105,16 @@ def test_a_foreign_or_random_file_is_named_without_advice_to_load_it_unsafely(tm
     for message in (str(whole.value), str(random_bytes.value)):
         assert "weights_only=False" not in message and "weights_only` set to `False" not in message
         assert "python -m pretrain.train" in message and "save_encoder" in message
+
+
+def test_encoder_metadata_is_built_by_one_function(tmp_path):
+    metadata = encoder_metadata(method="moco", sampler="ring", sampler_params={"w_out": 0.1}, arch="resnet18",
+                                stem="imagenet", pretrain_dataset="digits", epochs=3, image_size=32, mean=(0.5,) * 3,
+                                std=(0.25,) * 3, seed=2, input_view="rgb")
+    assert set(REQUIRED_METADATA) - {"code_version"} <= set(metadata) and metadata["input_view"] == "rgb"
+    assert metadata["mean"] == [0.5] * 3 and metadata["config"] == {}
+    control = untrained_metadata(arch="resnet18", stem="imagenet", image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+    assert (control["method"], control["sampler"], control["epochs"], control["pretrain_dataset"]) == (
+        "random", "none", 0, "none")
+    loaded = load_encoder(save_encoder(tmp_path / "c.pt", build_backbone("resnet18", "imagenet"), control))
+    assert loaded.metadata["code_version"] and loaded.metadata["image_size"] == 16

@@ -7,9 +7,8 @@ from scipy import stats
 
 from pretrain.samplers import (
     BandWarning,
-    BankNegativeSampler,
-    SamplerConfig,
     ball_mask,
+    build_sampler,
     check_band,
     ring_bounds,
     ring_mask,
@@ -46,8 +45,8 @@ def test_every_ring_negative_lies_inside_the_band():
     generator = torch.Generator().manual_seed(0)
     anchors = torch.nn.functional.normalize(torch.randn(16, 32, generator=generator), dim=1)
     bank = torch.nn.functional.normalize(torch.randn(5000, 32, generator=generator), dim=1)
-    sampler = BankNegativeSampler(SamplerConfig("ring", w_out=0.1, w_in=0.1), num_negatives=256)
-    indices = sampler(anchors, bank, w_out=0.1, generator=generator)
+    sampler = build_sampler("ring", w_out=0.1, w_in=0.1, anneal="constant")
+    indices = sampler.bank_indices(anchors, bank, 256, generator=generator)
     assert indices.shape == (16, 256)
     ranks = torch.gather(exact_ranks(anchors @ bank.T), 1, indices)
     lower, upper = ring_bounds(5000, 0.1, 0.1)
@@ -78,15 +77,15 @@ def test_nce_indices_are_uniform_goodness_of_fit():
 def test_small_ring_warns_once_and_samples_with_replacement():
     anchors = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     bank = torch.nn.functional.normalize(torch.randn(100, 8), dim=1)
-    sampler = BankNegativeSampler(SamplerConfig("ring", w_out=0.1, w_in=0.1), num_negatives=64)
+    sampler = build_sampler("ring", w_out=0.1, w_in=0.1, anneal="constant")
     with pytest.warns(BandWarning, match="fewer than"):
-        indices = sampler(anchors, bank, w_out=0.1)
+        indices = sampler.bank_indices(anchors, bank, 64)
     assert indices.shape == (4, 64) and len(set(indices[0].tolist())) <= 10
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sampler(anchors, bank, w_out=0.1)
+        sampler.bank_indices(anchors, bank, 64)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +100,7 @@ def test_bad_percentiles_raise(w_out, w_in):
 
 def test_unknown_sampler_lists_valid_names():
     with pytest.raises(ValueError, match="valid samplers: nce, ring, ball, dcl, hcl, mochi"):
-        SamplerConfig("rings")
+        build_sampler("rings")
 
 
 @pytest.mark.parametrize("w_out,w_in", [(0.6, 0.1), (1.0, 0.1), (0.3, 0.0), (0.2, 0.5)])

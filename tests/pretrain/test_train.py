@@ -44,7 +44,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, recipe):
     assert [r["w_out"] for r in resumed_log] == [1.0, 0.5]  # annealed over the first half
     encoder = load_encoder(tmp_path / "split" / "encoder.pt")
     assert encoder.metadata["sampler_params"]["anneal"] == "linear"
-    assert encoder.metadata["config"]["method"] == recipe.split("_")[1]
+    assert encoder.metadata["config"]["method"]["name"] == recipe.split("_")[1]
 
 
 def test_resume_refuses_truncated_foreign_and_mismatched_states(tmp_path):

@@ -5,24 +5,23 @@ from __future__ import annotations
 import pytest
 
 from bench.job import pin_device_for_local_rank
-from bench.suite import InputError
 from slurm.executors import fit_profile, make_executor
-from slurm.profiles import PROFILES, apply_overrides
+from slurm.profiles import PROFILES, ProfileError, apply_resource_overrides
 
 
 def test_overrides_target_one_profile_or_all_and_are_typed():
-    profiles = apply_overrides(PROFILES, ["detection.nodes=2", "timeout_min=30", "eval.partition=a100"])
+    profiles = apply_resource_overrides(PROFILES, ["detection.nodes=2", "timeout_min=30", "eval.partition=a100"])
     assert profiles["detection"].nodes == 2 and PROFILES["detection"].nodes == 1  # a copy, defaults untouched
     assert {p.timeout_min for p in profiles.values()} == {30}
     assert profiles["eval"].partition == "a100" and profiles["linear"].partition is None
-    with pytest.raises(InputError, match="expected an integer"):
-        apply_overrides(PROFILES, ["eval.gpus=two"])
-    with pytest.raises(InputError, match="unknown profile 'gpu'; valid profiles: pretrain, eval"):
-        apply_overrides(PROFILES, ["gpu.cpus=2"])
+    with pytest.raises(ProfileError, match="expected an integer"):
+        apply_resource_overrides(PROFILES, ["eval.gpus=two"])
+    with pytest.raises(ProfileError, match="unknown profile 'gpu'; valid profiles: pretrain, eval"):
+        apply_resource_overrides(PROFILES, ["gpu.cpus=2"])
 
 
 def test_one_parameter_set_serves_every_executor(tmp_path):
-    profile = apply_overrides(PROFILES, ["eval.partition=a100", "eval.account=proj"])["eval"]
+    profile = apply_resource_overrides(PROFILES, ["eval.partition=a100", "eval.account=proj"])["eval"]
     params = profile.submitit_parameters()
     assert params["gpus_per_node"] == 1 and params["tasks_per_node"] == 1  # one task per GPU
     assert params["slurm_partition"] == "a100" and params["slurm_additional_parameters"] == {"account": "proj"}

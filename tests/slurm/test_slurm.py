@@ -113,10 +113,10 @@ def test_scontrol_requeue_of_a_running_cell_resumes_and_writes_once(slurm_env):
 
 @pytest.mark.slow
 def test_two_task_job_rendezvous_through_slurm(slurm_env):
-    from slurm.profiles import apply_overrides
+    from slurm.profiles import apply_resource_overrides
 
     results = slurm_env / "results"
-    profiles = apply_overrides(PROFILES, ["cpu.tasks_per_node=2", "cpu.cpus=1"])
+    profiles = apply_resource_overrides(PROFILES, ["cpu.tasks_per_node=2", "cpu.cpus=1"])
     import io
 
     from bench.runner import Runner
@@ -150,3 +150,30 @@ def test_an_unknown_partition_is_refused_before_submission(tmp_path, bench_env):
     assert out.returncode == 2
     assert "partition 'nosuch' does not exist on this cluster; partitions: local" in out.stderr
     assert not list(results.rglob("submitted.json"))
+
+
+def test_status_asks_the_scheduler_so_a_requeued_pending_job_is_not_shown_running(slurm_env, capsys):
+    import io
+
+    from bench.runner import Runner
+    from bench.status import main as status_main
+
+    results = slurm_env / "results"
+    plan = build_plan("selftest", load_suite("selftest"), results_root=results, option_pairs=["n_tasks=1", "sleep_s=6"])
+    Runner(plan, "slurm", PROFILES, wait=False, progress=False, stream=io.StringIO()).run()
+    folder = plan.store.cell(plan.cells[0].cell_id)
+    job_id = folder.submitted()["job_id"]
+    try:
+        steps = folder.path / "selftest_steps.json"
+        wait_for(lambda: steps.exists() and json.loads(steps.read_text())["done"] >= 5, 120, "5 sleep steps")
+        out = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%r"],
+                                                       capture_output=True, text=True).stdout, 60, "the requeued job")
+        assert folder.state().state == "running"  # the files alone still say so: attempt 1 wrote running.json
+        status_main(["--results", str(results)])
+        line = [row for row in capsys.readouterr().out.splitlines() if folder.cell_id in row][0]
+        assert " submitted " in line and "pending in the SLURM queue, reason BeginTime" in line, line
+        assert "attempt 1 ran on" in line and "probe0000 seed=0" in line, line
+    finally:
+        subprocess.run(["scancel", str(job_id)], check=False)

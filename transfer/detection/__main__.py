@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pretrain.overrides import comma_list
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.detection", description=__doc__.split("\n\n")[0])
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from transfer.detection.coco_data import check_coco_root
 
-            kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+            kinds = list(comma_list(args.kinds))
             for (kind, split), summary in sorted(check_coco_root(args.root, kinds).items()):
                 print(f"{kind}/{split}: {summary.num_images} images, {summary.num_annotations} annotations, "
                       f"{summary.images_without_annotations} images without annotations, {len(summary.categories)} categories")

@@ -134,7 +134,7 @@ class DetectionJob:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
-        check_recipe(self.task, self.recipe, self.arch)
+        check_detection_recipe(self.task, self.recipe, self.arch)
 
     @property
     def iou_types(self) -> tuple[str, ...]:
@@ -190,7 +190,7 @@ def embedded_protocol(task: str, canvas: int = 96) -> Protocol:
     return Protocol("digits", EMBEDDED_SCHEDULE, inputs, (16, 32, 64, 128, 256), EMBEDDED_HEADS, precise_bn_iters=20)
 
 
-def check_recipe(task: str, recipe: str, arch: str) -> None:
+def check_detection_recipe(task: str, recipe: str, arch: str) -> None:
     if recipe == "c4" and arch != "resnet50":
         raise ValueError(
             f"the C4 recipe needs resnet50: its res5 box head is built from bottleneck blocks, which a {arch} "

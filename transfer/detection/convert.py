@@ -181,10 +181,15 @@ def _encoder_state_dict(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.
 
 
 def convert_checkpoint_to_detectron2(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """RingBench encoder file -> Detectron2 .pkl usable as MODEL.WEIGHTS."""
+    """RingBench encoder file -> Detectron2 .pkl usable as MODEL.WEIGHTS (the CLI's path-based door)."""
     state_dict, metadata = _encoder_state_dict(checkpoint)
-    model = convert_to_detectron2(state_dict, metadata["arch"], str(checkpoint))
-    return write_detectron2_pickle(out, model, metadata["arch"])
+    return write_detectron2_weights(state_dict, metadata["arch"], out, str(checkpoint))
+
+
+def write_detectron2_weights(state_dict: Mapping[str, torch.Tensor], arch: str, out: str | os.PathLike,
+                             where: str = "state dict") -> Path:
+    """An already loaded encoder's state dict -> Detectron2 .pkl (a job converts the weights it loaded)."""
+    return write_detectron2_pickle(out, convert_to_detectron2(state_dict, arch, where), arch)
 
 
 def convert_checkpoint_to_torchvision(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -90,7 +90,7 @@ def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
                                    hflip=bool(config.get("hflip", True)))
 
 
-class TransformedImages(Dataset):
+class TransformedPairs(Dataset):
     """(PIL image, label) items -> (tensor, label) through `transform`."""
 
     def __init__(self, images: Dataset, transform: Callable):
@@ -210,7 +210,7 @@ def compute_features(
     """Pooled features of every image in `dataset` under the evaluation transform."""
     metadata = encoder.metadata
     transform = eval_transform(int(metadata["image_size"]), metadata["mean"], metadata["std"])
-    loader = _loader(TransformedImages(dataset, transform), batch_size, workers)
+    loader = _loader(TransformedPairs(dataset, transform), batch_size, workers)
     features = extract_features(encoder.model, _image_batches(loader), device, total=len(loader), desc=desc)
     if len(dataset) == 0:
         return np.zeros((0, encoder.feature_dim), dtype=np.float32)
@@ -401,7 +401,7 @@ def train_linear_paper(
             log.epoch_losses = list(state["epoch_losses"])
             log.resumed_from_epoch = start_epoch
     augment = train_transform(int(metadata["image_size"]), metadata["mean"], metadata["std"], metadata.get("config"))
-    dataset = TransformedImages(train_images, augment)
+    dataset = TransformedPairs(train_images, augment)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     progress = tqdm(range(start_epoch, recipe.epochs), desc="linear (paper)", unit="epoch", leave=False,

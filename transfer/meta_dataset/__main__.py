@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pretrain.overrides import comma_list
 from transfer.meta_dataset.checker import check_records
 from transfer.meta_dataset.records import RecordError
 from transfer.meta_dataset.spec import SpecError
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         records_dir = embedded_records()
     else:
         records_dir = args.records
-    sources = [s.strip() for s in args.sources.split(",") if s.strip()] or None
+    sources = list(comma_list(args.sources)) or None
     try:
         reports = check_records(records_dir, sources, full=not args.quick)
     except (SpecError, RecordError) as error:

@@ -115,12 +115,10 @@ class EpisodeSet:
         )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
-        tmp.replace(path)
-        return path
+        from pretrain.atomic_files import atomic_write_text
+
+        # a unique temporary per writer: two runners preparing the same suite never share one
+        return atomic_write_text(path, json.dumps(self.to_json(), separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | Path) -> EpisodeSet:

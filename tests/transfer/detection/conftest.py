@@ -12,15 +12,13 @@ def make_encoder(path: Path, arch: str = "resnet18", stem: str = "imagenet", see
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import encoder_metadata, save_encoder
 
     torch.manual_seed(seed)
     backbone = build_backbone(arch, stem)
-    metadata = {
-        "method": "simclr", "sampler": sampler, "sampler_params": {}, "arch": arch, "stem": stem,
-        "pretrain_dataset": "digits", "epochs": 0, "image_size": 32, "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25], "config": {"test": True}, "seed": seed,
-    }
+    metadata = encoder_metadata(method="simclr", sampler=sampler, arch=arch, stem=stem, pretrain_dataset="digits",
+                                epochs=0, image_size=32, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25],
+                                config={"test": True}, seed=seed)
     return save_encoder(path, backbone, metadata)
 
 

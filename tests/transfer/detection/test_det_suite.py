@@ -118,3 +118,28 @@ def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco
     stored = [json.loads(path.read_text()) for path in (results / "coco_det" / "cells").glob("*/result.json")]
     assert len(stored) == 4 and {r["engine"] for r in stored} == {"torchvision"}
     assert all("2 iterations (max_iter=2)" in r["info"]["schedule_stated"] for r in stored)
+
+
+def test_planning_resolves_each_checkpoint_once_and_parses_options_once(tmp_path, monkeypatch):
+    """Two checkpoints: one load per file (validation, sha256 and metadata together) and one options parse,
+    however many hops read them; a second plan of the same files loads nothing."""
+    from bench.plan import build_plan
+    from bench.suites import coco_det
+    from pretrain import checkpoint
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    files = [make_encoder(tmp_path / f"e{i}.pt", seed=i, sampler=s) for i, s in enumerate(("nce", "ring"))]
+    loads, parses = [], []
+    real_load, real_parse = checkpoint.load_encoder, coco_det.CocoDetOptions.parse.__func__
+    monkeypatch.setattr(checkpoint, "load_encoder", lambda path, *a, **k: loads.append(str(path)) or real_load(path, *a, **k))
+    monkeypatch.setattr(coco_det.CocoDetOptions, "parse",
+                        classmethod(lambda cls, options: parses.append(1) or real_parse(cls, options)))
+    plan = build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(f) for f in files],
+                      option_pairs=["tasks=mask_rcnn"], seeds=[0])
+    assert sorted(loads) == sorted(str(f.resolve()) for f in files) and len(parses) == 1
+    assert len(plan.cells) == 2 and all(isinstance(p.cell.settings, coco_det.CocoDetOptions) for p in plan.cells)
+    assert {p.checkpoint["sampler"] for p in plan.cells} == {"nce", "ring"}
+    loads.clear()
+    build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(f) for f in files],
+               option_pairs=["tasks=mask_rcnn"], seeds=[0])
+    assert loads == []  # known, unchanged files: their infos come from the cache

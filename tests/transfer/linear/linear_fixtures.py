@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from pretrain.backbones import build_backbone
-from pretrain.checkpoint import save_encoder
+from pretrain.checkpoint import save_encoder, untrained_metadata
 
 IMAGE_SIZE = 32
 MEAN = [0.5, 0.5, 0.5]
@@ -15,22 +15,8 @@ STD = [0.25, 0.25, 0.25]
 
 
 def encoder_metadata(**overrides):
-    metadata = {
-        "method": "random",
-        "sampler": "nce",
-        "sampler_params": {},
-        "arch": "resnet18",
-        "stem": "imagenet",
-        "pretrain_dataset": "none",
-        "epochs": 0,
-        "image_size": IMAGE_SIZE,
-        "mean": MEAN,
-        "std": STD,
-        "config": {},
-        "seed": 0,
-    }
-    metadata.update(overrides)
-    return metadata
+    return untrained_metadata(arch="resnet18", stem="imagenet", image_size=IMAGE_SIZE, mean=MEAN, std=STD,
+                              sampler="nce") | overrides
 
 
 def write_encoder(path, seed=0, weights_seed=None, **overrides):

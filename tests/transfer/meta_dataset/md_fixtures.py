@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pretrain.backbones import build_backbone
-from pretrain.checkpoint import save_encoder
+from pretrain.checkpoint import save_encoder, untrained_metadata
 from transfer.meta_dataset import records
 
 
@@ -132,9 +132,6 @@ def write_hierarchical_source(root: Path, images: int = 9, write_files: bool = T
 
 def write_encoder(path: Path, seed: int = 0, sampler: str = "nce", image_size: int = 32) -> Path:
     torch.manual_seed(seed)
-    metadata = {
-        "method": "random", "sampler": sampler, "sampler_params": {}, "arch": "resnet18", "stem": "imagenet",
-        "pretrain_dataset": "none", "epochs": 0, "image_size": image_size, "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25], "config": {}, "seed": seed,
-    }
+    metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=image_size, mean=[0.5, 0.5, 0.5],
+                                  std=[0.25, 0.25, 0.25], sampler=sampler, seed=seed)
     return save_encoder(path, build_backbone("resnet18", "imagenet"), metadata)

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENGINES = ("auto", "detectron2", "torchvision")
+# The engine registry: name -> module with `run_detection(job, state_dict, heads, workdir, where)`, imported
+# only when a cell runs on it (Detectron2 stays out of every other import).
+ENGINE_MODULES = {
+    "detectron2": "transfer.detection.engines.detectron2_engine",
+    "torchvision": "transfer.detection.engines.torchvision_engine",
+}
 
 DETECTRON2_INSTALL_HINT = (
     "Detectron2 is not on PyPI; install it from source into this environment, after torch and torchvision: "
@@ -47,3 +53,12 @@ def resolve_engine(requested: str, embedded: bool) -> str:
     if requested == "torchvision":
         return "torchvision"
     return "detectron2" if (detectron2_available() and not embedded) else "torchvision"
+
+
+def run_detection(engine: str, job, state_dict, heads, workdir, where: str) -> EngineResult:
+    """Fine-tune and evaluate `job` on the registered `engine` from an encoder's loaded state dict."""
+    import importlib
+
+    if engine not in ENGINE_MODULES:
+        raise ValueError(f"unknown engine {engine!r}; registered engines: {', '.join(ENGINE_MODULES)}")
+    return importlib.import_module(ENGINE_MODULES[engine]).run_detection(job, state_dict, heads, workdir, where)

@@ -190,3 +190,11 @@ def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_u
         "train_and_eval_seconds": round(time.perf_counter() - started, 2),
     }
     return EngineResult(metrics, info, per_category)
+
+
+def run_detection(job: DetectionJob, state_dict, heads, workdir, where: str) -> EngineResult:
+    """The engine registry's entry: convert the loaded weights once, then fine-tune (`heads` is torchvision's)."""
+    from transfer.detection.convert import write_detectron2_weights
+
+    weights = write_detectron2_weights(state_dict, job.arch, Path(workdir) / "backbone_detectron2.pkl", where)
+    return train_and_evaluate(job, weights)

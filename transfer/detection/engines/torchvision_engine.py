@@ -376,3 +376,8 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
         "detections": {k: len(v) for k, v in results.items()},
     }
     return metrics, per_category, info
+
+
+def run_detection(job: DetectionJob, state_dict, heads, workdir, where: str) -> EngineResult:
+    """The engine registry's entry: fine-tune from the loaded encoder weights."""
+    return train_and_evaluate(job, state_dict, heads, where=where)

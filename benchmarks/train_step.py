@@ -1,6 +1,6 @@
 """Benchmark: one full IR training step with `ring` vs `nce` negatives (a benchmark, not a test).
 
-    python -m bench.perf.train_step [--batch 128] [--bank 50000] [--image-size 32] [--repeats 5]
+    python -m benchmarks.train_step [--batch 128] [--bank 50000] [--image-size 32] [--repeats 5]
 
 The step is what the training loop does: forward through ResNet-18 (CIFAR stem at 32 px), negative
 selection from a 50,000-entry memory bank (K = 4096), the loss, backward, the SGD step and the
@@ -20,18 +20,20 @@ import torch
 
 def build(sampler: str, bank: int, w_out: float):
     from pretrain.methods import MethodSettings, build_method
-    from pretrain.samplers import SamplerConfig
+    from pretrain.samplers import build_sampler
 
     settings = MethodSettings(arch="resnet18", stem="cifar", num_negatives=4096)
-    method = build_method("ir", settings, SamplerConfig(sampler, w_out=w_out, w_in=0.1), bank)
+    negatives = {"nce": lambda: build_sampler("nce"),
+                 "ring": lambda: build_sampler("ring", w_out=w_out, w_in=0.1, anneal="constant")}[sampler]()
+    method = build_method("ir", settings, negatives, bank)
     optimizer = torch.optim.SGD(method.encoder.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     return method, optimizer
 
 
-def step(method, optimizer, images, index, w_out, generator) -> tuple[float, float]:
+def step(method, optimizer, images, index, generator) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one step; CPU time is steadier on a shared machine."""
     started, started_cpu = time.perf_counter(), time.process_time()
-    loss = method.loss([images], index, w_out, generator)
+    loss = method.loss([images], index, generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -49,7 +51,7 @@ def benchmark(batch: int, bank: int, image_size: int, repeats: int, w_out: float
         images = torch.randn(batch, 3, image_size, image_size)
         index = torch.randperm(bank)[:batch]
         for name, (method, optimizer) in runs.items():
-            elapsed, cpu = step(method, optimizer, images, index, w_out, generator)
+            elapsed, cpu = step(method, optimizer, images, index, generator)
             if repeat > 0:  # the first step warms up allocators and kernels
                 times[name].append(elapsed)
                 cpu_times[name].append(cpu)

@@ -1,6 +1,6 @@
 """Benchmark: ring negative selection vs the similarity matmul it follows (a benchmark, not a test).
 
-    python -m bench.perf.ring_selection [--pool 65536] [--dim 128] [--batch 256] [--k 4096] [--repeats 7]
+    python -m benchmarks.ring_selection [--pool 65536] [--dim 128] [--batch 256] [--k 4096] [--repeats 7]
 
 Times, on CPU by default, (a) the anchor x pool similarity matmul and (b) ring selection on its
 result: K uniform draws per anchor inside the ring (`sample_band`, what the memory-bank sampler
@@ -30,7 +30,7 @@ CPU_CLOCK = False  # --cpu-clock: process CPU time, steadier than wall time on a
 
 
 def benchmark(pool: int, dim: int, batch: int, k: int, repeats: int, bands, device: str = "cpu") -> dict:
-    from pretrain.samplers import BankNegativeSampler, SamplerConfig, sample_band
+    from pretrain.samplers import build_sampler, sample_band
 
     generator = torch.Generator().manual_seed(0)
     anchors = F.normalize(torch.randn(batch, dim, generator=generator), dim=1).to(device)
@@ -42,9 +42,9 @@ def benchmark(pool: int, dim: int, batch: int, k: int, repeats: int, bands, devi
         return sample_band(similarity, w_out, w_in, k, draw)
 
     def select_sampled(w_out, w_in):
-        sampler = BankNegativeSampler(SamplerConfig("ring", w_out=w_out, w_in=w_in), k, threshold_sample=1024)
-        sampler._warned_small_ring = True
-        return sampler(anchors, bank, w_out, draw, similarity=similarity)
+        sampler = build_sampler("ring", w_out=w_out, w_in=w_in, anneal="constant")
+        sampler._warned_small_band = True
+        return sampler.bank_indices(anchors, bank, k, draw, similarity=similarity, threshold_sample=1024)
 
     def matmul():
         return anchors @ bank.T

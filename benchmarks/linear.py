@@ -1,7 +1,7 @@
 """Benchmark of the linear suite's protocols on the embedded digits (a benchmark, not a test).
 
-    python -m bench.perf.linear                       # the embedded NCE/Ring pair, paper protocol 100 epochs
-    python -m bench.perf.linear --paper-epochs 20 --checkpoints a.pt,b.pt --json out.json
+    python -m benchmarks.linear                       # the embedded NCE/Ring pair, paper protocol 100 epochs
+    python -m benchmarks.linear --paper-epochs 20 --checkpoints a.pt,b.pt --json out.json
 
 Per checkpoint it measures
   - one feature-extraction pass: train + test split through the frozen encoder, no cache;
@@ -100,7 +100,7 @@ def benchmark_checkpoint(path: Path, paper_epochs: int, device: str | None, work
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.linear", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.linear", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", default="", help="comma list (default: the embedded NCE and Ring pair)")
     parser.add_argument("--paper-epochs", type=int, default=100, help="paper protocol epochs (the paper: 100; 0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="fast-protocol and extraction timings (median)")

@@ -1,6 +1,6 @@
 """Benchmark: build the leaderboard from 10,000 stored cells (target: < 3 s).
 
-    python -m bench.perf.leaderboard_build [--cells 10000] [--samples 600] [--results /tmp/rb_perf_lb]
+    python -m benchmarks.leaderboard_build [--cells 10000] [--samples 600] [--results /tmp/rb_perf_lb]
 
 Writes synthetic but schema-valid result.json files (20 NCE/Ring twin checkpoints x 50 tasks x
 10 seeds, `--samples` per-episode values each, as a Meta-Dataset cell stores), then times
@@ -45,7 +45,11 @@ def synthesise(root: Path, cells: int, samples: int) -> None:
                           "sample_ids": ids, "higher_is_better": True}
                 cid = f"{count:020x}"
                 result = {"schema_version": SCHEMA_VERSION, "cell_id": cid, "suite": "perf", "protocol_version": "1",
-                          "task": {"name": f"task{t:02d}", "params": {}}, "seed": seed, "metrics": {"acc": metric},
+                          "task": {"name": f"task{t:02d}", "params": {"source": f"task{t:02d}", "mode": "episodic"}},
+                          "seed": seed, "options": {"episodes": samples, "probes": "ncc,logreg"},
+                          "dataset": {"name": f"task{t:02d}", "sha256": f"{t:064x}", "files": 1,
+                                      "label": f"task{t:02d}:{t:08x}"},
+                          "metrics": {"acc": metric},
                           "checkpoint": checkpoint, "info": {}, "engine": "synthetic", "code_version": "perf"}
                 (folder / cid).mkdir()
                 (folder / cid / "result.json").write_text(json.dumps(result))
@@ -53,7 +57,7 @@ def synthesise(root: Path, cells: int, samples: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.leaderboard_build", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard_build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=600)

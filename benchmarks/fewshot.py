@@ -1,6 +1,6 @@
 """Benchmark: Meta-Dataset few-shot evaluation with cached features vs per-episode re-embedding.
 
-    python -m bench.perf.fewshot [--episodes 600] [--reembed-episodes 10] [--checkpoint PATH]
+    python -m benchmarks.fewshot [--episodes 600] [--reembed-episodes 10] [--checkpoint PATH]
 
 On the embedded digits source (TEST split, variable way/shot), it times
   1. one feature-extraction pass over the images the episodes use (records read, decoded, embedded),
@@ -24,21 +24,19 @@ from pathlib import Path
 def pick_checkpoint(path: str | None, scratch: Path) -> Path:
     if path:
         return Path(path)
-    from pretrain.embedded import EMBEDDED_RECIPES, _run_dir
-    from pretrain.train import ENCODER_FILE
+    from pretrain.embedded import cached_encoders
 
-    cached = _run_dir(EMBEDDED_RECIPES[0]) / ENCODER_FILE
-    if cached.is_file():
-        return cached
+    cached = cached_encoders()
+    if cached:
+        return cached[0]
     import torch
 
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import save_encoder, untrained_metadata
 
     torch.manual_seed(0)
-    metadata = {"method": "random", "sampler": "nce", "sampler_params": {}, "arch": "resnet18", "stem": "imagenet",
-                "pretrain_dataset": "none", "epochs": 0, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
-                "config": {}, "seed": 0}
+    metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                                  sampler="nce")
     return save_encoder(scratch / "random.pt", build_backbone("resnet18", "imagenet"), metadata)
 
 

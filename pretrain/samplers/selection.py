@@ -1,4 +1,4 @@
-"""Negative samplers as pure functions over an anchor x pool similarity matrix.
+"""Negative selection as pure functions over an anchor x pool similarity matrix.
 
 Conventions: `similarity` is (B, M), row b = anchor b against the M pool candidates; rank 0 is the
 most similar candidate. The ring keeps ranks [floor(w_in * floor(w_out * M)), floor(w_out * M)):
@@ -13,14 +13,9 @@ value: candidates tied with the inner boundary value are dropped, tied with the 
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
-
-SAMPLERS = ("nce", "ring", "ball", "dcl", "hcl", "mochi")
-BAND_SAMPLERS = ("ring", "ball")
 
 
 def _generator_device(generator: torch.Generator | None, device) -> torch.device:
@@ -35,12 +30,6 @@ def _randint(high: int, shape: tuple, generator: torch.Generator | None, device)
 
 def _rand(shape: tuple, generator: torch.Generator | None, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=_generator_device(generator, device)).to(device)
-
-
-def check_sampler_name(name: str) -> str:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
-    return name
 
 
 def check_band(w_out: float, w_in: float = 0.0) -> None:
@@ -241,91 +230,3 @@ def sample_band(similarity: torch.Tensor, w_out: float, w_in: float, k: int,
     outer = value_at_rank(similarity, upper - 1) if upper < pool_size else None
     inner = value_at_rank(similarity, lower - 1) if lower > 0 else None
     return _draw_in_band(similarity, outer, inner, k, (upper - lower) / pool_size, generator)
-
-
-@dataclass
-class SamplerConfig:
-    """Which sampler and its parameters; w_out is the final (target) outer cut when annealing."""
-
-    name: str = "nce"
-    w_out: float = 0.1
-    w_in: float = 0.1
-    tau_plus: float = 0.1
-    beta: float = 1.0
-    mochi_hardest: int = 1024
-    mochi_mixed: int = 512
-    mochi_query_mixed: int = 256
-
-    def __post_init__(self) -> None:
-        check_sampler_name(self.name)
-        if self.name == "ring":
-            check_band(self.w_out, self.w_in)
-        elif self.name == "ball":
-            check_band(self.w_out, 0.0)
-        if self.name in ("dcl", "hcl") and not 0.0 <= self.tau_plus < 1.0:
-            raise ValueError(f"tau_plus must lie in [0, 1), got {self.tau_plus}")
-
-    def params(self) -> dict:
-        """The parameters that matter for this sampler (for checkpoint metadata)."""
-        if self.name == "ring":
-            return {"w_out": self.w_out, "w_in": self.w_in}
-        if self.name == "ball":
-            return {"w_out": self.w_out}
-        if self.name == "dcl":
-            return {"tau_plus": self.tau_plus}
-        if self.name == "hcl":
-            return {"tau_plus": self.tau_plus, "beta": self.beta}
-        if self.name == "mochi":
-            return {"hardest": self.mochi_hardest, "mixed": self.mochi_mixed, "query_mixed": self.mochi_query_mixed}
-        return {}
-
-
-class BandWarning(UserWarning):
-    """The ring holds fewer candidates than the number of negatives drawn from it."""
-
-
-class BankNegativeSampler:
-    """Draws K bank indices per anchor: uniform (nce, dcl, hcl) or uniform inside the ring/ball."""
-
-    def __init__(self, config: SamplerConfig, num_negatives: int, threshold_sample: int = 0):
-        """`threshold_sample` > 0 estimates the band's thresholds from that many random pool columns
-        (`sampled_band_thresholds`) instead of exact partial selection; pools smaller than 4x the sample
-        always use the exact band."""
-        if config.name == "mochi":
-            raise ValueError("sampler 'mochi' mixes hard negatives from a MoCo queue; it needs method=moco")
-        if num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
-        self.config = config
-        self.num_negatives = num_negatives
-        self.threshold_sample = threshold_sample
-        self._warned_small_ring = False
-
-    def __call__(self, anchors: torch.Tensor, bank: torch.Tensor, w_out: float,
-                 generator: torch.Generator | None = None, similarity: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K) bank indices; `similarity` (anchors x bank, any positive scale) spares a matmul if known."""
-        batch, pool_size = anchors.shape[0], bank.shape[0]
-        if self.config.name not in BAND_SAMPLERS:
-            return uniform_indices(batch, pool_size, self.num_negatives, generator, anchors.device)
-        w_in = self.config.w_in if self.config.name == "ring" else 0.0
-        lower, upper = ring_bounds(pool_size, w_out, w_in)
-        if upper - lower < self.num_negatives and not self._warned_small_ring:
-            warnings.warn(
-                f"{self.config.name} band holds {upper - lower} of {pool_size} bank entries, fewer than "
-                f"K={self.num_negatives} negatives: sampling with replacement",
-                BandWarning,
-                stacklevel=2,
-            )
-            self._warned_small_ring = True
-        with torch.no_grad():
-            if similarity is None:
-                similarity = anchors.detach().float() @ bank.float().T
-            return sample_band(similarity, w_out, w_in, self.num_negatives, generator, self.threshold_sample)
-
-
-def pool_negative_mask(config: SamplerConfig, similarity: torch.Tensor, w_out: float) -> torch.Tensor | None:
-    """For queue/batch pools (every candidate used): the ring/ball mask, or None to keep all."""
-    if config.name == "ring":
-        return ring_mask(similarity, w_out, config.w_in)
-    if config.name == "ball":
-        return ball_mask(similarity, w_out)
-    return None

@@ -79,15 +79,7 @@ import torch
 from torch import nn
 
 from pretrain.samplers import check_band, ring_bounds, ring_mask, sample_from_mask
-
-CRITICS = ("optimal", "learned-nce", "learned-ring")
-NOT_MI_ESTIMATORS = {
-    "dcl": "tau+ > 0 removes assumed same-class mass from the partition: not a bound on I(X;Y) for "
-    "class-free Gaussian pairs; tau+ = 0 is nce itself",
-    "mochi": "synthetic mixed negatives are not draws from p(y) restricted to a set and change the "
-    "partition size, so the value bounds nothing",
-}
-
+from studies.estimators import CRITICS, NOT_MI_ESTIMATORS, task_name
 
 # --------------------------------------------------------------------------- the Gaussian pair
 
@@ -416,7 +408,7 @@ class Setting:
 
     @property
     def name(self) -> str:
-        return f"{self.critic}/mi={self.mi:g}/K={self.k}"
+        return task_name(self.critic, self.mi, self.k)
 
 
 @dataclass
@@ -476,7 +468,7 @@ def run_setting(
         raise ValueError(f"unknown critic {setting.critic!r}; valid: {', '.join(CRITICS)}")
     start = time.perf_counter()
     pair = GaussianPair.from_mi(setting.mi, dim)
-    generator = torch.Generator().manual_seed(stable_seed(seed, setting.name))
+    generator = torch.Generator().manual_seed(setting_seed(seed, setting.name))
     history = None
     critic: OptimalCritic | SeparableCritic
     if setting.critic == "optimal":
@@ -493,7 +485,7 @@ def run_setting(
     return SettingResult(setting, pair.mi, pair.rho, estimates, history, time.perf_counter() - start)
 
 
-def stable_seed(seed: int, name: str) -> int:
+def setting_seed(seed: int, name: str) -> int:
     """A seed that depends on the run seed and the setting's name, identical on every machine."""
     import zlib
 

@@ -1,8 +1,5 @@
-"""The code version stamped on every result: package version plus the git commit of the checkout.
-
-Same format as pretrain.checkpoint.code_version, without importing torch (cells of light suites
-and the runner stay quick to start).
-"""
+"""The code version stamped on every checkpoint and result: package version plus the git commit of the
+checkout. Torch-free, so the runner and the cells of light suites stay quick to start."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.perf.gpu import main
+from benchmarks.gpu import main
 
 
 def test_gpu_checks_script_runs_at_smoke_sizes(tmp_path):

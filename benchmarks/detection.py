@@ -1,8 +1,8 @@
 """Benchmark of the coco_det suite on the embedded digits (a benchmark, not a test).
 
-    python -m bench.perf.detection                        # embedded NCE, Ring and the random control, both tasks
-    python -m bench.perf.detection --schedule-scale 0.5 --tasks mask_rcnn --json out.json
-    python -m bench.perf.detection --checkpoints a.pt,b.pt
+    python -m benchmarks.detection                        # embedded NCE, Ring and the random control, both tasks
+    python -m benchmarks.detection --schedule-scale 0.5 --tasks mask_rcnn --json out.json
+    python -m benchmarks.detection --checkpoints a.pt,b.pt
 
 Per checkpoint and task it runs the suite's own cell code (torchvision engine, embedded protocol) and
 reports wall and CPU seconds (training, evaluation), seconds per iteration and the COCO APs; then the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.detection", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.detection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", default="", help="comma list of encoder files (default: embedded pair + random control)")
     parser.add_argument("--tasks", default="mask_rcnn,keypoint_rcnn")
     parser.add_argument("--schedule-scale", type=float, default=1.0)

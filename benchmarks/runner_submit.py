@@ -1,7 +1,7 @@
 """Benchmark: plan and submit a 1,000-cell suite to SLURM as job arrays (target: < 10 s of runner time).
 
     python -m slurm.local_cluster start
-    python -m bench.perf.runner_submit [--cells 1000] [--results /tmp/rb_perf_submit]
+    python -m benchmarks.runner_submit [--cells 1000] [--results /tmp/rb_perf_submit]
 
 Runs `python -m bench.run --suite selftest --executor slurm --no-wait n_tasks=N` as a user would,
 times the whole command (interpreter start included), then cancels the submitted arrays.
@@ -19,9 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from slurm.jobs import cancel_jobs
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.runner_submit", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.runner_submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=1000)
     parser.add_argument("--results", type=Path, default=Path("/tmp/rb_perf_submit"))
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
               "load_avg_1min": os.getloadavg()[0]}
     print(json.dumps(report, indent=1))
     if not args.keep:
-        subprocess.run(["scancel", *job_ids], capture_output=True)
+        cancel_jobs(job_ids)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The checks only a GPU shows, in one run (a benchmark script, not a test).
 
-    python -m bench.perf.gpu [--out DIR] [--only pretrain,ring,features,detection]
-    python -m bench.perf.gpu --smoke          # tiny sizes on whatever device there is: checks the script
+    python -m benchmarks.gpu [--out DIR] [--only pretrain,ring,features,detection]
+    python -m benchmarks.gpu --smoke          # tiny sizes on whatever device there is: checks the script
 
 In this order, each printed as one JSON line and collected in DIR/gpu_checks.json:
 1. pretraining images/s, MoCo v2 ResNet-50 at 224 px under bf16 autocast (queue 65,536), NCE vs Ring;
@@ -51,22 +51,23 @@ def _autocast(device: torch.device):
 
 def pretraining_throughput(device: torch.device, arch: str, size: int, batch: int, queue: int, repeats: int) -> dict:
     from pretrain.methods import MethodSettings, build_method
-    from pretrain.samplers import SamplerConfig
+    from pretrain.samplers import build_sampler
 
     result = {"check": "pretrain_images_per_s", "method": "moco", "arch": arch, "image_size": size, "batch": batch,
               "queue": queue, "precision": "bf16" if device.type == "cuda" else "fp32"}
     views = [torch.randn(batch, 3, size, size, device=device) for _ in range(2)]
     index = torch.arange(batch, device=device)
-    for sampler in ("nce", "ring"):
+    samplers = {"nce": build_sampler("nce"), "ring": build_sampler("ring", w_out=0.1, w_in=0.1, anneal="constant")}
+    for sampler, negatives in samplers.items():
         settings = MethodSettings(arch=arch, stem="imagenet", queue_size=queue)
-        method = build_method("moco", settings, SamplerConfig(sampler, w_out=0.1, w_in=0.1), batch).to(device)
+        method = build_method("moco", settings, negatives, batch).to(device)
         parameters = [p for name in method.trainable_encoders() for p in getattr(method, name).parameters()]
         optimizer = torch.optim.SGD(parameters, lr=0.03, momentum=0.9, weight_decay=1e-4)
         generator = torch.Generator().manual_seed(0)
 
         def step(method=method, optimizer=optimizer, generator=generator):
             with _autocast(device):
-                loss = method.loss(views, index, 0.1, generator)
+                loss = method.loss(views, index, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -123,13 +124,11 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
     from bench.suite import Cell, Task
     from bench.suites.coco_det import CocoDetSuite
     from pretrain.backbones import build_backbone
-    from pretrain.checkpoint import save_encoder
+    from pretrain.checkpoint import save_encoder, untrained_metadata
 
     torch.manual_seed(0)
-    encoder = save_encoder(scratch / "resnet50_random.pt", build_backbone("resnet50", "imagenet"), {
-        "method": "random", "sampler": "none", "sampler_params": {}, "arch": "resnet50", "stem": "imagenet",
-        "pretrain_dataset": "none", "epochs": 0, "image_size": 224, "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225], "config": {}, "seed": 0})
+    encoder = save_encoder(scratch / "resnet50_random.pt", build_backbone("resnet50", "imagenet"), untrained_metadata(
+        arch="resnet50", stem="imagenet", image_size=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
     suite = CocoDetSuite()
     options = dict(suite.options) | {"tasks": "mask_rcnn", "max_iter": iterations}
     suite.check(options, None, [encoder])
@@ -147,7 +146,7 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.gpu", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for gpu_checks.json")
     parser.add_argument("--only", default="pretrain,ring,features,detection", help="comma list of checks")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script, not the GPU")
