@@ -43,6 +43,61 @@ def check_int_option(where: str, key: str, value: Any, minimum: int) -> int:
     return value
 
 
+# Options of every suite that embeds images for a checkpoint: which CMC encoders to evaluate and the
+# explicit override that feeds RGB to an encoder trained on another view. Part of the cell identity.
+VIEW_OPTIONS: dict[str, Any] = {
+    "cmc_features": "concat",  # CMC only: l | ab | concat (L + ab features, CMC's own evaluation)
+    "force_rgb_input": False,  # feed RGB to the exported backbone whatever view it was trained on
+}
+
+
+def view_options(options: Any) -> dict[str, Any]:
+    """`cmc_features` and `force_rgb_input` from a suite's options (a mapping or its typed object), checked;
+    an InputError names the bad value."""
+    from pretrain.views import CMC_FEATURES
+
+    def get(key):
+        if isinstance(options, Mapping):
+            return options.get(key, VIEW_OPTIONS[key])
+        return getattr(options, key, VIEW_OPTIONS[key])
+
+    features = str(get("cmc_features")).strip().lower()
+    if features not in CMC_FEATURES:
+        raise InputError(f"option cmc_features={get('cmc_features')!r}: expected one of {', '.join(CMC_FEATURES)}")
+    force = get("force_rgb_input")
+    if not isinstance(force, bool):
+        text = str(force).strip().lower()
+        if text not in ("1", "true", "on", "yes", "0", "false", "off", "no"):
+            raise InputError(f"option force_rgb_input={force!r}: expected true or false")
+        force = text in ("1", "true", "on", "yes")
+    return {"cmc_features": features, "force_rgb_input": force}
+
+
+def check_checkpoint_views(path: Any, options: Any, cmc_features: str | None = None) -> None:
+    """Up front, from metadata only: refuse a checkpoint the chosen views cannot evaluate (an InputError)."""
+    from pretrain.checkpoint import CheckpointError, checkpoint_info, resolve_views
+
+    chosen = view_options(options)
+    try:
+        resolve_views(checkpoint_info(path).metadata, str(path), cmc_features or chosen["cmc_features"],
+                      chosen["force_rgb_input"])
+    except CheckpointError as error:
+        raise InputError(str(error)) from None
+
+
+def load_checkpoint_for(path: Any, options: Any, cmc_features: str | None = None):
+    """`load_encoder` with the suite's view options (`cmc_features` overrides the option, e.g. detection's
+    "l"); a refused file is an InputError naming it and why."""
+    from pretrain.checkpoint import CheckpointError, load_encoder
+
+    chosen = view_options(options)
+    try:
+        return load_encoder(path, cmc_features=cmc_features or chosen["cmc_features"],
+                            force_rgb_input=chosen["force_rgb_input"])
+    except CheckpointError as error:
+        raise InputError(str(error)) from None
+
+
 @dataclass(frozen=True)
 class Task:
     """One evaluation of a checkpoint. `params` is JSON-serialisable and part of the cell identity."""

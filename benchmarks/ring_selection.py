@@ -5,7 +5,7 @@
 Times, on CPU by default, (a) the anchor x pool similarity matmul and (b) ring selection on its
 result: K uniform draws per anchor inside the ring (`sample_band`, what the memory-bank sampler
 runs), with the thresholds found two ways: exact (partial selection, never a full sort) and sampled
-(quantiles of 1,024 random pool columns; `BankNegativeSampler(threshold_sample=1024)`). Target: (b) <= 1.5 x (a). Reports
+(quantiles of 1,024 random pool columns; `Ring.bank_indices(..., threshold_sample=1024)`). Target: (b) <= 1.5 x (a). Reports
 medians of interleaved repeats (interleaving keeps load from other processes from favouring one side).
 """
 

@@ -4,7 +4,13 @@ An encoder file is a `torch.save`d dict:
     format          "ringbench-encoder"
     format_version  1
     state_dict      torchvision ResNet names (conv1, bn1, layer1..4), no fc, no projection head
-    metadata        see REQUIRED_METADATA
+    metadata        see REQUIRED_METADATA, plus
+                      input_view      the view the backbone expects (pretrain.views: rgb, lightness,
+                                      lab_ab); files written before it existed mean "rgb", except CMC
+                                      files, which are refused unless RGB input is forced
+                      extra_encoders  {name: input view} of encoders stored beside the backbone
+                                      (CMC: {"ab": "lab_ab"}; the backbone is the L encoder)
+    extra_state_dicts  {name: state_dict} for extra_encoders (absent when there are none)
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import nn
 from pretrain.atomic_files import atomic_write
 from pretrain.backbones import ARCHS, STEMS, build_backbone, feature_dim
 from pretrain.version import code_version as code_version  # re-exported for pretrain.train
+from pretrain.views import CMC_AB, CMC_FEATURES, CMC_L, INPUT_VIEWS, feature_model, view_channels
 
 FORMAT = "ringbench-encoder"
 FORMAT_VERSION = 1
@@ -66,11 +73,21 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedEncoder:
-    model: nn.Module  # forward(images) -> pooled features (B, feature_dim)
+    model: nn.Module | None  # forward(normalised RGB images) -> features (B, feature_dim), views applied inside
     metadata: dict[str, Any]
     path: Path
     sha256: str
     feature_dim: int
+    backbone: nn.Module | None = None  # the exported backbone itself (detection); expects `backbone_view`
+    backbone_view: str = "rgb"  # what `backbone` is fed: its recorded input view, or "rgb" when forced
+    cmc_features: str | None = None  # CMC only: which encoders `model` concatenates (l, ab, concat)
+    feature_views: tuple[str, ...] = ("rgb",)  # the view of each part of `model`'s features
+    forced_rgb: bool = False
+
+    def view_info(self) -> dict[str, Any]:
+        """What every result records about the input its features came from."""
+        return {"input_view": "+".join(self.feature_views), "cmc_features": self.cmc_features,
+                "force_rgb_input": self.forced_rgb}
 
 
 @dataclass(frozen=True)
@@ -116,7 +133,7 @@ def checkpoint_info(path: str | os.PathLike | CheckpointInfo, cache_file: Path |
         entry = cache.get(key) if isinstance(cache, dict) else None
         if isinstance(entry, dict) and isinstance(entry.get("metadata"), dict) and entry.get("sha256"):
             return CheckpointInfo(resolved, entry["sha256"], entry["metadata"])
-    loaded = load_encoder(resolved)
+    loaded = load_encoder(resolved, cmc_features=None)  # the file and its metadata; suites pick the views
     info = CheckpointInfo(resolved, loaded.sha256, loaded.metadata)
     if cache_file is not None:
         cache = cache if isinstance(cache, dict) else {}
@@ -158,6 +175,13 @@ def _check_metadata(metadata: dict, where: str) -> None:
         raise CheckpointError(f"{where}: stem {metadata['stem']!r} is not one of {', '.join(STEMS)}")
     if len(metadata["mean"]) != 3 or len(metadata["std"]) != 3:
         raise CheckpointError(f"{where}: mean and std must have 3 channels")
+    views = [metadata.get("input_view", "rgb"), *dict(metadata.get("extra_encoders") or {}).values()]
+    bad = [view for view in views if view not in INPUT_VIEWS]
+    if bad:
+        raise CheckpointError(f"{where}: input view {bad[0]!r} is not one of {', '.join(INPUT_VIEWS)}")
+    if view_channels(metadata.get("input_view", "rgb")) != 3:
+        raise CheckpointError(f"{where}: the exported backbone must take a 3-channel view, "
+                              f"not {metadata['input_view']!r}")
 
 
 def key_mismatch(expected, found) -> str:
@@ -183,15 +207,38 @@ def _check_state_dict(state_dict: dict, reference: dict, where: str) -> None:
             )
 
 
-def save_encoder(path: str | os.PathLike, backbone: nn.Module, metadata: dict[str, Any]) -> Path:
-    """Validate and atomically write an encoder file from a `build_backbone` module."""
+def _cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+
+
+def save_encoder(path: str | os.PathLike, backbone: nn.Module, metadata: dict[str, Any],
+                 extra: dict[str, tuple[nn.Module, str]] | None = None) -> Path:
+    """Validate and atomically write an encoder file from a `build_backbone` module.
+
+    `metadata["input_view"]` is the view `backbone` was trained on ("rgb" when absent, except for CMC,
+    which must say); `extra` = {name: (backbone, view)} stores further encoders beside it.
+    """
     metadata = dict(metadata)
     metadata.setdefault("code_version", code_version())
+    if "input_view" not in metadata:
+        if metadata.get("method") == "cmc":
+            raise CheckpointError(f"{path}: a CMC encoder must record its input_view (lightness for the L encoder)")
+        metadata["input_view"] = "rgb"
+    extra = dict(extra or {})
+    if extra:
+        metadata["extra_encoders"] = {name: view for name, (_, view) in extra.items()}
     _check_metadata(metadata, str(path))
-    state_dict = {key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}
+    state_dict = _cpu_state_dict(backbone)
     reference = build_backbone(metadata["arch"], metadata["stem"]).state_dict()
     _check_state_dict(state_dict, reference, str(path))
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state_dict, "metadata": metadata}
+    if extra:
+        payload["extra_state_dicts"] = {}
+        for name, (module, view) in extra.items():
+            extra_state = _cpu_state_dict(module)
+            extra_reference = build_backbone(metadata["arch"], metadata["stem"], view_channels(view)).state_dict()
+            _check_state_dict(extra_state, extra_reference, f"{path} (extra encoder {name!r})")
+            payload["extra_state_dicts"][name] = extra_state
     return atomic_torch_save(payload, path)
 
 
@@ -218,8 +265,73 @@ def unreadable_message(path: Path, error: BaseException) -> str:
     return f"{path}: {what}. {HOW_ENCODERS_ARE_WRITTEN}."
 
 
-def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedEncoder:
-    """Load an encoder file; refuse anything that is not a complete RingBench encoder, naming why."""
+def _load_extra(payload: dict, metadata: dict, where: str) -> dict[str, tuple[nn.Module, str]]:
+    views = metadata.get("extra_encoders") or {}
+    states = payload.get("extra_state_dicts") or {}
+    if set(views) != set(states):
+        raise CheckpointError(f"{where}: metadata lists extra encoders {sorted(views)} but the file holds "
+                              f"{sorted(states)}")
+    loaded = {}
+    for name, view in views.items():
+        module = build_backbone(metadata["arch"], metadata["stem"], view_channels(view))
+        _check_state_dict(states[name], module.state_dict(), f"{where} (extra encoder {name!r})")
+        module.load_state_dict(states[name], strict=True)
+        loaded[name] = (module.eval(), view)
+    return loaded
+
+
+def resolve_views(metadata: dict[str, Any], where: str, cmc_features: str, force_rgb_input: bool
+                  ) -> tuple[tuple[str, ...], str]:
+    """(encoders to evaluate, view the exported backbone is fed) from metadata alone; refuses what cannot be
+    evaluated (an old CMC file without the override, RGB forced onto the ab encoder, a missing encoder)."""
+    recorded = metadata.get("input_view")
+    is_cmc = metadata["method"] == "cmc"
+    if is_cmc and cmc_features not in CMC_FEATURES:
+        raise CheckpointError(f"{where}: cmc_features={cmc_features!r}; valid: {', '.join(CMC_FEATURES)}")
+    selection = {"l": (CMC_L,), "ab": (CMC_AB,), "concat": (CMC_L, CMC_AB)}[cmc_features] if is_cmc else (CMC_L,)
+    if force_rgb_input and selection != (CMC_L,):
+        raise CheckpointError(f"{where}: force_rgb_input feeds RGB to the exported backbone alone; "
+                              f"it cannot be combined with cmc_features={cmc_features} (use cmc_features=l)")
+    if recorded is None and is_cmc and not force_rgb_input:
+        raise CheckpointError(
+            f"{where}: a CMC encoder file without metadata['input_view'] (written before input views were "
+            "recorded). Its L encoder was trained on the lightness view, with colour augmentation, and "
+            "earlier RingBench versions evaluated it on RGB images. Retrain it to get an encoder file that "
+            "records its views (and the ab encoder), or pass force_rgb_input=true cmc_features=l to evaluate "
+            "the L encoder on RGB as before (not CMC's protocol)."
+        )
+    available = [CMC_L, *(metadata.get("extra_encoders") or {})]
+    missing = [name for name in selection if name not in available]
+    if missing:
+        raise CheckpointError(f"{where}: cmc_features={cmc_features} needs the {', '.join(missing)} encoder, which "
+                              f"this file does not hold (it has: {', '.join(available)}); use cmc_features=l")
+    return selection, "rgb" if force_rgb_input else (recorded or "rgb")
+
+
+def _select_features(encoder: LoadedEncoder, extra: dict[str, tuple[nn.Module, str]], cmc_features: str,
+                     force_rgb_input: bool) -> None:
+    """Build `encoder.model`: the encoders to evaluate, each fed its own view (or RGB when forced)."""
+    metadata = encoder.metadata
+    selection, main_view = resolve_views(metadata, str(encoder.path), cmc_features, force_rgb_input)
+    encoders = {CMC_L: (encoder.backbone, main_view)} | extra
+    encoder.model = feature_model(encoders, selection, metadata["mean"], metadata["std"]).eval()
+    encoder.backbone_view = main_view
+    encoder.cmc_features = cmc_features if metadata["method"] == "cmc" else None
+    encoder.feature_views = tuple(encoders[name][1] for name in selection)
+    encoder.feature_dim = feature_dim(metadata["arch"]) * len(selection)
+    encoder.forced_rgb = bool(force_rgb_input and metadata.get("input_view") != "rgb")
+
+
+def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                 cmc_features: str | None = "concat", force_rgb_input: bool = False) -> LoadedEncoder:
+    """Load an encoder file; refuse anything that is not a complete RingBench encoder, naming why.
+
+    `.model` takes normalised RGB batches (the checkpoint's mean/std) and applies each encoder's
+    recorded input view itself. For CMC files `cmc_features` picks the L encoder, the ab encoder or
+    both concatenated (CMC's own evaluation, the default); `force_rgb_input` feeds RGB to the exported
+    backbone whatever it was trained on (the only way to evaluate a CMC file that records no view).
+    `cmc_features=None` only validates the file and reads its metadata (`.model` is None).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -247,4 +359,9 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     _check_state_dict(state_dict, model.state_dict(), str(path))
     model.load_state_dict(state_dict, strict=True)
     model.eval()
-    return LoadedEncoder(model, metadata, path, file_sha256(path), feature_dim(metadata["arch"]))
+    extra = _load_extra(payload, metadata, str(path))
+    loaded = LoadedEncoder(None, metadata, path, file_sha256(path), feature_dim(metadata["arch"]), backbone=model,
+                           backbone_view=metadata.get("input_view", "rgb"))
+    if cmc_features is not None:
+        _select_features(loaded, extra, cmc_features, force_rgb_input)
+    return loaded

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pretrain.backbones import ARCHS, STEMS
-from pretrain.data import check_dataset_name
+from pretrain.data import augmentation_for, check_dataset_name
 from pretrain.methods import MethodSettings, check_combination
 from pretrain.overrides import OverrideError, override_fields
 from pretrain.samplers import SAMPLER_CLASSES, NegativeSampler, build_sampler, sampler_parameters
@@ -84,6 +84,7 @@ class DataSection:
     image_size: int = 32
     crop_min_scale: float = 0.2
     hflip: bool = True
+    augmentation: str = "auto"  # auto (the method's own: cmc for CMC, else mocov2) | mocov2 | cmc
     workers: int = 0
 
 
@@ -121,6 +122,10 @@ class TrainConfig:
     deterministic: bool = True
     recipe: str = field(default="", metadata={"internal": True})
 
+    def resolved_augmentation(self) -> str:
+        """The augmentation pipeline: `auto` is the method's own (CMC's crop + flip for cmc, else MoCo v2)."""
+        return augmentation_for(self.method.name, self.data.augmentation)
+
     def build_sampler(self) -> NegativeSampler:
         """The configured negative sampler, validated, with its schedule spread over the run."""
         return self.sampler.build(self.optim.epochs)
@@ -131,6 +136,7 @@ class TrainConfig:
             sampler = self.build_sampler()
             check_combination(method.name, sampler)
             check_dataset_name(data.name)
+            self.resolved_augmentation()
         except ValueError as error:
             raise ConfigError(str(error)) from None
         checks = [

@@ -1,4 +1,4 @@
-"""Datasets (embedded digits, CIFAR-10/100, STL-10, ImageNet) and MoCo-v2-style augmentations.
+"""Datasets (embedded digits, CIFAR-10/100, STL-10, ImageNet) and the pretraining augmentations (MoCo v2, CMC).
 
 Nothing is downloaded: every reader opens files already on disk under a data root and raises
 `DatasetError` naming the expected layout when they are missing or incomplete.
@@ -296,21 +296,39 @@ def open_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
 AUGMENT_SIZES = (32, 64, 96, 224)
 
 
+AUGMENTATIONS = ("mocov2", "cmc")
+
+
+def augmentation_for(method: str, setting: str = "auto") -> str:
+    """The augmentation pipeline a config means: `auto` is the method's own (CMC's for cmc, else MoCo v2)."""
+    if setting == "auto":
+        return "cmc" if method == "cmc" else "mocov2"
+    if setting not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {setting!r}; valid: auto, {', '.join(AUGMENTATIONS)}")
+    return setting
+
+
 def pretrain_transform(image_size: int, mean, std, crop_min_scale: float = 0.2, hflip: bool = True,
-                       blur: bool | None = None) -> Callable:
-    """MoCo-v2 augmentation at `image_size`: random resized crop, colour jitter (p 0.8), grayscale (p 0.2),
-    Gaussian blur (p 0.5; by default only at >= 64 px, kernel ~10% of the side), horizontal flip."""
+                       blur: bool | None = None, augmentation: str = "mocov2") -> Callable:
+    """The pretraining augmentation at `image_size`, ending in ToTensor + Normalize(mean, std).
+
+    mocov2  random resized crop, colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5; by
+            default only at >= 64 px, kernel ~10% of the side), horizontal flip.
+    cmc     CMC's (HobbitLong/CMC train_CMC.py): random resized crop and horizontal flip only. No colour
+            operation: the Lab split that follows (pretrain.views) is CMC's view generator, and jitter or
+            grayscale would change the very colour the ab encoder has to predict from L.
+    """
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
-    blur = image_size >= 64 if blur is None else blur
-    steps = [
-        T.RandomResizedCrop(image_size, scale=(crop_min_scale, 1.0), antialias=True),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-    ]
-    if blur:
-        kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
-        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
+    steps: list = [T.RandomResizedCrop(image_size, scale=(crop_min_scale, 1.0), antialias=True)]
+    if augmentation == "mocov2":
+        steps += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
+        blur = image_size >= 64 if blur is None else blur
+        if blur:
+            kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
+            steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(mean, std)]

@@ -4,7 +4,8 @@ Each method turns a batch of augmented views into anchor/positive/negative logit
 to the pure functions in `pretrain.losses`, with negatives chosen by `pretrain.samplers`.
 
     ir      one view; positive = the image's own memory-bank entry; K negatives drawn from the bank
-    cmc     one view split into L and ab (two encoders, two banks), symmetric L->ab and ab->L losses
+    cmc     one view split into L and ab (two encoders, two banks), symmetric L->ab and ab->L losses;
+            the split is pretrain.views.view_input, the same function evaluation uses
     moco    two views; momentum key encoder; negatives = the queue (all of it, or its ring)
     simclr  two views; negatives = the other 2B - 2 batch embeddings (self-similarity masked out)
 """
@@ -20,8 +21,8 @@ from torch.nn import functional as F
 
 from pretrain import distributed
 from pretrain.backbones import Encoder
-from pretrain.colour import lab_views
 from pretrain.samplers import NegativeSampler
+from pretrain.views import CMC_AB, CMC_L, view_channels, view_input
 
 METHODS = ("ir", "cmc", "moco", "simclr")
 
@@ -96,6 +97,16 @@ class ContrastiveMethod(nn.Module):
 
     def export_backbone(self) -> nn.Module:
         return self.encoder.backbone
+
+    def export_encoders(self) -> dict[str, tuple[nn.Module, str]]:
+        """name -> (backbone, input view) of every encoder the encoder file keeps; the first is the
+        exported backbone (its view becomes metadata["input_view"]), the others are stored beside it."""
+        return {"backbone": (self.encoder.backbone, "rgb")}
+
+    def default_features(self) -> tuple[str, ...]:
+        """The encoders (names from export_encoders) whose concatenated features the method's own
+        evaluation uses; the kNN monitor reports these."""
+        return (next(iter(self.export_encoders())),)
 
     def loss(self, views: list[torch.Tensor], index: torch.Tensor,
              generator: torch.Generator | None) -> torch.Tensor:
@@ -178,23 +189,25 @@ class InstanceRecognition(ContrastiveMethod):
 class ContrastiveMultiviewCoding(ContrastiveMethod):
     """CMC (Tian et al. 2019), memory-bank form: L and ab encoders, one bank each, symmetric loss.
 
-    The exported backbone is the L encoder (it sees colour-free images, so it accepts RGB input).
+    The L encoder sees the `lightness` view (3 channels, grey), the ab encoder the `lab_ab` view
+    (2 channels, CMC's own stem). Both are exported: the L encoder as the encoder file's backbone
+    (detection fine-tunes it), the ab encoder beside it; CMC's own evaluation concatenates both.
     """
 
     name = "cmc"
     num_views = 1
+    views = {CMC_L: "lightness", CMC_AB: "lab_ab"}
 
     def __init__(self, settings: MethodSettings, sampler: NegativeSampler, num_samples: int,
                  generator: torch.Generator | None = None):
         super().__init__(settings, sampler, num_samples)
         generator = generator or torch.Generator().manual_seed(0)
-        self.colour_encoder = Encoder(settings.arch, settings.stem, settings.embed_dim)
+        self.colour_encoder = Encoder(settings.arch, settings.stem, settings.embed_dim,
+                                      in_channels=view_channels(self.views[CMC_AB]))
         self._set_forward("_forward_colour", self.colour_encoder)
         self.register_buffer("bank_l", _init_bank(num_samples, settings.embed_dim, generator))
         self.register_buffer("bank_ab", _init_bank(num_samples, settings.embed_dim, generator))
         self.updates = BankUpdater()
-        self.register_buffer("mean", torch.tensor(settings.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(settings.std).view(1, 3, 1, 1), persistent=False)
 
     def trainable_encoders(self):
         return ["encoder", "colour_encoder"]
@@ -203,12 +216,19 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
         self._set_forward("_forward_encoder", wrap(self.encoder))
         self._set_forward("_forward_colour", wrap(self.colour_encoder))
 
+    def export_encoders(self):
+        return {CMC_L: (self.encoder.backbone, self.views[CMC_L]),
+                CMC_AB: (self.colour_encoder.backbone, self.views[CMC_AB])}
+
+    def default_features(self):
+        return (CMC_L, CMC_AB)
+
     def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised RGB batch -> normalised (L view, ab view) batches."""
+        """Normalised RGB batch -> (L encoder input, ab encoder input)."""
+        mean, std = self.settings.mean, self.settings.std
         with torch.no_grad():
-            rgb = (images.float() * self.std + self.mean).clamp(0, 1)
-            lightness, colour = lab_views(rgb)
-            return (lightness - self.mean) / self.std, (colour - self.mean) / self.std
+            return (view_input(images, self.views[CMC_L], mean, std).to(images.dtype),
+                    view_input(images, self.views[CMC_AB], mean, std).to(images.dtype))
 
     def loss(self, views, index, generator):
         lightness, colour = self.split(views[0])

@@ -10,6 +10,13 @@ for NCE and Ring alike (the released configs' 4,096 vs 65,536 confound is not co
 memory banks use K = 4,096 softmax terms counting the positive (4,095 draws per anchor, NCE and Ring
 alike), as the IR paper and the official code (`k=4096`) do.
 
+CMC recipes (method cmc, every dataset, digits included) use CMC's own augmentation, anchored on
+HobbitLong/CMC train_CMC.py (commit 0f2b643): RandomResizedCrop (lower scale `crop_low` 0.08 in the
+paper runs) and horizontal flip, then the Lab split (pretrain.views); no colour jitter, grayscale or
+blur. Their bank K is 4,096 (`num_negatives`): train_CMC.py's `nce_k` default in that version and the
+value of the Ring code's released IR configs; CMC's current HEAD defaults to 16,384
+(`method.num_negatives=16384` reproduces it). Bank momentum 0.5 is CMC's `nce_m`.
+
 Digits runs, `digits_{method}_{sampler}`, pretrain on the bundled scikit-learn digits and finish in
 a few minutes on 2 CPU cores; `digits_default_{nce,ring}` is the embedded pair.
 """
@@ -32,6 +39,9 @@ RING_ANNEALED = {"sampler.name": "ring", "sampler.w_out": 0.1, "sampler.w_in": 0
 RING_RELEASED = {"sampler.name": "ring", "sampler.w_out": 0.1, "sampler.w_in": 0.1, "sampler.anneal": "constant"}
 RELEASED_METHOD = {"ir": {"method.bank_momentum": 0.0}, "cmc": {"method.bank_momentum": 0.0}, "moco": {},
                    "simclr": {"sampler.w_out": 0.5, "optim.lr_schedule": "constant"}}
+# CMC's augmentation anchor (HobbitLong/CMC train_CMC.py): crop + flip, crop_low 0.08, no colour ops.
+CMC_AUGMENTATION = {"data.augmentation": "cmc"}
+CMC_PAPER = CMC_AUGMENTATION | {"data.crop_min_scale": 0.08}
 
 # Digits: 1,437 training images at 32 px with the ImageNet stem (the embedded encoders are
 # converted by the detection suite, which expects it). Cosine lr from 0.1 converges in few epochs.
@@ -44,7 +54,7 @@ DIGITS_BASE = {
 DIGITS_EPOCHS = {"ir": 8, "cmc": 4, "moco": 5, "simclr": 20}
 # SimCLR learns from in-batch negatives only, so it needs many steps: at batch 128 for 4 epochs (45 steps)
 # its kNN was 0.80, below an untrained ResNet-18 (0.889); batch 64 for 20 epochs (440 steps) reaches 0.95.
-DIGITS_METHOD = {"simclr": {"optim.batch_size": 64}}
+DIGITS_METHOD = {"simclr": {"optim.batch_size": 64}, "cmc": CMC_AUGMENTATION}
 DIGITS_RING = {"sampler.name": "ring", "sampler.w_out": 0.5, "sampler.w_in": 0.1, "sampler.anneal": "linear",
                "sampler.anneal_epochs": -1}
 DEFAULT_METHOD = "simclr"
@@ -54,7 +64,7 @@ def _paper_recipes() -> dict[str, dict]:
     recipes = {}
     for dataset, data in PAPER_DATASETS.items():
         for method in PAPER_METHODS:
-            base = {"method.name": method, **data}
+            base = {"method.name": method, **data} | (CMC_PAPER if method == "cmc" else {})
             recipes[f"{method}_nce_{dataset}"] = base | {"sampler.name": "nce"}
             recipes[f"{method}_ring_{dataset}"] = base | RING_ANNEALED
             recipes[f"{method}_ring_released_{dataset}"] = base | RING_RELEASED | RELEASED_METHOD[method]

@@ -41,6 +41,7 @@ from pretrain.data import (
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method
 from pretrain.recipes import recipe_config, recipe_names
+from pretrain.views import feature_model
 
 STATE_FORMAT = "ringbench-train-state"
 STATE_VERSION = 1
@@ -181,7 +182,7 @@ class Trainer:
                 print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
                       "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
         self.transform = pretrain_transform(config.data.image_size, self.mean, self.std, config.data.crop_min_scale,
-                                            config.data.hflip)
+                                            config.data.hflip, augmentation=config.resolved_augmentation())
         self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
         self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
                                                seed=config.seed, drop_last=True)
@@ -197,16 +198,17 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ monitor
     @torch.no_grad()
     def features(self, images) -> np.ndarray:
-        backbone = self.method.export_backbone()
-        was_training = backbone.training
-        backbone.eval()
+        """The method's own evaluation features (CMC: L + ab), each encoder on its input view."""
+        model = feature_model(self.method.export_encoders(), self.method.default_features(), self.mean, self.std)
+        was_training = model.training
+        model.eval()
         loader = DataLoader(TransformedImages(images, eval_transform(self.config.data.image_size, self.mean, self.std)),
                             batch_size=256, num_workers=self.config.data.workers)
         chunks = []
         for batch, _ in loader:
             with self._autocast():
-                chunks.append(backbone(batch.to(self.device)).float().cpu())
-        backbone.train(was_training)
+                chunks.append(model(batch.to(self.device)).float().cpu())
+        model.train(was_training)
         return torch.cat(chunks).numpy()
 
     def knn_monitor(self) -> float:
@@ -343,14 +345,15 @@ class Trainer:
         if knn_top1 is None and self.metrics_path.exists():
             records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
             knn_top1 = next((r["knn_top1"] for r in reversed(records) if "knn_top1" in r), None)
+        (_, (backbone, view)), *extra = self.method.export_encoders().items()
         metadata = encoder_metadata(
             method=config.method.name, sampler=config.sampler.name, sampler_params=self.sampler.metadata(),
             arch=config.method.arch, stem=config.method.stem, pretrain_dataset=config.data.name,
             epochs=config.optim.epochs, image_size=config.data.image_size, mean=self.mean, std=self.std,
             config=config.to_dict(), seed=config.seed, code_version=code_version(), recipe=config.recipe,
-            knn_top1=knn_top1,
+            knn_top1=knn_top1, knn_features="+".join(self.method.default_features()), input_view=view,
         )
-        return save_encoder(self.encoder_path, self.method.export_backbone(), metadata)
+        return save_encoder(self.encoder_path, backbone, metadata, extra=dict(extra))
 
 
 class _Subset:

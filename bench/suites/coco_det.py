@@ -24,7 +24,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+from bench.suite import (
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    check_checkpoint_views,
+    comma_list,
+    load_checkpoint_for,
+    view_options,
+)
 
 if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo
@@ -33,6 +44,8 @@ TASK_KINDS = {"mask_rcnn": "instances", "keypoint_rcnn": "keypoints"}
 HEADLINE = {"bbox/AP", "segm/AP", "keypoints/AP"}  # reported with per-category samples
 EMBEDDED_DIR = "digits_coco"
 RANDOM_CONTROL_FILE = "random_resnet18_imagenet.pt"
+# Detection fine-tunes one backbone: for CMC files the L encoder (on its lightness view), never the ab one.
+DETECTION_CMC_FEATURES = "l"
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class CocoDetOptions:
     schedule_scale: float
     ims_per_batch: int  # 0: the protocol's reference batch
     max_iter: int  # 0: from the scaled schedule
+    force_rgb_input: bool = False  # fine-tune on RGB whatever view the encoder was trained on
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> CocoDetOptions:
@@ -70,7 +84,8 @@ class CocoDetOptions:
             raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = the full schedule)")
         if batch < 0 or max_iter < 0:
             raise InputError("options ims_per_batch and max_iter must be >= 0 (0 = the protocol's value)")
-        return cls(engine, tasks, recipe, scale, batch, max_iter)
+        return cls(engine, tasks, recipe, scale, batch, max_iter,
+                   force_rgb_input=view_options(merged)["force_rgb_input"])
 
 
 def is_embedded(data_root: Path | None) -> bool:
@@ -106,7 +121,7 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     if path.is_file():
         return path
     if reference is not None:
-        meta = load_encoder(reference).metadata
+        meta = load_encoder(reference, cmc_features=None).metadata
         image_size, mean, std = int(meta["image_size"]), list(meta["mean"]), list(meta["std"])
     else:  # the embedded pair's preprocessing, from its recipe (no training needed)
         from pretrain.data import dataset_stats
@@ -121,7 +136,7 @@ def random_control_encoder(reference: Path | None = None) -> Path:
         torch.manual_seed(0)
         backbone = build_backbone("resnet18", "imagenet")
     metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=image_size, mean=mean, std=std,
-                                  config={"init": "torchvision default (kaiming) with torch.manual_seed(0)"})
+                                  input_view="rgb", config={"init": "torchvision default (kaiming) with torch.manual_seed(0)"})
     return save_encoder(path, backbone, metadata)
 
 
@@ -147,6 +162,7 @@ class CocoDetSuite(Suite):
         "schedule_scale": 1.0,  # multiplies iterations and lr steps (1 = 1x on COCO, the full embedded schedule)
         "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
         "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
+        "force_rgb_input": False,  # feed RGB to an encoder trained on another view (CMC's L encoder)
     }
     default_seeds = (0,)
     # One fine-tuning run on the embedded set moves box AP by several points (measured 26.7-37.1 for one
@@ -237,6 +253,10 @@ class CocoDetSuite(Suite):
                 meta = checkpoint_info(path).metadata  # the plan's resolved info: nothing is loaded again
             except CheckpointError as error:
                 raise InputError(f"coco_det: checkpoint refused: {error}") from None
+            try:
+                check_checkpoint_views(path, opts, cmc_features=DETECTION_CMC_FEATURES)
+            except InputError as error:
+                raise InputError(f"coco_det: checkpoint refused: {error}") from None
             if meta["stem"] != "imagenet":
                 raise InputError(
                     f"coco_det: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); detection needs the ImageNet "
@@ -257,7 +277,6 @@ class CocoDetSuite(Suite):
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         import torch
 
-        from pretrain.checkpoint import load_encoder
         from transfer.detection.coco_data import check_coco_json, coco_split, resolve_coco_root
         from transfer.detection.configs import (
             DetectionJob,
@@ -281,7 +300,7 @@ class CocoDetSuite(Suite):
         train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
         summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
 
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, cell.options, cmc_features=DETECTION_CMC_FEATURES)
         meta = encoder.metadata
         batch = int(params["ims_per_batch"]) or protocol.schedule.ims_per_batch
         schedule = scale_schedule(protocol.schedule, batch, float(params["schedule_scale"]))
@@ -315,13 +334,14 @@ class CocoDetSuite(Suite):
             keypoint_flip_map=tuple(summary.keypoint_flip_map),
             keypoint_oks_sigmas=tuple(summary.keypoint_oks_sigmas),
             precise_bn_iters=protocol.precise_bn_iters,
+            input_view=encoder.backbone_view,
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)
         from transfer.detection.engines import run_detection
 
         # the weights loaded once above go to the engine (Detectron2 converts them, torchvision loads them)
-        result = run_detection(engine, job, encoder.model.state_dict(), protocol.heads, workdir, str(cell.checkpoint))
+        result = run_detection(engine, job, encoder.backbone.state_dict(), protocol.heads, workdir, str(cell.checkpoint))
         if not result.metrics:  # a non-leader task of a multi-GPU job
             return CellOutput(metrics={}, info={"engine": engine, "role": "worker"})
         metrics: dict[str, Metric] = {}
@@ -344,6 +364,7 @@ class CocoDetSuite(Suite):
             "checkpoint_sampler": meta["sampler"],
             "pixel_mean": list(job.pixel_mean),
             "pixel_std": list(job.pixel_std),
+            **encoder.view_info(),
             "metric_samples": "headline APs carry per-category APs as samples (their mean is the COCO AP)",
         }
         return CellOutput(metrics=metrics, info=info)

@@ -2,7 +2,8 @@
 
 The bank is the digits train split, the queries the held-out test split (pretrain.data's fixed
 stratified 80/20 split); images are preprocessed with the encoder's own image size and
-normalisation (from its metadata). One task per checkpoint reports one metric per k
+normalisation (from its metadata), and each encoder sees the input view it was trained on (CMC: L and
+ab features concatenated by default, `cmc_features=l|ab|concat`). One task per checkpoint reports one metric per k
 ("acc/k20", "acc/k200"), so features are extracted once; per-image correctness is stored so two
 encoders can be compared on the same images.
 """
@@ -14,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.suite import (
+    VIEW_OPTIONS,
     Cell,
     CellOutput,
     InputError,
     Metric,
     Suite,
     Task,
+    check_checkpoint_views,
     check_device_option,
     check_int_option,
+    load_checkpoint_for,
 )
 
 
@@ -36,6 +40,7 @@ class KnnSuite(Suite):
         "temperature": 0.07,  # exp(similarity / temperature) vote weights (Wu et al. 2018)
         "batch_size": 256,
         "device": "",  # "" picks cuda when available
+        **VIEW_OPTIONS,
     }
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
@@ -46,6 +51,8 @@ class KnnSuite(Suite):
             raise InputError(f"knn temperature={options['temperature']}: expected a positive number")
         check_int_option("knn", "batch_size", options["batch_size"], 1)
         check_device_option("knn", options["device"])
+        for path in checkpoints:
+            check_checkpoint_views(path, options)
 
     def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
@@ -62,11 +69,10 @@ class KnnSuite(Suite):
         import numpy as np
         import torch
 
-        from pretrain.checkpoint import load_encoder
         from pretrain.knn import knn_predict
         from transfer.features import FeatureCache, pick_device
 
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, cell.options)
         meta = encoder.metadata
         device = pick_device(cell.options["device"] or None)
         cache = FeatureCache(Path(cell.shared_dir) / "features")
@@ -77,7 +83,8 @@ class KnnSuite(Suite):
 
             images = open_dataset("digits", split=split, image_size=meta["image_size"])
             parts = {"checkpoint": encoder.sha256, "dataset": "digits", "split": split,
-                     "image_size": meta["image_size"], "mean": meta["mean"], "std": meta["std"]}
+                     "image_size": meta["image_size"], "mean": meta["mean"], "std": meta["std"],
+                     "views": encoder.view_info()}
             feats = cache.get_or_compute(parts, lambda: self._extract(encoder.model, images, meta, device,
                                                                        int(cell.options["batch_size"])))
             return feats, images.labels
@@ -95,7 +102,7 @@ class KnnSuite(Suite):
         return CellOutput(
             metrics=metrics,
             info={"engine": "torch-knn", "device": str(device), "bank_size": int(len(bank_labels)),
-                  "image_size": meta["image_size"]},
+                  "image_size": meta["image_size"], **encoder.view_info()},
         )
 
     @staticmethod

@@ -17,7 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, comma_list
+from bench.suite import (
+    VIEW_OPTIONS,
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    check_checkpoint_views,
+    comma_list,
+    load_checkpoint_for,
+    view_options,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,8 @@ class LinearOptions:
     knn_k: int
     fast_iters: int
     imagenet_classes: int
+    cmc_features: str = "concat"
+    force_rgb_input: bool = False
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> LinearOptions:
@@ -105,6 +119,7 @@ class LinearOptions:
             knn_k=_as_int(merged["knn_k"], "knn_k", 1),
             fast_iters=_as_int(merged["fast_iters"], "fast_iters", 1),
             imagenet_classes=_as_int(merged["imagenet_classes"], "imagenet_classes", 2),
+            **view_options(merged),
         )
 
 
@@ -160,6 +175,7 @@ class LinearSuite(Suite):
         "knn_k": 200,
         "fast_iters": 100,  # L-BFGS iterations of the fast protocol
         "imagenet_classes": 1000,  # class folders expected under imagenet/train (e.g. 100 for a subset)
+        **VIEW_OPTIONS,
     }
     default_seeds = (0,)
 
@@ -226,9 +242,13 @@ class LinearSuite(Suite):
                 checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(f"linear: checkpoint refused: {error}") from None
+            try:
+                check_checkpoint_views(path, options)
+            except InputError as error:
+                raise InputError(f"linear: checkpoint refused: {error}") from None
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
-        from pretrain.checkpoint import load_encoder
+
         from transfer.features import FeatureCache
         from transfer.linear.evaluate import evaluate_encoder
         from transfer.linear.protocol import FastRecipe, KnnRecipe, PaperRecipe, data_source, default_workers
@@ -239,7 +259,7 @@ class LinearSuite(Suite):
         opts = cell.settings if isinstance(cell.settings, LinearOptions) else self.parse_options(cell.options)
         params = cell.task.params
         name = params["dataset"]
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, opts)
         image_size = int(encoder.metadata["image_size"])
         train = open_split(name, cell.data_root, params["train_split"], image_size)
         test = open_split(name, cell.data_root, params["test_split"], image_size)
@@ -280,6 +300,6 @@ class LinearSuite(Suite):
         info = dict(evaluation.info)
         info |= {"engine": f"linear-{params['protocol']}", "dataset": name, "world_size": context.world_size,
                  "image_size": encoder.metadata["image_size"], "checkpoint_method": encoder.metadata["method"],
-                 "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers,
+                 "checkpoint_sampler": encoder.metadata["sampler"], "workers": workers, **encoder.view_info(),
                  "feature_cache": {"hits": cache.hits, "misses": cache.misses}}
         return CellOutput(metrics=metrics, info=info)

@@ -15,7 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task, check_device_option, comma_list
+from bench.suite import (
+    VIEW_OPTIONS,
+    Cell,
+    CellOutput,
+    InputError,
+    Metric,
+    Suite,
+    Task,
+    check_checkpoint_views,
+    check_device_option,
+    comma_list,
+    load_checkpoint_for,
+)
 
 MODES = ("episodic", "linear")
 SPLIT_NAMES = ("TRAIN", "VALID", "TEST")
@@ -200,6 +212,7 @@ class MetaDatasetSuite(Suite):
         "linear_epochs": 100,
         "linear_max_per_class": 0,  # linear mode: cap images per class (0 = all)
         "device": "",  # empty: cuda when available
+        **VIEW_OPTIONS,
     }
 
     # the records folder enters the cell id as each source's fingerprint, not as a path (a relative
@@ -263,6 +276,7 @@ class MetaDatasetSuite(Suite):
                 checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(str(error)) from None
+            check_checkpoint_views(path, options)
 
     def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
         from transfer.meta_dataset.episodes import EpisodeSet, draw_episodes, linear_split
@@ -292,7 +306,6 @@ class MetaDatasetSuite(Suite):
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         import numpy as np
 
-        from pretrain.checkpoint import load_encoder
         from transfer.features import FeatureCache, pick_device
         from transfer.meta_dataset import evaluate
         from transfer.meta_dataset.episodes import EpisodeSet
@@ -303,7 +316,7 @@ class MetaDatasetSuite(Suite):
         source = cell.task.params["source"]
         spec = load_spec(root / source)
         fingerprint = evaluate.spec_fingerprint(spec)
-        encoder = load_encoder(cell.checkpoint)
+        encoder = load_checkpoint_for(cell.checkpoint, cell.options)
         size, size_rule = evaluate.resolve_image_size(opts.image_size, int(encoder.metadata["image_size"]), opts.embedded)
         device = pick_device(opts.device or None)
         cache = FeatureCache(evaluate.feature_cache_root(cell.shared_dir))
@@ -315,6 +328,7 @@ class MetaDatasetSuite(Suite):
             "image_size_rule": size_rule,
             "preprocessing": evaluate.PREPROCESSING,
             "device": str(device),
+            **encoder.view_info(),
         }
         started = time.perf_counter()
         if cell.task.params["mode"] == "linear":

@@ -28,7 +28,7 @@ def test_options_are_typed_by_their_defaults_and_unknown_keys_list_valid_ones():
     suite = load_suite("knn")
     options = parse_suite_options(suite, ["ks=1,5", "temperature=0.5"])
     assert options["ks"] == [1, 5] and options["temperature"] == 0.5
-    with pytest.raises(InputError, match="valid keys: batch_size, device, ks, temperature"):
+    with pytest.raises(InputError, match="valid keys: batch_size, cmc_features, device, force_rgb_input, ks, temperature"):
         parse_suite_options(suite, ["k=3"])
     with pytest.raises(InputError, match="temperature='warm': expected a float"):
         parse_suite_options(suite, ["temperature=warm"])
@@ -48,7 +48,7 @@ def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, encoder_pair, ben
 
 @pytest.mark.parametrize("args, message", [
     (["--suite", "nope"], "unknown suite 'nope'; valid suites: coco_det, estimators, knn"),
-    (["--suite", "knn", "k=3"], "unknown option 'k' for suite knn; valid keys: batch_size, device, ks, temperature"),
+    (["--suite", "knn", "k=3"], "unknown option 'k' for suite knn; valid keys: batch_size, cmc_features, device, force_rgb_input, ks, temperature"),
     (["--suite", "knn", "ks=0"], "knn ks=[0]"),
     (["--suite", "knn", "batch_size=0"], "knn batch_size=0: expected an integer >= 1"),
     (["--suite", "knn", "device=gpu"], "knn device='gpu': expected cpu, cuda, cuda:N or mps"),

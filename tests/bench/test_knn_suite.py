@@ -40,3 +40,47 @@ def test_local_and_debug_executors_give_the_same_table(tmp_path, encoder_pair, b
     stored = plan.store.cell(plan.cells[0].cell_id).read_result()["dataset"]
     assert stored["name"] == "digits" and len(stored["sha256"]) == 64 and stored == plan.cells[0].dataset
     assert set(local["dataset"]) == {f"digits:{stored['sha256'][:8]}"}
+
+
+def _cached_test_features(shared_dir):
+    import json
+
+    import numpy as np
+
+    for parts_file in sorted((shared_dir / "features").glob("*.json")):
+        if json.loads(parts_file.read_text())["split"] == "test":
+            return np.load(parts_file.with_suffix(".npy"))
+    raise AssertionError("no cached test-split features")
+
+
+def test_knn_suite_feeds_a_cmc_encoder_the_views_it_was_trained_on(tmp_path, monkeypatch):
+    import torch
+
+    from bench.suite import Cell, InputError
+    from bench.suites.knn import KnnSuite
+    from pretrain.data import eval_transform, open_dataset
+    from tests.cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    suite = KnnSuite()
+    path = write_cmc_encoder(tmp_path / "cmc.pt")
+    old = write_old_cmc_encoder(tmp_path / "old.pt")
+    with pytest.raises(InputError, match="old.pt: a CMC encoder file without metadata"):
+        suite.check(dict(suite.options), None, [old])
+    suite.check(dict(suite.options) | {"cmc_features": "l", "force_rgb_input": "true"}, None, [old])
+    with pytest.raises(InputError, match="cmc_features='lab': expected one of l, ab, concat"):
+        suite.check(dict(suite.options) | {"cmc_features": "lab"}, None, [path])
+
+    test = open_dataset("digits", split="test", image_size=8)
+    transform = eval_transform(8, MEAN, STD)
+    images = torch.stack([transform(test.image(i)) for i in range(len(test))])
+    for which, force in (("concat", False), ("l", True)):
+        options = dict(suite.options) | {"ks": [5], "cmc_features": which, "force_rgb_input": force}
+        shared = tmp_path / f"shared-{which}-{force}"
+        cell = Cell("knn", suite.tasks(options, None)[0], path, 0, options, None, shared)
+        output = suite.run(cell, tmp_path)
+        expected = expected_features(images, which, rgb=force)
+        assert torch.allclose(torch.from_numpy(_cached_test_features(shared)), expected, atol=1e-4), (which, force)
+        view = "rgb" if force else {"concat": "lightness+lab_ab", "l": "lightness"}[which]
+        assert (output.info["input_view"], output.info["cmc_features"]) == (view, which)
+    assert not torch.allclose(expected_features(images, "l"), expected_features(images, rgb=True), atol=1e-2)

@@ -118,3 +118,57 @@ def test_encoder_metadata_is_built_by_one_function(tmp_path):
         "random", "none", 0, "none")
     loaded = load_encoder(save_encoder(tmp_path / "c.pt", build_backbone("resnet18", "imagenet"), control))
     assert loaded.metadata["code_version"] and loaded.metadata["image_size"] == 16
+
+
+def test_cmc_encoder_on_rgb_needs_the_explicit_override(tmp_path):
+    from tests.cmc_encoders import expected_features, write_cmc_encoder, write_old_cmc_encoder
+
+    old = write_old_cmc_encoder(tmp_path / "old_cmc.pt")
+    with pytest.raises(CheckpointError, match="old_cmc.pt: a CMC encoder file without metadata\\['input_view'\\].*"
+                                              "force_rgb_input=true cmc_features=l"):
+        load_encoder(old)
+    with pytest.raises(CheckpointError, match="force_rgb_input feeds RGB to the exported backbone alone"):
+        load_encoder(old, force_rgb_input=True)  # the default concat cannot be fed RGB
+    x = torch.randn(3, 3, 8, 8)
+    forced = load_encoder(old, cmc_features="l", force_rgb_input=True)
+    assert forced.view_info() == {"input_view": "rgb", "cmc_features": "l", "force_rgb_input": True}
+    assert torch.allclose(forced.model(x), expected_features(x, rgb=True), atol=1e-5)
+    assert load_encoder(old, cmc_features=None).model is None  # metadata only, for planning
+    with pytest.raises(CheckpointError, match="a CMC encoder must record its input_view"):
+        save_encoder(tmp_path / "x.pt", build_backbone("resnet18", "imagenet"), metadata(method="cmc"))
+
+    new = write_cmc_encoder(tmp_path / "cmc.pt")
+    for which in ("concat", "l", "ab"):
+        loaded = load_encoder(new, cmc_features=which)
+        with torch.no_grad():
+            assert torch.allclose(loaded.model(x), expected_features(x, which), atol=1e-5), which
+        assert loaded.feature_dim == (1024 if which == "concat" else 512)
+    default = load_encoder(new)
+    assert default.view_info() == {"input_view": "lightness+lab_ab", "cmc_features": "concat", "force_rgb_input": False}
+    with torch.no_grad():
+        assert not torch.allclose(load_encoder(new, cmc_features="l").model(x), expected_features(x, rgb=True), atol=1e-2)
+        assert torch.allclose(load_encoder(new, cmc_features="l", force_rgb_input=True).model(x),
+                              expected_features(x, rgb=True), atol=1e-5)
+    assert default.backbone_view == "lightness" and default.backbone.conv1.in_channels == 3
+    l_only = _payload(new)
+    del l_only["metadata"]["extra_encoders"], l_only["extra_state_dicts"]
+    torch.save(l_only, tmp_path / "l_only.pt")
+    with pytest.raises(CheckpointError, match="cmc_features=ab needs the ab encoder, which this file does not hold"):
+        load_encoder(tmp_path / "l_only.pt", cmc_features="ab")
+    assert load_encoder(tmp_path / "l_only.pt", cmc_features="l").view_info()["input_view"] == "lightness"
+
+
+def test_files_without_input_view_keep_rgb_for_other_methods(tmp_path):
+    backbone = build_backbone("resnet18", "cifar")
+    path = save_encoder(tmp_path / "e.pt", backbone, metadata())
+    payload = _payload(path)
+    assert payload["metadata"]["input_view"] == "rgb"
+    del payload["metadata"]["input_view"]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = load_encoder(tmp_path / "old.pt")
+    assert loaded.model is loaded.backbone and loaded.view_info()["input_view"] == "rgb"
+    assert loaded.view_info()["cmc_features"] is None
+    payload["metadata"]["input_view"] = "lab_ab"
+    torch.save(payload, tmp_path / "ab.pt")
+    with pytest.raises(CheckpointError, match="must take a 3-channel view, not 'lab_ab'"):
+        load_encoder(tmp_path / "ab.pt")

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
             convert_fn = convert_checkpoint_to_detectron2 if args.to == "detectron2" else convert_checkpoint_to_torchvision
             out = convert_fn(args.checkpoint, args.out)
             print(f"wrote {out} ({args.to})")
+            from pretrain.checkpoint import load_encoder
+
+            view = load_encoder(args.checkpoint, cmc_features=None).metadata.get("input_view", "rgb")
+            if view != "rgb":
+                print(f"note: this encoder was trained on the {view!r} input view; render it on every image "
+                      "before normalisation (pretrain.views.view_pixels), as bench.run --suite coco_det does",
+                      file=sys.stderr)
         elif args.command == "embedded":
             from transfer.detection.embedded import build_embedded_coco
 

@@ -127,6 +127,7 @@ class DetectionJob:
     keypoint_oks_sigmas: tuple[float, ...] = ()
     precise_bn_iters: int = 200
     num_workers: int = 4
+    input_view: str = "rgb"  # pretrain.views: what the encoder was trained on (CMC's L encoder: lightness)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

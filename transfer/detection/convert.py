@@ -169,7 +169,7 @@ def read_detectron2_pickle(path: str | os.PathLike) -> dict[str, Any]:
 def _encoder_state_dict(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from pretrain.checkpoint import load_encoder
 
-    encoder = load_encoder(checkpoint)
+    encoder = load_encoder(checkpoint, cmc_features=None)  # the weights only; detection feeds the view itself
     where = str(checkpoint)
     if encoder.metadata.get("stem") != "imagenet":
         raise ConversionError(
@@ -177,7 +177,7 @@ def _encoder_state_dict(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.
             "(7x7 stride-2 conv1 + max-pool). CIFAR-stem encoders (3x3 conv1, no max-pool) are for 32 px "
             "classification transfer only."
         )
-    return encoder.model.state_dict(), encoder.metadata
+    return encoder.backbone.state_dict(), encoder.metadata
 
 
 def convert_checkpoint_to_detectron2(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:

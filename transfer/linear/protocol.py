@@ -79,15 +79,24 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
 
 def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
                     config: dict[str, Any] | None = None) -> Callable:
-    """The pretraining augmentation at the checkpoint's image size (pretrain.data's MoCo-v2 pipeline):
-    the released code trains its linear layer with the augmentation the encoder was pretrained with.
-    `config` (the checkpoint's training config) supplies its crop scale and flip setting."""
+    """The pretraining augmentation at the checkpoint's image size (pretrain.data: MoCo v2, or CMC's crop
+    and flip): the released code trains its linear layer with the augmentation the encoder was pretrained
+    with. `config` (the checkpoint's training config) supplies the pipeline, its crop scale and flip
+    setting; configs older than the `augmentation` key were trained with MoCo v2's."""
     from pretrain import data
 
     config = config or {}
+
+    def value(section: str, key: str, default: Any) -> Any:  # nested sections, or the flat keys of older files
+        nested = config.get(section)
+        if isinstance(nested, dict):
+            return nested.get(key, default)
+        return config.get(section if key == "name" else key, default)
+
+    augmentation = data.augmentation_for(str(value("method", "name", "")), str(value("data", "augmentation", "mocov2")))
     return data.pretrain_transform(image_size, list(mean), list(std),
-                                   crop_min_scale=float(config.get("crop_min_scale", 0.2)),
-                                   hflip=bool(config.get("hflip", True)))
+                                   crop_min_scale=float(value("data", "crop_min_scale", 0.2)),
+                                   hflip=bool(value("data", "hflip", True)), augmentation=augmentation)
 
 
 class TransformedPairs(Dataset):
@@ -184,6 +193,7 @@ def feature_cache_parts(encoder: Any, dataset: Any, dataset_name: str, split: st
         "image_size": int(metadata["image_size"]),
         "mean": [float(v) for v in metadata["mean"]],
         "std": [float(v) for v in metadata["std"]],
+        "views": encoder.view_info(),
     }
 
 
@@ -200,7 +210,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def compute_features(
-    encoder: Any,
+    encoder: Any,  # a LoadedEncoder: `.model` applies the encoder's input view(s) to the RGB batches
     dataset: Dataset,
     device: torch.device | str | None = None,
     batch_size: int = 256,

@@ -136,16 +136,19 @@ def extract_split_features(
     cache_dir: str,
     data_root: str | None = None,
     batch_size: int = 256,
+    cmc_features: str = "concat",
+    force_rgb_input: bool = False,
 ) -> tuple[int, int] | None:
     """Job entry point (one task per GPU): fill the linear suite's feature cache for one split.
 
     Submit it with submitit and `tasks_per_node` = GPUs; each task extracts its slice, rank 0
-    merges and returns the (N, D) shape, the others return None. Cells pointed at the same cache
+    merges and returns the (N, D) shape, the others return None. `cmc_features` and `force_rgb_input`
+    must match the suite's options for the cells to find the features. Cells pointed at the same cache
     folder (the suite's `shared/features`) then read the features as cache hits.
     """
     from pretrain.checkpoint import load_encoder
 
-    encoder = load_encoder(checkpoint)
+    encoder = load_encoder(checkpoint, cmc_features=cmc_features, force_rgb_input=force_rgb_input)
     images = open_linear_split(dataset, data_root, split, int(encoder.metadata["image_size"]))
     features = sharded_cached_features(encoder, images, dataset, split, FeatureCache(cache_dir),
                                        batch_size=batch_size, workers=default_workers(),

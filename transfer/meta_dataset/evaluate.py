@@ -1,7 +1,8 @@
 """Frozen-encoder evaluation on a Meta-Dataset source: cached features, episodic probes, linear mode.
 
 Preprocessing (stated in every result): decode to RGB, squash to S x S with bilinear resizing
-(align_corners, as Meta-Dataset's decoder), scale to [0, 1], then the checkpoint's own mean/std.
+(align_corners, as Meta-Dataset's decoder), scale to [0, 1], then the checkpoint's own mean/std;
+the encoder's `.model` then applies the input view(s) it was trained on (pretrain.views).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def source_features(
         "preprocessing": PREPROCESSING_VERSION,
         "images": digest,
         "count": len(images),
+        "views": encoder.view_info(),
     }
     metadata = encoder.metadata
     start = time.perf_counter()

@@ -143,3 +143,33 @@ def test_planning_resolves_each_checkpoint_once_and_parses_options_once(tmp_path
     build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(f) for f in files],
                option_pairs=["tasks=mask_rcnn"], seeds=[0])
     assert loads == []  # known, unchanged files: their infos come from the cache
+
+
+def test_coco_det_fine_tunes_the_cmc_l_encoder_on_its_view(tmp_path, small_coco, monkeypatch):
+    import torch
+
+    from bench.suite import Cell
+    from tests.cmc_encoders import cmc_backbones, write_cmc_encoder, write_old_cmc_encoder
+    from transfer.detection.engines import EngineResult, torchvision_engine
+
+    seen = {}
+
+    def capture(job, state_dict, heads, where):
+        seen.update(job=job, state_dict=state_dict)
+        return EngineResult(metrics={"bbox/AP": 1.0}, per_category={}, info={})
+
+    monkeypatch.setattr(torchvision_engine, "train_and_evaluate", capture)
+    suite = CocoDetSuite()
+    path = write_cmc_encoder(tmp_path / "cmc.pt")
+    old = write_old_cmc_encoder(tmp_path / "old.pt")
+    with pytest.raises(InputError, match="old.pt: a CMC encoder file without metadata"):
+        suite.check(options(tasks="mask_rcnn"), small_coco, [old])
+    suite.check(options(tasks="mask_rcnn", force_rgb_input=True), small_coco, [old])
+    lightness, _ = cmc_backbones()
+    for checkpoint, opts, view in ((path, options(tasks="mask_rcnn"), "lightness"),
+                                   (old, options(tasks="mask_rcnn", force_rgb_input=True), "rgb")):
+        [task] = suite.tasks(opts, small_coco)
+        output = suite.run(Cell("coco_det", task, checkpoint, 0, opts, small_coco, tmp_path / "shared"), tmp_path / "cell")
+        assert seen["job"].input_view == view
+        assert output.info["input_view"] == view and output.info["cmc_features"] == "l"
+        assert all(torch.equal(seen["state_dict"][k], v) for k, v in lightness.state_dict().items())

@@ -87,3 +87,18 @@ def test_torchvision_engine_refuses_c4(small_coco, tmp_path):
     job = replace(tiny_job(small_coco, "mask_rcnn", tmp_path), arch="resnet50")
     with pytest.raises(ValueError, match="C4 recipe needs engine=detectron2"):
         build_model(replace(job, recipe="c4"), embedded_protocol("mask_rcnn").heads)
+
+
+def test_the_detector_feeds_its_backbone_the_encoders_input_view(small_coco, tmp_path):
+    from pretrain.views import view_pixels
+
+    image = torch.rand(3, 20, 24)
+    plain = build_model(tiny_job(small_coco, "mask_rcnn", tmp_path), embedded_protocol("mask_rcnn").heads)
+    job = replace(tiny_job(small_coco, "mask_rcnn", tmp_path), input_view="lightness")
+    viewed = build_model(job, embedded_protocol("mask_rcnn").heads)
+    grey = view_pixels(image, "lightness")
+    assert torch.allclose(viewed.transform.normalize(image), plain.transform.normalize(grey), atol=1e-6)
+    assert not torch.allclose(viewed.transform.normalize(image), plain.transform.normalize(image), atol=1e-2)
+    # the transform feeds training, precise BN and evaluation alike: the batched tensors are grey
+    batched, _ = viewed.transform([image])
+    assert torch.allclose(batched.tensors[0, 0], batched.tensors[0, 2], atol=1e-4)  # equal mean/std per channel

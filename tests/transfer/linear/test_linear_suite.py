@@ -108,3 +108,35 @@ def test_fast_cells_read_each_layout_correctly(dataset, data_root, tmp_path, enc
     assert linear.mean >= (90.0 if dataset == "cifar100" else 100.0)  # 100 colours, 2 images each: close shades
     assert knn.mean >= 90.0
     assert output.info["protocol"] == "fast" and output.info["dataset"] == dataset
+
+
+def test_linear_suite_feeds_a_cmc_encoder_its_views(data_root, tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+    import torch
+    from torchvision import transforms as T
+
+    from pretrain.data import eval_transform, open_dataset
+    from tests.cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
+    from transfer.linear.protocol import train_transform
+
+    monkeypatch.setenv("RINGBENCH_WORKERS", "0")
+    path = write_cmc_encoder(tmp_path / "cmc.pt")
+    suite = LinearSuite()
+    options = {"datasets": "cifar10", "protocol": "fast", "knn_k": 5}
+    with pytest.raises(InputError, match="a CMC encoder file without metadata"):
+        suite.check(options, data_root, [write_old_cmc_encoder(tmp_path / "old.pt")])
+    [task] = suite.tasks(options, data_root)
+    output = suite.run(make_cell(task, path, data_root, tmp_path / "shared", options), tmp_path / "cell")
+    assert (output.info["input_view"], output.info["cmc_features"]) == ("lightness+lab_ab", "concat")
+    assert output.info["feature_dim"] == 1024
+    [parts] = [p for p in (tmp_path / "shared" / "features").glob("*.json") if json.loads(p.read_text())["split"] == "test"]
+    cached = torch.from_numpy(np.load(parts.with_suffix(".npy")))
+    test = open_dataset("cifar10", data_root, "test")
+    transform = eval_transform(8, MEAN, STD)
+    images = torch.stack([transform(test.image(i)) for i in range(len(test))])
+    assert torch.allclose(cached, expected_features(images, "concat"), atol=1e-4)
+    # the paper protocol re-augments with CMC's own pipeline before the encoder's views: no colour operation
+    kinds = [type(step) for step in train_transform(8, MEAN, STD, {"method": {"name": "cmc"}, "data": {"augmentation": "cmc", "hflip": True}}).transforms]
+    assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]

@@ -117,3 +117,35 @@ def test_image_size_rule():
     size, rule = resolve_image_size("auto", 32, embedded=False)
     assert size == 84 and "Meta-Dataset's default" in rule
     assert resolve_image_size("126", 32, embedded=False) == (126, "image_size=126 (set by the user)")
+
+
+def test_meta_dataset_suite_feeds_a_cmc_encoder_its_views(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from bench.suite import Cell
+    from tests.cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
+    from transfer.meta_dataset.episodes import EpisodeSet
+    from transfer.meta_dataset.evaluate import image_batches
+    from transfer.meta_dataset.spec import load_spec
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    records = tmp_path / "records"
+    write_flat_source(records, "dtd", split_counts=(0, 0, 5), images=(6, 6))
+    suite = MetaDatasetSuite()
+    options = dict(suite.options) | {"records": str(records), "episodes": 3, "probes": "ncc", "image_size": "8",
+                                     "cmc_features": "ab"}
+    path = write_cmc_encoder(tmp_path / "cmc.pt")
+    with pytest.raises(InputError, match="a CMC encoder file without metadata"):
+        suite.check(options, None, [write_old_cmc_encoder(tmp_path / "old.pt")])
+    suite.check(options, None, [path])
+    shared = tmp_path / "shared"
+    suite.prepare(options, None, shared)
+    [task] = suite.tasks(options, None)
+    output = suite.run(Cell("meta_dataset", task, path, 0, options, None, shared), tmp_path / "cell")
+    assert (output.info["input_view"], output.info["cmc_features"]) == ("lab_ab", "ab")
+    [features] = (tmp_path / "cache" / "meta_dataset" / "features").glob("*.npy")
+    [episodes] = (shared / "episodes").glob("*.json")
+    used = EpisodeSet.load(episodes).used_images()
+    images = torch.cat(list(image_batches(load_spec(records / "dtd"), used, 8, MEAN, STD, 64)))
+    assert torch.allclose(torch.from_numpy(np.load(features)), expected_features(images, "ab"), atol=1e-4)

@@ -98,6 +98,26 @@ def _register_extra_norm_head() -> None:
             return seq, out_channels
 
 
+def _viewed_mapper(cfg, is_train: bool, view: str):
+    """Detectron2's DatasetMapper with its usual augmentations followed by the encoder's input view."""
+    import functools
+
+    from detectron2.data import DatasetMapper
+    from detectron2.data import detection_utils as utils
+    from detectron2.data import transforms as T
+
+    from pretrain.views import view_pixels_uint8
+
+    augmentations = utils.build_augmentation(cfg, is_train)
+    if is_train and cfg.INPUT.CROP.ENABLED:
+        augmentations.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    if view != "rgb":
+        if cfg.INPUT.FORMAT != "RGB":
+            raise ValueError(f"input view {view!r} needs INPUT.FORMAT RGB, the config has {cfg.INPUT.FORMAT}")
+        augmentations.append(T.ColorTransform(functools.partial(view_pixels_uint8, view=view)))  # picklable for workers
+    return DatasetMapper(cfg, is_train, augmentations=augmentations)
+
+
 def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
     """Runs in every launched process: register, build the config, train, evaluate."""
     from detectron2.config import get_cfg
@@ -117,6 +137,19 @@ def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
     default_setup(cfg, Args())
 
     class Trainer(DefaultTrainer):
+        # the encoder's input view is rendered on every image after decoding (train, precise BN, test)
+        @classmethod
+        def build_train_loader(cls, cfg):
+            from detectron2.data import build_detection_train_loader
+
+            return build_detection_train_loader(cfg, mapper=_viewed_mapper(cfg, True, job.input_view))
+
+        @classmethod
+        def build_test_loader(cls, cfg, dataset_name):
+            from detectron2.data import build_detection_test_loader
+
+            return build_detection_test_loader(cfg, dataset_name, mapper=_viewed_mapper(cfg, False, job.input_view))
+
         @classmethod
         def build_evaluator(cls, cfg, dataset_name, output_folder=None):
             return COCOEvaluator(

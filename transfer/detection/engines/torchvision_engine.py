@@ -31,7 +31,8 @@ from transfer.detection.evaluate import evaluate_coco_detailed
 
 
 def build_model(job: DetectionJob, heads: HeadSpec, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
-    """Mask R-CNN or Keypoint R-CNN around a trainable ResNet-FPN; backbone weights are loaded separately."""
+    """Mask R-CNN or Keypoint R-CNN around a trainable ResNet-FPN, fed the encoder's input view; backbone
+    weights are loaded separately."""
     from torchvision.models.detection import KeypointRCNN, MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -58,18 +59,32 @@ def build_model(job: DetectionJob, heads: HeadSpec, norm_layer: type[nn.Module] 
         "box_predictor": FastRCNNPredictor(heads.box_representation, num_classes),
     }
     if job.task == "mask_rcnn":
-        return MaskRCNN(
+        model = MaskRCNN(
             backbone,
             mask_head=MaskRCNNHeads(heads.fpn_channels, list(heads.mask_head_layers), 1),
             mask_predictor=MaskRCNNPredictor(heads.mask_head_layers[-1], heads.mask_predictor_channels, num_classes),
             **common,
         )
-    return KeypointRCNN(
-        backbone,
-        keypoint_head=KeypointRCNNHeads(heads.fpn_channels, list(heads.keypoint_head_layers)),
-        keypoint_predictor=KeypointRCNNPredictor(heads.keypoint_head_layers[-1], len(job.keypoint_names)),
-        **common,
-    )
+    else:
+        model = KeypointRCNN(
+            backbone,
+            keypoint_head=KeypointRCNNHeads(heads.fpn_channels, list(heads.keypoint_head_layers)),
+            keypoint_predictor=KeypointRCNNPredictor(heads.keypoint_head_layers[-1], len(job.keypoint_names)),
+            **common,
+        )
+    apply_input_view(model, job.input_view)
+    return model
+
+
+def apply_input_view(model: nn.Module, view: str) -> None:
+    """Feed the detector's backbone the encoder's input view: the view is rendered on each [0, 1] RGB
+    image right before the model's own normalisation (training, precise BN and evaluation alike)."""
+    from pretrain.views import view_pixels
+
+    if view == "rgb":
+        return
+    normalize = model.transform.normalize
+    model.transform.normalize = lambda image: normalize(view_pixels(image, view))
 
 
 def load_encoder_into(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, where: str) -> None:
