@@ -160,8 +160,9 @@ class TrainConfig:
             (method.temperature > 0, f"method.temperature must be > 0, got {method.temperature}"),
             (0 <= method.bank_momentum < 1, f"method.bank_momentum must lie in [0, 1), got {method.bank_momentum}"),
             (0 <= method.key_momentum < 1, f"method.key_momentum must lie in [0, 1), got {method.key_momentum}"),
-            (method.queue_size >= 1 and method.num_negatives >= 1,
-             "method.queue_size and method.num_negatives must be >= 1"),
+            (method.queue_size >= 1, f"method.queue_size must be >= 1, got {method.queue_size}"),
+            (method.num_negatives >= 2, f"method.num_negatives (K: softmax terms of a memory-bank method, the "
+                                        f"positive included) must be >= 2, got {method.num_negatives}"),
             (0 < data.crop_min_scale <= 1, f"data.crop_min_scale must lie in (0, 1], got {data.crop_min_scale}"),
             (all(0 < m < 1 for m in optim.lr_milestones),
              f"optim.lr_milestones must be fractions in (0, 1), got {optim.lr_milestones}"),

@@ -48,7 +48,9 @@ class MethodSettings:
     stem: str = "imagenet"
     embed_dim: int = 128
     temperature: float = 0.07
-    num_negatives: int = 4096  # K for memory banks
+    # K for memory banks: softmax terms INCLUDING the positive, so K - 1 bank draws per anchor, as the IR
+    # paper and the official Ring code (`k=4096`: the positive plus 4095 noise indices) count it
+    num_negatives: int = 4096
     bank_momentum: float = 0.5  # IR paper; 0 = overwrite, as the released Ring configs
     queue_size: int = 65536
     key_momentum: float = 0.999
@@ -144,11 +146,20 @@ class BankUpdater:
         self.pending.clear()
 
 
+def bank_draws(settings: MethodSettings) -> int:
+    """Negatives drawn from a memory bank per anchor: K - 1, the positive being the K-th term."""
+    if settings.num_negatives < 2:
+        raise ValueError(f"num_negatives (K, counting the positive) must be >= 2 for memory banks, "
+                         f"got {settings.num_negatives}")
+    return settings.num_negatives - 1
+
+
 def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor, sampler: NegativeSampler, settings: MethodSettings,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K) negative logits for bank methods; indices from the sampler, gradient through the anchors."""
+    """(B, K - 1) negative logits for bank methods (the positive is the K-th term); indices from the sampler,
+    gradient through the anchors."""
     pool_size, dim = bank.shape
-    k, temperature = settings.num_negatives, settings.temperature
+    k, temperature = bank_draws(settings), settings.temperature
     full = pool_size <= k * dim  # one B x N matmul is cheaper than a B x K x D gather
     with full_precision(anchors):
         if full:

@@ -436,10 +436,11 @@ class Trainer:
         # the snapshot goes out before the state that skips past its epoch, so a crash cannot lose it
         if self.rank == 0 and config.snapshot_every > 0 and (epoch + 1) % config.snapshot_every == 0 and not last:
             self.write_snapshot(epoch + 1, record.get("knn_top1"))
-        self.save_state(epoch + 1)
-        if self.rank == 0:
+        if self.rank == 0:  # the line first: a kill before the state only repeats the epoch on resume
             self._log(record)
             self._log_events(events, record)
+        self.save_state(epoch + 1)
+        if self.rank == 0:
             if self.show_progress:
                 knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
                 tqdm.write(f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f}{knn}")
