@@ -28,15 +28,19 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from pretrain import distributed
+from pretrain.augment import AugmentLaws, BatchColourAugment, DeviceViewPipeline, normalise, to_unit_float
 from pretrain.checkpoint import atomic_torch_save, code_version, encoder_metadata, save_encoder
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import (
     MONITOR_SPLITS,
     PRETRAIN_SPLIT,
+    EncodedImages,
     MultiViewDataset,
     TransformedImages,
+    UInt8Views,
+    collate_encoded,
     dataset_stats,
-    eval_transform,
+    eval_transform_uint8,
     open_dataset,
     pretrain_transform,
 )
@@ -52,7 +56,11 @@ STATE_FILE, ENCODER_FILE, METRICS_FILE, CONFIG_FILE = "train.state.pt", "encoder
 TENSORBOARD_DIR = "tensorboard"
 SNAPSHOT_GLOB = "encoder_e*.pt"
 # Keys that may differ between the run that wrote a state and the one resuming it.
-RESUME_FREE_KEYS = {"data.workers", "device", "data.root", "knn_every", "snapshot_every"}
+# (loader, memory format and compilation decide how the run executes, not what it computes: they change
+# float rounding only, and a requeued job may land on another kind of node)
+RESUME_FREE_KEYS = {"data.workers", "device", "data.root", "knn_every", "snapshot_every", "loader", "channels_last", "compile"}
+# torch.compile costs about a minute of warm-up; below this many steps it does not pay (see README)
+COMPILE_MIN_STEPS = 5000
 
 
 def snapshot_name(epoch: int) -> str:
@@ -74,6 +82,36 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(name)
+
+
+def config_differences(saved: dict, config: TrainConfig) -> list[str]:
+    """Dotted keys whose saved value differs from `config`'s, RESUME_FREE_KEYS aside (a key the saved
+    config predates counts as its default)."""
+    saved, current = TrainConfig.from_dict(saved).flat_dict(), config.flat_dict()
+    return sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k) != current[k])
+
+
+def resolve_loader(name: str, device: torch.device, images) -> str:
+    """auto: torchvision's PIL pipeline on CPU (the results of CPU runs stay as they were); on CUDA the
+    GPU path for JPEG folders and the uint8 CPU path for datasets held in arrays."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "pil"
+    return "gpu" if getattr(images, "files", None) is not None else "cpu"
+
+
+def resolve_switch(name: str, device: torch.device, default_on_cuda: bool = True) -> bool:
+    if name == "auto":
+        return device.type == "cuda" and default_on_cuda
+    return name == "on"
+
+
+def to_device_views(views: list[torch.Tensor], device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+    views = [view.to(device, non_blocking=True) for view in views]
+    if channels_last:
+        views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+    return views
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -153,7 +191,7 @@ class Trainer:
 
     def _check_resumable(self, state: dict) -> None:
         saved, current = TrainConfig.from_dict(state["config"]).flat_dict(), self.config.flat_dict()
-        differing = sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k) != current[k])
+        differing = config_differences(state["config"], self.config)
         if differing:
             details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing[:6])
             raise ResumeError(f"{self.state_path}: written by a different config ({details}); "
@@ -169,6 +207,9 @@ class Trainer:
         self.sampler = config.build_sampler()
         self.method = build_method(config.method.name, settings, self.sampler, len(self.images),
                                    seed=config.seed).to(self.device)
+        self.channels_last = resolve_switch(config.channels_last, self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -191,16 +232,46 @@ class Trainer:
             if len(rng) != self.world and self.rank == 0:
                 print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
                       "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
-        self.transform = pretrain_transform(config.data.image_size, self.mean, self.std, config.data.crop_min_scale,
-                                            config.data.hflip, augmentation=config.resolved_augmentation())
-        self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+        self.loader_kind = resolve_loader(config.loader, self.device, self.images)
+        laws = AugmentLaws.recipe(config.data.image_size, config.data.crop_min_scale, config.data.hflip,
+                                  augmentation=config.resolved_augmentation())
+        collate = None
+        if self.loader_kind == "pil":
+            self.transform = pretrain_transform(config.data.image_size, self.mean, self.std, config.data.crop_min_scale,
+                                                config.data.hflip, augmentation=config.resolved_augmentation())
+            self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+        elif self.loader_kind == "cpu":
+            self.views = UInt8Views(self.images, laws, self.method.num_views)
+            self.colour = BatchColourAugment(laws, self.mean, self.std)
+        else:
+            self.views = EncodedImages(self.images)
+            self.device_views = DeviceViewPipeline(laws, self.mean, self.std, self.method.num_views)
+            collate = collate_encoded
         self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
                                                seed=config.seed, drop_last=True)
         self.loader = DataLoader(self.views, batch_size=config.optim.batch_size // self.world, sampler=self.data_sampler,
-                                 num_workers=config.data.workers, drop_last=True,
+                                 num_workers=config.data.workers, drop_last=True, collate_fn=collate,
                                  pin_memory=self.device.type == "cuda", persistent_workers=False)
         if len(self.loader) == 0:
             raise ConfigError(f"{len(self.images)} images give no full batch of {config.optim.batch_size // self.world}")
+        steps = len(self.loader) if config.optim.max_steps_per_epoch <= 0 else min(len(self.loader), config.optim.max_steps_per_epoch)
+        self.compiled = resolve_switch(config.compile, self.device, config.optim.epochs * steps >= COMPILE_MIN_STEPS)
+        if self.compiled:
+            self.method.compile_encoders(torch.compile)
+
+    def batch_views(self, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A loader batch -> (the views on the device, normalised float, in the model's memory format; index)."""
+        if self.loader_kind == "pil":
+            *views, index = batch
+        elif self.loader_kind == "cpu":
+            stacked, index = batch  # (B, views, 3, S, S) uint8
+            stacked = stacked.to(self.device, non_blocking=True)
+            merged = self.colour(stacked.transpose(0, 1).reshape(-1, *stacked.shape[2:]))
+            views = list(merged.split(stacked.shape[0]))
+        else:
+            items, index = batch
+            views = self.device_views(items, self.device)
+        return to_device_views(views, self.device, self.channels_last), index.to(self.device)
 
     def _size_kw(self) -> dict:
         return {"image_size": self.config.data.image_size} if self.config.data.name == "digits" else {}
@@ -212,12 +283,15 @@ class Trainer:
         model = feature_model(self.method.export_encoders(), self.method.default_features(), self.mean, self.std)
         was_training = model.training
         model.eval()
-        loader = DataLoader(TransformedImages(images, eval_transform(self.config.data.image_size, self.mean, self.std)),
-                            batch_size=256, num_workers=self.config.data.workers)
+        loader = DataLoader(TransformedImages(images, eval_transform_uint8(self.config.data.image_size)),
+                            batch_size=256, num_workers=self.config.data.workers, pin_memory=self.device.type == "cuda")
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         chunks = []
-        for batch, _ in loader:
+        for batch, _ in loader:  # uint8 to the device, normalised there (bit-identical to eval_transform)
+            batch = normalise(to_unit_float(batch.to(self.device, non_blocking=True)), mean, std)
             with self._autocast():
-                chunks.append(model(batch.to(self.device)).float().cpu())
+                chunks.append(model(to_device_views([batch], self.device, self.channels_last)[0]).float().cpu())
         model.train(was_training)
         return torch.cat(chunks).numpy()
 
@@ -286,9 +360,7 @@ class Trainer:
         for step, batch in enumerate(self.loader):
             if step >= steps:
                 break
-            *views, index = batch
-            views = [view.to(self.device, non_blocking=True) for view in views]
-            index = index.to(self.device)
+            views, index = self.batch_views(batch)
             with self._autocast():
                 loss = self.method.loss(views, index, self.generator)
             if not torch.isfinite(loss):
@@ -364,10 +436,11 @@ class Trainer:
         # the snapshot goes out before the state that skips past its epoch, so a crash cannot lose it
         if self.rank == 0 and config.snapshot_every > 0 and (epoch + 1) % config.snapshot_every == 0 and not last:
             self.write_snapshot(epoch + 1, record.get("knn_top1"))
-        self.save_state(epoch + 1)
-        if self.rank == 0:
+        if self.rank == 0:  # the line first: a kill before the state only repeats the epoch on resume
             self._log(record)
             self._log_events(events, record)
+        self.save_state(epoch + 1)
+        if self.rank == 0:
             if self.show_progress:
                 knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
                 tqdm.write(f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f}{knn}")
@@ -452,7 +525,7 @@ def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.Pat
     resume = state_path.exists()
     if resume and encoder_path.exists():
         state = read_state(state_path)
-        if state["epoch"] >= config.optim.epochs and TrainConfig.from_dict(state["config"]) == config:
+        if state["epoch"] >= config.optim.epochs and not config_differences(state["config"], config):
             return encoder_path
     path = train(config, out_dir, resume=resume, show_progress=show_progress, allow_distributed=allow_distributed)
     if path is None:  # a non-zero rank of a DDP job

@@ -107,7 +107,8 @@ def _engine_for(opts: CocoDetOptions, data_root: Path | None) -> str:
 def random_control_encoder(reference: Path | None = None) -> Path:
     """A randomly initialised resnet18 (ImageNet stem) saved as a real encoder file (method "random").
 
-    Its preprocessing metadata (image size, mean, std) is copied from `reference` (the embedded NCE
+    Its preprocessing metadata (image size, mean, std) is the embedded pair's (from `reference` when given,
+    else from the pair's recipe; formerly copied from `reference`, the embedded NCE
     encoder) so that the control differs from the pretrained encoders only in its weights.
     """
     import torch
@@ -119,10 +120,18 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     path = cache_root() / "detection" / RANDOM_CONTROL_FILE
     if path.is_file():
         return path
-    image_size, mean, std = 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     if reference is not None:
         meta = load_encoder(reference, cmc_features=None).metadata
         image_size, mean, std = int(meta["image_size"]), list(meta["mean"]), list(meta["std"])
+    else:  # the embedded pair's preprocessing, from its recipe (no training needed)
+        from pretrain.data import dataset_stats
+        from pretrain.embedded import EMBEDDED_RECIPES
+        from pretrain.recipes import recipe_config
+
+        config = recipe_config(EMBEDDED_RECIPES[0])
+        image_size = int(config.data.image_size) if hasattr(config, "data") else int(config.image_size)
+        dataset = config.data.dataset if hasattr(config, "data") else config.dataset
+        mean, std = (list(values) for values in dataset_stats(dataset))
     with torch.random.fork_rng():
         torch.manual_seed(0)
         backbone = build_backbone("resnet18", "imagenet")
@@ -166,6 +175,8 @@ def cpu_threads_for_cell() -> int | None:
 class CocoDetSuite(Suite):
     name = "coco_det"
     protocol_version = "1"
+    sample_unit = "categories (per-category AP; one fine-tuning run)"
+    seed_unit = "fine-tuning seeds"
     options = {
         "engine": "auto",  # auto | detectron2 | torchvision
         "tasks": "mask_rcnn,keypoint_rcnn",  # comma list of mask_rcnn (bbox + segm) and keypoint_rcnn (bbox + keypoints)
@@ -183,9 +194,8 @@ class CocoDetSuite(Suite):
     def seeds_for(self, data_root: Path | None) -> tuple[int, ...]:
         return self.embedded_default_seeds if data_root is None else self.default_seeds
 
-    def default_checkpoints(self) -> list[Path]:
-        pair = super().default_checkpoints()
-        return [*pair, random_control_encoder(pair[0] if pair else None)]
+    def control_checkpoints(self) -> list[Path]:
+        return [random_control_encoder()]
 
     def parse_options(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None = None) -> CocoDetOptions:
         return options if isinstance(options, CocoDetOptions) else CocoDetOptions.parse(options)
@@ -239,9 +249,8 @@ class CocoDetSuite(Suite):
 
     def check(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None,
               checkpoints: Sequence[Path | CheckpointInfo]) -> None:
-        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.detection.coco_data import CocoDataError, check_coco_root
-        from transfer.detection.configs import ScheduleError, check_detection_recipe
+        from transfer.detection.configs import ScheduleError
 
         opts = self.parse_options(options)
         self.tasks(opts, data_root)  # engine availability and recipe/task combinations
@@ -260,6 +269,13 @@ class CocoDetSuite(Suite):
                 if summary.images_without_annotations:
                     print(f"coco_det: {summary.json_file.name}: {summary.images_without_annotations} of {summary.num_images} "
                           "images have no annotations; training skips them (as Detectron2 does)", file=sys.stderr)
+        self.check_checkpoints(opts, checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
+        from transfer.detection.configs import check_detection_recipe
+
+        opts = self.parse_options(options)
         for path in checkpoints:
             try:
                 meta = checkpoint_info(path).metadata  # the plan's resolved info: nothing is loaded again

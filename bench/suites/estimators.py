@@ -27,6 +27,7 @@ from studies.estimators import CRITICS, band_bounds, estimates_frame, task_name
 class EstimatorsSuite(Suite):
     name = "estimators"
     protocol_version = "1"
+    sample_unit = "independent batches"
     uses_checkpoints = False
     reads_data_root = False  # synthetic Gaussians only
     default_seeds = (0,)

@@ -23,6 +23,8 @@ from bench.suite import (
     Suite,
     Task,
     check_checkpoint_views,
+    check_device_option,
+    check_int_option,
     load_checkpoint_for,
 )
 
@@ -30,6 +32,7 @@ from bench.suite import (
 class KnnSuite(Suite):
     name = "knn"
     protocol_version = "1"
+    sample_unit = "test images (one deterministic evaluation)"
     default_seeds = (0,)  # kNN is deterministic; more seeds would only repeat the number
     reads_data_root = False  # the embedded digits split only
     options = {
@@ -46,6 +49,8 @@ class KnnSuite(Suite):
             raise InputError(f"knn ks={list(options['ks'])}: expected a comma list of positive integers")
         if options["temperature"] <= 0:
             raise InputError(f"knn temperature={options['temperature']}: expected a positive number")
+        check_int_option("knn", "batch_size", options["batch_size"], 1)
+        check_device_option("knn", options["device"])
         for path in checkpoints:
             check_checkpoint_views(path, options)
 
@@ -104,10 +109,10 @@ class KnnSuite(Suite):
     def _extract(model, images, meta, device, batch_size: int):
         import torch
 
-        from pretrain.data import eval_transform
+        from pretrain.data import eval_transform_uint8
         from transfer.features import extract_features
 
-        transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+        transform = eval_transform_uint8(meta["image_size"])  # uint8 to the device, normalised there
 
         def batches():
             for start in range(0, len(images), batch_size):
@@ -115,4 +120,5 @@ class KnnSuite(Suite):
                 yield torch.stack([transform(images.image(i)) for i in range(start, stop)])
 
         total = (len(images) + batch_size - 1) // batch_size
-        return extract_features(model, batches(), device, total=total, desc=f"knn {images.split}")
+        return extract_features(model, batches(), device, total=total, desc=f"knn {images.split}",
+                                mean=meta["mean"], std=meta["std"])

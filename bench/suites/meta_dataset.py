@@ -24,6 +24,7 @@ from bench.suite import (
     Suite,
     Task,
     check_checkpoint_views,
+    check_device_option,
     comma_list,
     load_checkpoint_for,
 )
@@ -116,7 +117,7 @@ def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDat
         batch_size=_int(merged, "batch_size", 1),
         linear_epochs=_int(merged, "linear_epochs", 1),
         linear_max_per_class=_int(merged, "linear_max_per_class", 0),
-        device=str(merged["device"]).strip(),
+        device=check_device_option("meta_dataset", merged["device"]),
     )
 
 
@@ -194,6 +195,8 @@ def linear_file(shared_dir: Path, source: str, opts: MetaDatasetOptions, fingerp
 class MetaDatasetSuite(Suite):
     name = "meta_dataset"
     protocol_version = "1"
+    sample_unit = "episodes (images in mode=linear)"
+    seed_unit = "evaluation seeds (same episodes)"
     options = {
         "records": "",  # folder of converted sources; empty: --data-root, else the embedded digits source
         "sources": "all",  # comma list of source folder names
@@ -238,7 +241,6 @@ class MetaDatasetSuite(Suite):
         return {task.name: meta_dataset_source_fingerprint(root / task.params["source"]) for task in tasks}
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
         from transfer.meta_dataset.records import RecordError
@@ -246,7 +248,8 @@ class MetaDatasetSuite(Suite):
 
         opts = parse_options(options, data_root)
         if not opts.embedded and not opts.records.is_dir():
-            raise InputError(f"{opts.records}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
+            given = f"records={options['records']}" if str(options.get("records", "")).strip() else f"--records {opts.records}"
+            raise InputError(f"{given}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
         root = records_dir(opts)
         opts = parse_options(dict(options) | {"records": str(root)}, None)
         names, notes = selected_sources(opts)
@@ -263,6 +266,11 @@ class MetaDatasetSuite(Suite):
                 raise InputError(str(error)) from None
             except EpisodeError as error:
                 raise InputError(f"{root / source}: {error}") from None
+        self.check_checkpoints(options, checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
+
         for path in checkpoints:
             try:
                 checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded

@@ -169,3 +169,36 @@ def test_snapshots_carry_their_epoch_and_band_and_survive_a_resume(tmp_path):
 def test_snapshot_every_must_not_be_negative():
     with pytest.raises(ConfigError, match="snapshot_every must be >= 0"):
         tiny_config("digits_moco_nce", snapshot_every=-1)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+@pytest.mark.parametrize("killed_after", ["metrics_line", "state"])
+def test_a_kill_between_the_metrics_line_and_the_state_loses_no_epoch_record(tmp_path, monkeypatch, killed_after):
+    """Killed in epoch 2 right after writing one of the two; the resumed run logs every epoch once."""
+    import pretrain.train as train_module
+
+    config = tiny_config("digits_simclr_nce", epochs=2, max_steps_per_epoch=1)
+    trainer = Trainer(config, tmp_path, show_progress=False)
+    calls = []
+
+    def die_on_second_call(real):
+        def wrapped(*args):
+            real(*args)
+            calls.append(1)
+            if len(calls) == 2:
+                raise _Killed
+        return wrapped
+
+    if killed_after == "state":
+        monkeypatch.setattr(train_module, "atomic_torch_save", die_on_second_call(train_module.atomic_torch_save))
+    else:
+        monkeypatch.setattr(Trainer, "_log", die_on_second_call(Trainer._log))
+    with pytest.raises(_Killed):
+        trainer.fit()
+    monkeypatch.undo()
+    Trainer(config, tmp_path, resume=True, show_progress=False).fit()
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]  # each epoch once: none lost, none repeated

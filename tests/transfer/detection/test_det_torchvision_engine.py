@@ -104,6 +104,28 @@ def test_torchvision_engine_refuses_c4(small_coco, tmp_path):
         build_model(replace(job, recipe="c4"), embedded_protocol("mask_rcnn").heads)
 
 
+def test_fast_backbone_runs_bf16_channels_last_and_hands_float_features(small_coco, tmp_path):
+    """What CUDA runs (forced here on the CPU's bf16 autocast): state dict unchanged, float32 features
+    close to the fp32 backbone's."""
+    from transfer.detection.engines.torchvision_engine import fast_backbone
+
+    job = tiny_job(small_coco, "mask_rcnn", tmp_path)
+    torch.manual_seed(0)
+    plain = build_model(job, embedded_protocol("mask_rcnn").heads).eval()
+    torch.manual_seed(0)
+    fast = fast_backbone(build_model(job, embedded_protocol("mask_rcnn").heads).eval(), torch.device("cpu"), enabled=True)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert fast.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = plain.backbone(images), fast.backbone(images)
+    assert list(got) == list(expected)
+    for name in expected:
+        assert got[name].dtype == torch.float32
+        scale = expected[name].abs().mean()
+        assert (got[name] - expected[name]).abs().mean() < 0.05 * scale, name
+
+
 def test_the_detector_feeds_its_backbone_the_encoders_input_view(small_coco, tmp_path):
     from pretrain.views import view_pixels
 
