@@ -1,9 +1,12 @@
 """`--suite pretrain --then SUITES`: evaluate the encoders a checkpoint-producing suite writes.
 
-Local and debug executors simply run the evaluation suites after the producing cells finish.
+Every encoder a producing cell publishes counts: its `snapshot_every` snapshots and its final encoder.
+The local executor evaluates the snapshots while pretraining runs (bench.follow); the debug executor
+runs the evaluation suites after the producing cells finish.
 On SLURM both are submitted at once: the producing cells as an array, and a small follow-up job
 with an `afterok` dependency on them that plans the evaluation suites on the trained encoders and
-submits their arrays. If any producing cell fails, SLURM never starts the follow-up
+submits their arrays; while waiting, the runner also submits each snapshot's cells as it appears.
+If any producing cell fails, SLURM never starts the follow-up
 (DependencyNeverSatisfied) and the runner cancels it and says so.
 """
 
@@ -33,7 +36,9 @@ def trained_encoders(producer: Suite, results_root: Path, cell_ids: list[str]) -
         except (OSError, CorruptResult):
             encoder = None
         if encoder is not None and encoder.is_file():
-            encoders.append(encoder)
+            from bench.follow import snapshots_of
+
+            encoders.extend([*snapshots_of(encoder), encoder])  # its snapshots, then the final encoder
         else:
             missing.append(cid)
     return encoders, missing
@@ -97,7 +102,14 @@ def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, Res
               f"{', '.join(arrays)} succeed (afterok)", file=stream)
         if not wait:
             return 0, []
-        watch = Runner(plan, "slurm", profiles, progress=progress, stream=stream).run()  # adopts the live cells
+        from bench.follow import follow_pretraining
+        from bench.runner import Runner
+
+        # watch the pretraining cells (adopting them) while their snapshots are evaluated as they appear
+        watch, _ = follow_pretraining(plan, Runner(plan, "slurm", profiles, progress=progress, stream=stream).run,
+                                      then, "slurm", profiles, in_background=True, evaluate_final=False, seeds=seeds,
+                                      max_parallel=max_parallel, force=force, stream=stream, poll_s=2.0,
+                                      option_pairs=dict(option_pairs))
         if watch.failed:
             print(f"then: {watch.failed} {plan.suite.name} cell(s) failed", file=stream)
         while True:

@@ -29,15 +29,16 @@ class SuiteRun:
 
 def plan_suite(suite_name: str, *, results_root: Path, option_pairs: Sequence[str] = (),
                checkpoint_specs: Sequence[str] = (), data_root: Path | None = None, seeds: list[int] | None = None,
-               task_names: list[str] | None = None, prepare: bool = True) -> Plan:
+               task_names: list[str] | None = None, prepare: bool = True, **plan_options: Any) -> Plan:
     """The suite's plan (options parsed and checked, checkpoints resolved); `prepare` also builds its
-    shared inputs (records, datasets) so the cells can run."""
+    shared inputs (records, datasets) so the cells can run. `plan_options` go to `build_plan`
+    (pretrain_seeds, train_embedded, data_root_flag, stream)."""
     from bench.suites import load_suite
 
     suite = load_suite(suite_name)
     plan = build_plan(suite_name, suite, results_root=Path(results_root), option_pairs=list(option_pairs),
                       checkpoint_specs=[str(spec) for spec in checkpoint_specs], data_root=data_root, seeds=seeds,
-                      task_names=task_names)
+                      task_names=task_names, **plan_options)
     if prepare:
         plan.store.shared_dir.mkdir(parents=True, exist_ok=True)
         suite.prepare(plan.settings, plan.data_root, plan.store.shared_dir)

@@ -8,8 +8,13 @@ Writes, per suite, under the results folder:
                         the options that differ from the suite's defaults (e.g. temperature=0.5)
     <suite>.md          the same as a readable table (mean +- ci95 (rank)), paired Ring-vs-NCE deltas,
                         missing and failed cells
-    <suite>.png         means with 95% intervals per task, one colour per checkpoint
+    <suite>.png         headline metrics: means with 95% intervals per task, one colour per checkpoint
     <suite>_paired.csv  each Ring checkpoint against its NCE twin on the same samples
+    <suite>_paired.png  Ring - NCE per task and headline metric with 95% intervals (bench.figures)
+    <suite>_curves.csv  metric vs pretraining epoch when a model family has results at several epochs,
+    <suite>_curves.png  and its figure (bench.figures)
+Encoders snapshotted before the end of their run (metadata epoch < epochs) feed the curves only; the
+ranking and the twins compare final encoders. The Markdown shows the headline metrics; the CSV all.
 and long.csv: every stored metric of every suite (one row per cell x metric).
 """
 
@@ -39,7 +44,7 @@ SETTING_KEYS = ["dataset", "setting", "identity"]
 LONG_COLUMNS = [
     "suite", "task", "metric", "model", "method", "sampler", "sampler_params", "pretrain_dataset", "epochs",
     "ckpt_seed", "arch", "checkpoint_sha256", "checkpoint_path", "dataset", "setting", "identity", "seed", "mean",
-    "std", "n", "ci95", "higher_is_better", "engine", "code_version", "protocol_version", "cell_id",
+    "std", "n", "ci95", "higher_is_better", "engine", "code_version", "protocol_version", "cell_id", "epoch", "w_out",
 ]
 
 
@@ -201,6 +206,8 @@ def scan_suite(root: Path, suite: str) -> Scan:
                 "code_version": result.get("code_version"),
                 "protocol_version": result.get("protocol_version"),
                 "cell_id": result["cell_id"],
+                "epoch": checkpoint.get("epoch"),  # a snapshot's place on its run (None before snapshots)
+                "w_out": checkpoint.get("w_out"),
             })
             scan.samples[(result["cell_id"], metric_name)] = (metric.get("sample_ids"), metric.get("samples"))
     return scan
@@ -465,6 +472,100 @@ DETERMINISTIC_NOTE = ("† the same number under every evaluation seed (a determ
                       "once; its interval covers the test samples, not seeds.")
 
 
+def suite_units(hooks: Any) -> tuple[str, str]:
+    """(what one sample is, what an evaluation seed is) for a suite, e.g. ("episodes", "evaluation seeds")."""
+    return (str(getattr(hooks, "sample_unit", "samples")), str(getattr(hooks, "seed_unit", "evaluation seeds")))
+
+
+def interval_column(frame: pd.DataFrame, hooks: Any) -> pd.Series:
+    """What each row's 95% interval covers: the suite's samples (one evaluation), its evaluation seeds
+    (several averaged) or nothing (a single value)."""
+    sample_unit, seed_unit = suite_units(hooks)
+    if frame.empty:
+        return pd.Series(dtype=str)
+    over_seeds = frame["n_seeds"] > 1
+    if "deterministic" in frame:  # the same number under every seed: reported once, samples' interval
+        over_seeds &= ~frame["deterministic"].astype(bool)
+    return pd.Series(np.where(over_seeds, seed_unit, np.where(frame["n"] > 1, sample_unit, "none (one value)")),
+                     index=frame.index)
+
+
+PRETRAIN_SEED_KEYS = ["suite", "task", "metric", "dataset", "setting", "method", "sampler", "pretrain_dataset",
+                      "epochs", "arch"]
+PRETRAIN_SEED_COLUMNS = [*PRETRAIN_SEED_KEYS, "model", "ckpt_seeds", "n", "mean", "sd", "ci95", "interval"]
+
+
+def family_label(row: dict[str, Any], seeds: list) -> str:
+    seeds_text = ",".join(str(s) for s in seeds)
+    return (f"{row['method']}/{row['sampler']} {row['pretrain_dataset']} e{row['epochs']} "
+            f"(pretraining seeds {seeds_text})")
+
+
+def over_pretraining_seeds(ranked: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, sampler, data, epochs, arch) trained with two or more pretraining seeds: the mean over
+    those seeds' checkpoints (each one's mean is one sample) and 1.96 * sd(ddof=1) / sqrt(seeds)."""
+    if ranked.empty or "ckpt_seed" not in ranked:
+        return pd.DataFrame(columns=PRETRAIN_SEED_COLUMNS)
+    rows = []
+    usable = ranked[ranked["ckpt_seed"].notna() & ranked["method"].notna()]
+    if usable.empty:
+        return pd.DataFrame(columns=PRETRAIN_SEED_COLUMNS)
+    usable = usable[usable.groupby(PRETRAIN_SEED_KEYS, dropna=False)["ckpt_seed"].transform("nunique") >= 2]
+    for key, group in usable.groupby(PRETRAIN_SEED_KEYS, sort=True, dropna=False):
+        group = group.drop_duplicates("ckpt_seed")  # one checkpoint per pretraining seed
+        if len(group) < 2:
+            continue
+        seeds = sorted(group["ckpt_seed"].tolist())
+        means = group["mean"].to_numpy(float)
+        sd = float(means.std(ddof=1))
+        row = dict(zip(PRETRAIN_SEED_KEYS, key))
+        rows.append(row | {"model": family_label(row, seeds), "ckpt_seeds": ",".join(map(str, seeds)),
+                           "n": len(means), "mean": float(means.mean()), "sd": sd,
+                           "ci95": 1.96 * sd / math.sqrt(len(means)), "interval": "pretraining seeds"})
+    return pd.DataFrame(rows, columns=PRETRAIN_SEED_COLUMNS)
+
+
+def paired_over_pretraining_seeds(paired: pd.DataFrame) -> pd.DataFrame:
+    """Rows with ckpt_seed "all": Ring vs NCE twins over pretraining seeds, each seed's paired mean
+    difference being one sample (n = pretraining seeds), per evaluation seed (or over them: seed "all")."""
+    keys = [k for k in ("suite", "task", "metric", "dataset", "setting", "identity", "seed", "method",
+                        "pretrain_dataset", "epochs", "arch") if k in paired]
+    rows = []
+    several = paired.groupby(keys, dropna=False)["ckpt_seed"].transform("nunique") >= 2
+    for group_key, group in paired[several].groupby(keys, sort=False, dropna=False):
+        group = group.drop_duplicates("ckpt_seed")
+        if len(group) < 2:
+            continue
+        diff = group["mean_diff"].to_numpy(float)
+        n, sd = len(diff), float(diff.std(ddof=1))
+        seeds = sorted(group["ckpt_seed"].tolist())
+        base = dict(zip(keys, group_key))
+        rows.append(base | {
+            "ckpt_seed": "all",
+            "ring_model": family_label(base | {"sampler": "ring"}, seeds),
+            "nce_model": family_label(base | {"sampler": "nce"}, seeds),
+            "n": n, "ring_mean": group["ring_mean"].mean(), "nce_mean": group["nce_mean"].mean(),
+            "mean_diff": diff.mean(), "ci95_diff": 1.96 * sd / np.sqrt(n),
+            "p_ttest": float(paired_t_p(np.array([diff.mean()]), np.array([sd]), np.array([n]))[0]),
+            "p_sign": float(sign_test_p(np.array([(diff > 0).sum()]), np.array([(diff != 0).sum()]))[0]),
+            "test": "over pretraining seeds (samples: per-seed paired differences); paired t-test; exact sign test",
+        })
+    return pd.DataFrame(rows, columns=list(paired.columns))
+
+
+def with_pretraining_seed_rows(paired: pd.DataFrame, hooks: Any) -> pd.DataFrame:
+    """The paired table plus its rows over pretraining seeds, each row naming what its interval covers."""
+    sample_unit, seed_unit = suite_units(hooks)
+    if paired.empty:
+        return paired.assign(interval=pd.Series(dtype=str))
+    over = paired_over_pretraining_seeds(paired)
+    if not over.empty:
+        paired = pd.concat([paired, over], ignore_index=True)
+    interval = np.where(paired["ckpt_seed"].astype(str) == "all", "pretraining seeds",
+                        np.where(paired["seed"].astype(str) == "all", seed_unit, sample_unit))
+    return paired.assign(interval=interval)
+
+
 def markdown_table(ranked: pd.DataFrame) -> str:
     """Entries (model [setting] @ dataset) as rows, sorted by average rank; `mean ± ci95 (rank)` per
     task/metric, the best rank of each (dataset, setting, column) in bold."""
@@ -502,40 +603,6 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_suite(ranked: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ranked = ranked.copy()
-    ranked["column"] = ranked["column"].str.replace(" ", "\n", n=1, regex=False)
-    columns = sorted(ranked["column"].unique())
-    models = ranked.drop_duplicates("entry").sort_values(["avg_rank", "entry"])["entry"].tolist()
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns) + 2), 3.6))
-    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
-    for m, model in enumerate(models):
-        mine = ranked[ranked["entry"] == model].set_index("column")
-        xs, ys, errs = [], [], []
-        for c, column in enumerate(columns):
-            if column in mine.index:
-                xs.append(c - 0.4 + width * (m + 0.5))
-                ys.append(mine.loc[column, "mean"])
-                errs.append(mine.loc[column, "ci95"])
-        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, color=colours(m % colours.N), label=model)
-    ax.set_xticks(range(len(columns)), columns, fontsize=8)
-    ax.set_ylabel("mean (95% CI)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    from pretrain.atomic_files import atomic_write
-
-    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"), fsync=False, suffix=".png")
-    plt.close(fig)
-
-
 def _atomic_text(path: Path, text: str) -> None:
     from pretrain.atomic_files import atomic_write_text
 
@@ -561,9 +628,16 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     scan = scan if scan is not None else scan_suite(root, suite)
     for message in scan.corrupt:
         print(f"corrupt result (not tabulated; `bench.run` recomputes it): {message}", file=stream)
+    from bench import figures
+
     long = long_table(scan)
+    curves = figures.curve_table(long)
+    long = long[~figures.is_snapshot(long)]  # snapshots make the curves; ranks and twins use final encoders
+    hooks = suite_hooks(suite)
     ranked = rank_table(aggregate(long))
-    paired = paired_comparisons(long, scan.samples)
+    ranked["interval"] = interval_column(ranked, hooks)
+    paired = with_pretraining_seed_rows(paired_comparisons(long, scan.samples), hooks)
+    families = over_pretraining_seeds(ranked)
     written = []
     csv_path = root / f"{suite}.csv"
     _atomic_text(csv_path, ranked.to_csv(index=False))
@@ -571,22 +645,54 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
     paired_path = root / f"{suite}_paired.csv"
     _atomic_text(paired_path, paired.to_csv(index=False))
     written.append(paired_path)
-    md = [f"# {suite}\n", "Mean ± 95% CI (rank). Models whose difference from the best is within the 95% "
-          "interval of the difference tie and share the average rank; `avg rank` is the mean over "
-          "tasks and metrics. `missing`: no stored result (failed or not run), never zero.\n"]
-    hooks = suite_hooks(suite)
+    if not curves.empty:
+        curves_path = root / f"{suite}_curves.csv"
+        _atomic_text(curves_path, curves.to_csv(index=False))
+        written.append(curves_path)
+    seeds_path = root / f"{suite}_pretraining_seeds.csv"
+    if not families.empty:
+        _atomic_text(seeds_path, families.to_csv(index=False))
+        written.append(seeds_path)
+    elif seeds_path.exists():
+        seeds_path.unlink()  # no longer two pretraining seeds of anything: no stale table
+    headline = figures.headline_rows(ranked).copy()
+    if not headline.empty:
+        headline["avg_rank"] = headline.groupby(["suite", "entry"], dropna=False)["rank"].transform("mean")
+    covered = sorted(set(ranked["interval"])) if not ranked.empty else []
+    md = [f"# {suite}\n", "Mean ± 95% CI (rank) of the headline metrics (every metric: "
+          f"`{suite}.csv`). Models whose difference from the best is within the 95% "
+          "interval of the difference tie and share the average rank; `avg rank` is the mean over the "
+          "columns shown. `missing`: no stored result (failed or not run), never zero.\n"]
+    if covered:
+        md.append(f"Intervals cover the variance over: {'; '.join(covered)} (one checkpoint, one pretraining "
+                  "seed each: they say nothing about another pretraining run, see below).\n")
     markdown_hook = getattr(hooks, "leaderboard_markdown", None)
     custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
-    md.append(custom_table if custom_table is not None else markdown_table(ranked))
-    if not paired.empty:
+    md.append(custom_table if custom_table is not None else markdown_table(headline))
+    if not curves.empty:
+        md.append(f"\nOver the course of pretraining: `{suite}_curves.csv` and `{suite}_curves.png` "
+                  f"({curves['model'].nunique()} model(s), epochs {curves['epoch'].min()}-{curves['epoch'].max()}).\n")
+    if not families.empty:
+        md.append("\n## Over pretraining seeds\n")
+        md.append("Each pretraining seed's checkpoint gives one sample (its mean above); the interval is "
+                  "1.96 · sd / √seeds over pretraining seeds (few seeds: a rough guide).\n")
+        md.append("| model | task | metric | seeds | mean | 95% CI (pretraining seeds) |")
+        md.append("|---|---|---|---|---|---|")
+        for _, r in figures.headline_rows(families).iterrows():
+            md.append(f"| {r['model']} | {r['task']} | {r['metric']} | {r['n']} | {r['mean']:.2f} | ±{r['ci95']:.2f} |")
+        md.append("")
+    paired_md = figures.headline_rows(paired)
+    if not paired_md.empty:
         md.append("\n## Ring vs NCE twins (paired, same samples)\n")
-        md.append("| task | metric | dataset | setting | method | seed | n | ring | nce | ring − nce | 95% CI | p (t) "
-                  "| p (sign) |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in paired.to_dict("records"):
+        md.append("Twins share method, data, epochs, arch and pretraining seed; `pretraining seed` all: "
+                  "each seed's paired difference is one sample. `interval over` names what the 95% CI covers.\n")
+        md.append("| task | metric | dataset | setting | method | seed | pretraining seed | n | ring | nce | ring − nce "
+                  "| 95% CI | interval over | p (t) | p (sign) |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in paired_md.to_dict("records"):
             md.append(f"| {r['task']} | {r['metric']} | {r['dataset'] or '-'} | {r['setting'] or 'default'} | "
-                      f"{r['method']} | {r['seed']} | {r['n']} | {r['ring_mean']:.2f} | "
-                      f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | "
+                      f"{r['method']} | {r['seed']} | {r['ckpt_seed']} | {r['n']} | {r['ring_mean']:.2f} | "
+                      f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | {r['interval']} | "
                       f"{r['p_ttest']:.3g} | {r['p_sign']:.3g} |")
         md.append("")
     if scan.failed or scan.corrupt or scan.pending:
@@ -605,8 +711,13 @@ def write_suite_tables(root: str | os.PathLike, suite: str, plot: bool = True,
         png_path = root / f"{suite}.png"
         figure_hook = getattr(hooks, "leaderboard_figure", None)
         if figure_hook is None or not figure_hook(ranked, png_path):
-            plot_suite(ranked, png_path, f"{suite}: mean with 95% CI")
+            figures.plot_headline(ranked, png_path, suite)
         written.append(png_path)
+    if plot:
+        for path in (figures.plot_paired(paired, root / f"{suite}_paired.png", suite),
+                     figures.plot_curves(curves, root / f"{suite}_curves.png", suite) if not curves.empty else None):
+            if path is not None:
+                written.append(path)
     return written
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.store import CellState, ResultStore, cell_id
 from bench.suite import Cell, InputError, Suite
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo
 
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
-                 "image_size", "code_version")
+                 "image_size", "code_version", "epoch", "w_out")  # epoch, w_out: where a snapshot sits on its run
 
 
 def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def checkpoint_identity(info: CheckpointInfo) -> dict[str, Any]:
 @dataclass
 class PlannedCell:
     cell: Cell
-    cell_id: str
+    cell_id: str  # "" for a cell of an embedded encoder not trained yet (a dry run's plan)
     checkpoint: dict[str, Any] | None
     state: CellState = field(default_factory=lambda: CellState("pending"))
     dataset: dict[str, Any] | None = None  # DatasetFingerprint.to_json() of the data the cell reads
@@ -98,6 +99,8 @@ class PlannedCell:
         who = ""
         if self.checkpoint:
             who = f"{self.checkpoint.get('method')}/{self.checkpoint.get('sampler')} "
+            if self.checkpoint.get("untrained"):
+                who += f"pretraining seed {self.checkpoint.get('seed')} "
         return f"{who}{self.cell.task.name} seed={self.cell.seed}"
 
 
@@ -112,6 +115,18 @@ class Plan:
     store: ResultStore
     cells: list[PlannedCell]
     settings: Any = None  # the suite's typed options (Suite.parse_options), parsed once
+    # embedded encoders still to be trained (only in a plan built with train_embedded=False, a dry run)
+    untrained: list[Path] = field(default_factory=list)
+    untrained_note: str = ""
+
+
+def _untrained_identity(path: Path, recipe: str, seed: int) -> dict[str, Any]:
+    """Who an embedded encoder will be, from its recipe (for a dry run's listing; no cell id yet)."""
+    from pretrain.recipes import recipe_config
+
+    config = recipe_config(recipe)
+    return {"path": str(path), "sha256": None, "method": config.method.name, "sampler": config.sampler.name,
+            "pretrain_dataset": config.data.name, "epochs": config.optim.epochs, "seed": seed, "untrained": True}
 
 
 def build_plan(
@@ -125,37 +140,61 @@ def build_plan(
     seeds: Sequence[int] | None = None,
     infos: Mapping[Path, CheckpointInfo] | None = None,
     task_names: Sequence[str] | None = None,
+    pretrain_seeds: Sequence[int] | None = None,
+    train_embedded: bool = True,
+    data_root_flag: str = "--data-root",
+    stream: TextIO | None = None,
 ) -> Plan:
-    """Validate everything that can be checked up front and expand checkpoint x task x seed."""
+    """Validate everything that can be checked up front and expand checkpoint x task x seed.
+
+    Every check of the user's input (options, data, given checkpoints) runs before the embedded encoders
+    are trained. With train_embedded=False (a dry run) nothing is trained: cells of embedded encoders not
+    cached yet are listed without an id. `pretrain_seeds` picks the embedded pair's pretraining seeds."""
+    from pretrain import embedded
+
+    stream = stream or sys.stderr
     options = parse_suite_options(suite, option_pairs)
     if data_root is not None and not suite.reads_data_root:
         raise InputError(f"suite {suite.name} reads no dataset folder (it evaluates on its own embedded data), so "
-                         f"--data-root {data_root} would be ignored; drop --data-root")
+                         f"{data_root_flag} {data_root} would be ignored; drop {data_root_flag}")
     if data_root is not None and not Path(data_root).exists():
-        raise InputError(f"--data-root {data_root}: no such folder")
+        raise InputError(f"{data_root_flag} {data_root}: no such folder")
     if data_root is not None:  # jobs may start in another folder; the id does not depend on the path
         data_root = Path(os.path.abspath(Path(data_root).expanduser()))
     for key in suite.path_options:
         if isinstance(options.get(key), str) and options[key].strip():
             options[key] = os.path.abspath(os.path.expanduser(options[key].strip()))
     store = ResultStore(results_root, suite.name)
+    untrained: list[Path] = []
     if suite.uses_checkpoints:
-        checkpoints = expand_checkpoints(checkpoint_specs) if checkpoint_specs else [
-            Path(p) for p in suite.default_checkpoints()]
+        if checkpoint_specs and pretrain_seeds:
+            raise InputError("--pretrain-seeds picks the embedded pair's pretraining seeds; with --checkpoints "
+                             "each file keeps the seed it was trained with (see its metadata)")
+        try:
+            pretrain_seeds = embedded.parse_pretrain_seeds(pretrain_seeds)
+        except ValueError as error:
+            raise InputError(f"--pretrain-seeds: {error}") from None
+        if checkpoint_specs:
+            checkpoints = expand_checkpoints(checkpoint_specs)
+        else:
+            checkpoints = embedded.embedded_paths(pretrain_seeds) + suite.control_checkpoints()
+            untrained = [path for path in checkpoints if not path.is_file()]
         if not checkpoints:
             raise InputError(f"suite {suite.name} needs at least one checkpoint (--checkpoints)")
     else:
         if checkpoint_specs:
             raise InputError(f"suite {suite.name} evaluates no checkpoint; drop --checkpoints")
+        if pretrain_seeds:
+            raise InputError(f"suite {suite.name} evaluates no checkpoint; --pretrain-seeds does not apply")
         checkpoints = []
     seeds = list(seeds) if seeds else list(suite.seeds_for(data_root))
     known = dict(infos or {})
     for path in checkpoints:  # each checkpoint resolved once per plan; suites read its metadata from here
-        if path not in known:
+        if path not in known and path not in untrained:
             known[path] = resolve_checkpoint(path)
-    resolved = [known[path] for path in checkpoints]
+    resolved = [known[path] for path in checkpoints if path not in untrained]
     settings = suite.parse_options(options, data_root)  # parsed once; check, tasks and the cells get the typed object
-    suite.check(settings, data_root, resolved)
+    suite.check(settings, data_root, resolved)  # every user input, before any training
     tasks = suite.tasks(settings, data_root)
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
@@ -166,17 +205,31 @@ def build_plan(
             raise InputError(f"unknown task(s) {', '.join(map(repr, unknown))} for suite {suite.name} with these "
                              f"options; valid tasks: {', '.join(names)}")
         tasks = [task for task in tasks if task.name in set(task_names)]
+    note = ""
+    if untrained:
+        note = embedded.describe_training(len(untrained))
+        if train_embedded:
+            print(f"{suite.name}: training the embedded NCE and Ring encoders first (not cached under "
+                  f"{embedded.encoders_dir()}; {note}); the cells follow", file=stream, flush=True)
+            embedded.default_encoders(pretrain_seeds, stream=stream)
+            for path in untrained:
+                known[path] = resolve_checkpoint(path)
+            suite.check_checkpoints(settings, [known[path] for path in untrained])
+            resolved = [known[path] for path in checkpoints]
+            untrained = []
     fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
     identity_options = {key: value for key, value in options.items() if key not in suite.path_options}
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
-        sources = [(info.path, checkpoint_identity(info)) for info in resolved]
+        runs = dict(zip(embedded.embedded_paths(pretrain_seeds), embedded.embedded_runs(pretrain_seeds)))
+        sources = [(path, _untrained_identity(path, *runs[path]) if path in untrained
+                    else checkpoint_identity(known[path])) for path in checkpoints]
     cells = []
     for path, identity in sources:
         for task in tasks:
             fingerprint = fingerprints.get(task.name)
             for seed in seeds:
-                cid = cell_id(
+                cid = "" if identity and identity.get("untrained") else cell_id(
                     suite=suite.name,
                     task_name=task.name,
                     params=task.params,
@@ -190,5 +243,5 @@ def build_plan(
                             data_root=data_root, shared_dir=store.shared_dir, settings=settings)
                 cells.append(PlannedCell(cell, cid, identity,
                                          dataset=fingerprint.to_json() if fingerprint is not None else None))
-    return Plan(suite_name, suite, options, data_root, [info.path for info in resolved] or checkpoints, seeds, store,
-                cells, settings)
+    return Plan(suite_name, suite, options, data_root, [info.path for info in resolved] + untrained or checkpoints,
+                seeds, store, cells, settings, untrained, note)

@@ -30,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints", action="append", default=[], metavar="PATHS|GLOB",
                         help="encoder files: paths, comma lists, globs or folders; repeatable "
                              "(default: the embedded NCE and Ring pair)")
-    parser.add_argument("--data-root", "--records", type=Path, default=None, dest="data_root",
-                        help="dataset folder for suites that read one (--records: the same, for Meta-Dataset records)")
+    parser.add_argument("--data-root", type=Path, default=None, dest="data_root",
+                        help="dataset folder for suites that read one")
+    parser.add_argument("--records", type=Path, default=None, dest="records",
+                        help="the same as --data-root, named for Meta-Dataset records")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="auto: SLURM when a controller answers, else local; debug runs in-process")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, resources, executor) and exit")
@@ -41,13 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
     parser.add_argument("--tasks", default=None, metavar="NAMES",
                         help="comma list: run only these tasks of the suite (default: all)")
-    parser.add_argument("--seeds", default=None, help="comma list of seeds (default: the suite's, e.g. 0,1,2 for coco_det on the embedded set, else 0)")
+    parser.add_argument("--seeds", default=None, help="comma list of evaluation seeds (default: the suite's, e.g. 0,1,2 "
+                        "for coco_det on the embedded set, else 0); for --suite pretrain without --pretrain-seeds, "
+                        "the pretraining seeds")
+    parser.add_argument("--pretrain-seeds", default=None, metavar="SEEDS",
+                        help="comma list of pretraining seeds: without --checkpoints, the embedded NCE/Ring pair is "
+                             "trained (once, cached) and evaluated per seed (default 0); with --suite pretrain, the "
+                             "seeds each recipe is trained with (--seeds then goes to the --then suites)")
     parser.add_argument("--resource", action="append", default=[], metavar="[PROFILE.]KEY=VALUE",
                         help="override a resource profile, e.g. eval.gpus=2, pretrain.partition=big, timeout_min=30")
     parser.add_argument("--then", nargs="+", action="append", default=[], metavar="SUITE [key=value ...]",
                         help="with --suite pretrain: evaluation suites to run on the trained encoders, each name "
                              "followed by its own options, e.g. --then knn ks=5 linear, or --then 'knn, linear' "
                              "(SLURM: submitted at once with afterok dependencies)")
+    parser.add_argument("--follow", action="append", default=[], metavar="RUN_DIR",
+                        help="evaluate the encoders a pretraining run folder publishes (snapshots, then encoder.pt) "
+                             "as they appear, until its final encoder; repeatable")
+    parser.add_argument("--follow-poll", type=float, default=10.0, metavar="SECONDS",
+                        help="with --follow: how often to look for new encoders (default 10)")
+    parser.add_argument("--follow-idle-min", type=float, default=360.0, metavar="MINUTES",
+                        help="with --follow: stop following a run whose folder has not changed for this long "
+                             "(default 360)")
     parser.add_argument("--no-wait", action="store_true",
                         help="SLURM only: submit and return; watch with python -m bench.status")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
@@ -57,13 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_seeds(text: str | None) -> list[int] | None:
+def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
     if not text:
         return None
     try:
-        return [int(s) for s in comma_list(text)]
+        seeds = [int(s) for s in comma_list(text)]
     except ValueError:
-        raise InputError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+        raise InputError(f"{flag} {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+    if flag == "--pretrain-seeds" and any(seed < 0 for seed in seeds):
+        raise InputError(f"{flag} {text!r}: expected integers >= 0")
+    return seeds or None
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -92,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         then_chain = parse_then([token for group in args.then for token in group])
         then = [name for name, _ in then_chain]
         suite = load_suite(args.suite)
+        if args.follow:
+            from bench.follow import follow_command
+
+            return follow_command(args, executor, profiles, results_root, stream)
         if then and not suite.produces_checkpoints:
             producers = [name for name in suite_names() if load_suite_class(name).produces_checkpoints]
             raise InputError(f"--then chains evaluation suites after --suite {' or '.join(producers)} only")
@@ -100,10 +123,19 @@ def main(argv: list[str] | None = None) -> int:
             if not later.uses_checkpoints:
                 raise InputError(f"--then {name}: that suite evaluates no checkpoint")
             parse_suite_options(later, pairs)  # a bad option fails now, before anything is submitted
+        if args.records is not None and args.data_root is not None:
+            raise InputError("--records and --data-root name the same folder; give one of them")
+        data_root, data_root_flag = (args.records, "--records") if args.records is not None else (args.data_root, "--data-root")
+        seeds, then_seeds = parse_seeds(args.seeds), parse_seeds(args.seeds)
+        pretrain_seeds = parse_seeds(args.pretrain_seeds, "--pretrain-seeds")
+        if pretrain_seeds and suite.produces_checkpoints:  # the pretrain suite's cell seeds are pretraining seeds
+            seeds, pretrain_seeds = pretrain_seeds, None
         plan_start = time.time()
         plan = plan_suite(args.suite, results_root=results_root, option_pairs=args.overrides,
-                          checkpoint_specs=args.checkpoints, data_root=args.data_root, seeds=parse_seeds(args.seeds),
-                          task_names=list(comma_list(args.tasks or "")) or None, prepare=not args.dry_run)
+                          checkpoint_specs=args.checkpoints, data_root=data_root, seeds=seeds,
+                          task_names=list(comma_list(args.tasks or "")) or None, prepare=not args.dry_run,
+                          pretrain_seeds=pretrain_seeds, train_embedded=not args.dry_run,
+                          data_root_flag=data_root_flag, stream=stream)
         plan_seconds = time.time() - plan_start
         if args.dry_run:
             from bench.runner import describe_plan
@@ -120,8 +152,22 @@ def main(argv: list[str] | None = None) -> int:
 
     chain_on_slurm = bool(then) and executor == "slurm"
     try:
-        run = run_plan(plan, executor=executor, profiles=profiles, max_parallel=args.max_parallel, force=args.force,
-                       wait=not args.no_wait and not chain_on_slurm, progress=not args.no_progress, stream=stream)
+        if then and executor == "local":  # the evaluation suites follow the snapshots while pretraining runs
+            from bench.execute import SuiteRun
+            from bench.follow import follow_pretraining
+            from bench.runner import Runner
+
+            pretraining = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
+                                 progress=not args.no_progress, stream=stream)
+            summary, _ = follow_pretraining(plan, pretraining.run, then, executor, profiles, in_background=True,
+                                            seeds=parse_seeds(args.seeds), max_parallel=args.max_parallel,
+                                            force=args.force, stream=stream, poll_s=2.0,
+                                            option_pairs=dict(then_chain))
+            run = SuiteRun(plan, summary, pretraining)
+        else:
+            run = run_plan(plan, executor=executor, profiles=profiles, max_parallel=args.max_parallel,
+                           force=args.force, wait=not args.no_wait and not chain_on_slurm,
+                           progress=not args.no_progress, stream=stream)
     except user_error_types() as error:  # a bad partition, or sbatch refusing the request
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
@@ -138,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         then_code, then_plans = run_then(plan, then, executor, profiles, pretrain_job_ids=live,
                                          max_parallel=args.max_parallel, wait=not args.no_wait, force=args.force,
                                          progress=not args.no_progress, stream=stream,
-                                         seeds=parse_seeds(args.seeds), option_pairs=dict(then_chain))
+                                         seeds=then_seeds, option_pairs=dict(then_chain))
         code = max(code, then_code)
         plans += then_plans
         if chain_on_slurm and not args.no_wait:

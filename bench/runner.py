@@ -452,12 +452,24 @@ def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile
         print(f"checkpoints ({len(plan.checkpoints)}):", file=stream)
         for path in plan.checkpoints:
             print(f"  {path}", file=stream)
+    if plan.untrained:
+        print(f"embedded encoders not trained yet ({len(plan.untrained)}); a real run trains them first "
+              f"({plan.untrained_note}):", file=stream)
+        for path in plan.untrained:
+            print(f"  {path}", file=stream)
+
+
     datasets = {p.dataset["label"]: p.dataset for p in plan.cells if p.dataset}
     if datasets:  # the fingerprints that are part of the cell ids below
         print("datasets: " + ", ".join(f"{label} ({d['files']} files)" for label, d in sorted(datasets.items())),
               file=stream)
     print(f"cells ({len(plan.cells)}):", file=stream)
     for planned in plan.cells:
+        if not planned.cell_id:  # its encoder does not exist yet, so neither does its id
+            states["after training"] += 1
+            print(f"  {'-':20s}  submit after training the embedded encoders ({plan.untrained_note.split(':')[0]}) "
+                  f"{planned.label}  [{planned.cell.task.profile}]", file=stream)
+            continue
         state = plan.store.cell(planned.cell_id).state().state
         states[state] += 1
         action = "keep" if state == "done" else "submit"

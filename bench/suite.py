@@ -8,6 +8,7 @@ as the cell's `result.json`. Suites never read each other's files.
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,25 @@ from pretrain.overrides import comma_list as comma_list  # re-exported for the s
 
 class InputError(ValueError):
     """Bad input found before submission; the message names the file, key or value and what was expected."""
+
+
+DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps)")
+
+
+def check_device_option(where: str, value: Any) -> str:
+    """A `device` option: empty (CUDA when the job sees one, else CPU), cpu, cuda, cuda:N or mps.
+
+    Only the spelling is checked up front: the job may run on another machine than the runner."""
+    text = str(value).strip()
+    if text and not DEVICE_PATTERN.fullmatch(text):
+        raise InputError(f"{where} device={value!r}: expected cpu, cuda, cuda:N or mps (empty: CUDA when available)")
+    return text
+
+
+def check_int_option(where: str, key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{where} {key}={value!r}: expected an integer >= {minimum}")
+    return value
 
 
 # Options of every suite that embeds images for a checkpoint: which CMC encoders to evaluate and the
@@ -168,6 +188,9 @@ class Suite(ABC):
     options: ClassVar[dict[str, Any]] = {}  # valid key=value overrides and their defaults
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
     uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
+    # What a metric's per-sample values are and what its seeds vary, for saying what an interval covers
+    sample_unit: ClassVar[str] = "samples"
+    seed_unit: ClassVar[str] = "evaluation seeds"
     produces_checkpoints: ClassVar[bool] = False  # True: cells write encoders that `--then` suites evaluate
 
     def parse_options(self, options: Mapping[str, Any], data_root: Path | None = None) -> Any:
@@ -204,11 +227,17 @@ class Suite(ABC):
         """The seeds run when --seeds is not given."""
         return self.default_seeds
 
-    def default_checkpoints(self) -> list[Path]:
-        """The embedded NCE and Ring encoders, trained once on the bundled digits and cached."""
+    def default_checkpoints(self, pretrain_seeds: Sequence[int] | None = None) -> list[Path]:
+        """The embedded NCE and Ring encoders (per pretraining seed, default 0), trained once on the bundled
+        digits and cached, followed by the suite's control checkpoints."""
         from pretrain.embedded import default_encoders
 
-        return default_encoders()
+        return default_encoders(pretrain_seeds) + self.control_checkpoints()
+
+    def control_checkpoints(self) -> list[Path]:
+        """Checkpoints evaluated next to the embedded pair when no --checkpoints are given (e.g. a random
+        backbone); built without training."""
+        return []
 
     @abstractmethod
     def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
@@ -221,7 +250,13 @@ class Suite(ABC):
         return {}
 
     def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:  # noqa: B027
-        """Validate data and checkpoints up front; raise InputError naming what is wrong."""
+        """Validate data and checkpoints up front; raise InputError naming what is wrong.
+
+        The runner calls it before anything is trained or submitted; when the embedded pair still has to
+        be trained, `checkpoints` holds only those that exist, and `check_checkpoints` sees the rest later."""
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:  # noqa: B027
+        """Suite-specific checks of checkpoint files (suites call it from `check` too)."""
 
     def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:  # noqa: B027
         """One-time work before submission, shared by all cells (embedded data, episode lists)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,8 +207,21 @@ def _check_state_dict(state_dict: dict, reference: dict, where: str) -> None:
             )
 
 
+def plain_module(module: nn.Module) -> nn.Module:
+    """The module inside torch.compile (`_orig_mod`) and DistributedDataParallel (`module`) wrappers."""
+    while True:
+        if isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
 def _cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+    """The plain torchvision state dict (compiled / DDP wrappers unwrapped), contiguous CPU tensors
+    (channels_last modules are stored in the standard layout)."""
+    return {key: value.detach().cpu().contiguous().clone() for key, value in plain_module(module).state_dict().items()}
 
 
 def save_encoder(path: str | os.PathLike, backbone: nn.Module, metadata: dict[str, Any],
@@ -239,6 +253,29 @@ def save_encoder(path: str | os.PathLike, backbone: nn.Module, metadata: dict[st
             _check_state_dict(extra_state, extra_reference, f"{path} (extra encoder {name!r})")
             payload["extra_state_dicts"][name] = extra_state
     return atomic_torch_save(payload, path)
+
+
+HOW_ENCODERS_ARE_WRITTEN = (
+    "RingBench encoders are written by `python -m pretrain.train` (<out>/encoder.pt) or "
+    "pretrain.checkpoint.save_encoder: tensors and plain metadata only, which RingBench reads with torch's "
+    "safe (weights-only) loader and nothing else"
+)
+
+
+def unreadable_message(path: Path, error: BaseException) -> str:
+    """What a file torch's weights-only loader refused is not, without torch's advice to load it unsafely."""
+    text = str(error)
+    foreign = re.search(r"GLOBAL ([\w.]+)", text)
+    if foreign:
+        what = (f"not a RingBench encoder: it pickles the Python object {foreign.group(1)} (a whole model, or "
+                "another program's checkpoint), which an encoder file never holds")
+    else:
+        unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # e.g. "Unsupported operand 149"
+        first = text.strip().splitlines()[0][:200] if text.strip() else ""
+        detail = unpickler.group(1)[:200] if unpickler else f"{type(error).__name__}{': ' + first if first else ''}"
+        what = (f"not a readable torch checkpoint (truncated, or not written by torch.save: {detail}), "
+                "so not a RingBench encoder")
+    return f"{path}: {what}. {HOW_ENCODERS_ARE_WRITTEN}."
 
 
 def _load_extra(payload: dict, metadata: dict, where: str) -> dict[str, tuple[nn.Module, str]]:
@@ -314,7 +351,7 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle of foreign classes, not a torch file at all
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(unreadable_message(path, error)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(

@@ -27,6 +27,8 @@ from pretrain.samplers import SAMPLER_CLASSES, NegativeSampler, build_sampler, s
 
 LR_SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+LOADERS = ("auto", "pil", "cpu", "gpu")  # see pretrain.augment; auto: pil on CPU, gpu (JPEG files) or cpu on CUDA
+SWITCHES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -116,9 +118,13 @@ class TrainConfig:
     knn_temperature: float = 0.07
     knn_every: int = 1
     knn_max_train: int = 20000
+    snapshot_every: int = 0  # write encoder_e{epoch:04d}.pt every this many epochs; 0: only the final encoder.pt
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    loader: str = "auto"  # input pipeline: pil | cpu (uint8, colour on the device) | gpu (nvJPEG + batched ops)
+    channels_last: str = "auto"  # auto: on CUDA only
+    compile: str = "auto"  # torch.compile of the encoders; auto: on CUDA for runs of >= 5,000 steps
     deterministic: bool = True
     recipe: str = field(default="", metadata={"internal": True})
 
@@ -145,18 +151,23 @@ class TrainConfig:
             (optim.lr_schedule in LR_SCHEDULES,
              f"optim.lr_schedule {optim.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"),
             (self.precision in PRECISIONS, f"precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
+            (self.loader in LOADERS, f"loader {self.loader!r}; valid: {', '.join(LOADERS)}"),
+            (self.channels_last in SWITCHES, f"channels_last {self.channels_last!r}; valid: {', '.join(SWITCHES)}"),
+            (self.compile in SWITCHES, f"compile {self.compile!r}; valid: {', '.join(SWITCHES)}"),
             (optim.epochs >= 1, f"optim.epochs must be >= 1, got {optim.epochs}"),
             (optim.batch_size >= 2, f"optim.batch_size must be >= 2, got {optim.batch_size}"),
             (optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}"),
             (method.temperature > 0, f"method.temperature must be > 0, got {method.temperature}"),
             (0 <= method.bank_momentum < 1, f"method.bank_momentum must lie in [0, 1), got {method.bank_momentum}"),
             (0 <= method.key_momentum < 1, f"method.key_momentum must lie in [0, 1), got {method.key_momentum}"),
-            (method.queue_size >= 1 and method.num_negatives >= 1,
-             "method.queue_size and method.num_negatives must be >= 1"),
+            (method.queue_size >= 1, f"method.queue_size must be >= 1, got {method.queue_size}"),
+            (method.num_negatives >= 2, f"method.num_negatives (K: softmax terms of a memory-bank method, the "
+                                        f"positive included) must be >= 2, got {method.num_negatives}"),
             (0 < data.crop_min_scale <= 1, f"data.crop_min_scale must lie in (0, 1], got {data.crop_min_scale}"),
             (all(0 < m < 1 for m in optim.lr_milestones),
              f"optim.lr_milestones must be fractions in (0, 1), got {optim.lr_milestones}"),
             (data.image_size >= 8, f"data.image_size must be >= 8, got {data.image_size}"),
+            (self.snapshot_every >= 0, f"snapshot_every must be >= 0 (0: only the final encoder), got {self.snapshot_every}"),
         ]
         for ok, message in checks:
             if not ok:

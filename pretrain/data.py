@@ -101,9 +101,10 @@ class LabelledImages(Dataset):
     """
 
     def __init__(self, name: str, split: str, load: Callable[[int], Image.Image], labels: np.ndarray,
-                 classes: list[str], transform: Callable | None = None):
+                 classes: list[str], transform: Callable | None = None, files: list[str] | None = None):
         self.name, self.split = name, split
         self._load = load
+        self.files = files  # image files on disk (JPEG folders), else None: images live in arrays
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
         self.num_classes = len(self.classes)
@@ -114,6 +115,22 @@ class LabelledImages(Dataset):
 
     def image(self, index: int) -> Image.Image:
         return self._load(index)
+
+    def open_lazy(self, index: int) -> Image.Image:
+        """The image with its pixels not yet decoded when it is a file (so a JPEG can be drafted smaller)."""
+        if self.files is None:
+            return self._load(index)
+        try:
+            return Image.open(self.files[index])
+        except OSError as error:
+            raise DatasetError(f"{self.files[index]}: not a readable image ({error})") from None
+
+    def encoded(self, index: int) -> torch.Tensor:
+        """The image file's bytes as a 1-D uint8 tensor (files), else the decoded (3, H, W) uint8 image."""
+        if self.files is None:
+            return torch.from_numpy(np.asarray(self._load(index), dtype=np.uint8).copy()).permute(2, 0, 1)
+        with open(self.files[index], "rb") as handle:
+            return torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
 
     def __getitem__(self, index: int):
         image = self._load(index)
@@ -273,7 +290,8 @@ def _open_imagenet(root, split: str) -> LabelledImages:
     def load(index: int) -> Image.Image:
         return images.loader(images.samples[index][0]).convert("RGB")
 
-    return LabelledImages("imagenet", split, load, np.asarray(images.targets), images.classes)
+    return LabelledImages("imagenet", split, load, np.asarray(images.targets), images.classes,
+                          files=[path for path, _ in images.samples])
 
 
 def open_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
@@ -341,6 +359,13 @@ def eval_transform(image_size: int, mean, std) -> Callable:
     return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.ToTensor(), T.Normalize(mean, std)])
 
 
+def eval_transform_uint8(image_size: int) -> Callable:
+    """`eval_transform` up to the pixels: resize and centre crop, as a (3, S, S) uint8 tensor; the
+    device converts and normalises (`transfer.features.device_images`), with bit-identical results."""
+    resize = 256 if image_size == 224 else image_size
+    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+
+
 class MultiViewDataset(Dataset):
     """Wraps a LabelledImages: item = (view_1, ..., view_n, index) with independent augmentations."""
 
@@ -353,6 +378,40 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, index: int):
         image = self.images.image(index)
         return (*(self.transform(image) for _ in range(self.num_views)), index)
+
+
+class UInt8Views(Dataset):
+    """The CPU half of the uint8 pipeline: item = ((num_views, 3, size, size) uint8 views, index), the
+    views cropped, resized and flipped (`pretrain.augment.crop_flip_views`); colour runs on the device."""
+
+    def __init__(self, images: LabelledImages, laws, num_views: int = 2):
+        self.images, self.laws, self.num_views = images, laws, num_views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        from pretrain.augment import crop_flip_views
+
+        return crop_flip_views(self.images.open_lazy(index), self.laws, self.num_views), index
+
+
+class EncodedImages(Dataset):
+    """The CPU half of the GPU pipeline: item = (file bytes, or the decoded uint8 image, index)."""
+
+    def __init__(self, images: LabelledImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images.encoded(index), index
+
+
+def collate_encoded(items):
+    """Keep the variable-size byte strings as a list; indices as a tensor."""
+    return [data for data, _ in items], torch.tensor([index for _, index in items])
 
 
 class TransformedImages(Dataset):

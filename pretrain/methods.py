@@ -48,7 +48,9 @@ class MethodSettings:
     stem: str = "imagenet"
     embed_dim: int = 128
     temperature: float = 0.07
-    num_negatives: int = 4096  # K for memory banks
+    # K for memory banks: softmax terms INCLUDING the positive, so K - 1 bank draws per anchor, as the IR
+    # paper and the official Ring code (`k=4096`: the positive plus 4095 noise indices) count it
+    num_negatives: int = 4096
     bank_momentum: float = 0.5  # IR paper; 0 = overwrite, as the released Ring configs
     queue_size: int = 65536
     key_momentum: float = 0.999
@@ -89,6 +91,16 @@ class ContrastiveMethod(nn.Module):
     def trainable_encoders(self) -> list[str]:
         """Attribute names of the encoders that get gradients (wrapped in DDP when distributed)."""
         return ["encoder"]
+
+    def forward_slots(self) -> list[str]:
+        """The attributes through which every encoder is called (wrapped by DDP or torch.compile)."""
+        return ["_forward_encoder"]
+
+    def compile_encoders(self, compile_module) -> None:
+        """Call every encoder through `compile_module(slot)` (torch.compile); the modules themselves, and
+        so state_dict(), resume and export, stay the plain ones."""
+        for slot in self.forward_slots():
+            self._set_forward(slot, compile_module(getattr(self, slot)))
 
     def wrap_distributed(self, wrap) -> None:
         self._set_forward("_forward_encoder", wrap(self.encoder))
@@ -134,11 +146,20 @@ class BankUpdater:
         self.pending.clear()
 
 
+def bank_draws(settings: MethodSettings) -> int:
+    """Negatives drawn from a memory bank per anchor: K - 1, the positive being the K-th term."""
+    if settings.num_negatives < 2:
+        raise ValueError(f"num_negatives (K, counting the positive) must be >= 2 for memory banks, "
+                         f"got {settings.num_negatives}")
+    return settings.num_negatives - 1
+
+
 def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor, sampler: NegativeSampler, settings: MethodSettings,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K) negative logits for bank methods; indices from the sampler, gradient through the anchors."""
+    """(B, K - 1) negative logits for bank methods (the positive is the K-th term); indices from the sampler,
+    gradient through the anchors."""
     pool_size, dim = bank.shape
-    k, temperature = settings.num_negatives, settings.temperature
+    k, temperature = bank_draws(settings), settings.temperature
     full = pool_size <= k * dim  # one B x N matmul is cheaper than a B x K x D gather
     with full_precision(anchors):
         if full:
@@ -201,6 +222,9 @@ class ContrastiveMultiviewCoding(ContrastiveMethod):
     def trainable_encoders(self):
         return ["encoder", "colour_encoder"]
 
+    def forward_slots(self):
+        return ["_forward_encoder", "_forward_colour"]
+
     def wrap_distributed(self, wrap):
         self._set_forward("_forward_encoder", wrap(self.encoder))
         self._set_forward("_forward_colour", wrap(self.colour_encoder))
@@ -250,10 +274,14 @@ class MomentumContrast(ContrastiveMethod):
         self.key_encoder = copy.deepcopy(self.encoder)
         for parameter in self.key_encoder.parameters():
             parameter.requires_grad_(False)
+        self._set_forward("_forward_key", self.key_encoder)
         self.register_buffer("queue", F.normalize(torch.randn(settings.queue_size, settings.embed_dim,
                                                               generator=generator), dim=1))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
         self._pending_keys: torch.Tensor | None = None
+
+    def forward_slots(self):
+        return ["_forward_encoder", "_forward_key"]
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
@@ -266,13 +294,13 @@ class MomentumContrast(ContrastiveMethod):
         """Key embeddings with shuffle-BN: under DDP the global batch is permuted across ranks."""
         if not distributed.is_distributed():
             order = torch.randperm(images.shape[0], device=images.device)
-            keys = self.key_encoder(images[order])
+            keys = self._forward_key(images[order])
             return keys[torch.argsort(order)]
         local = images.shape[0]
         gathered = distributed.all_gather(images)
         order = distributed.broadcast(torch.randperm(gathered.shape[0], device=images.device))
         mine = order.view(distributed.world_size(), local)[distributed.rank()]
-        keys = distributed.all_gather(self.key_encoder(gathered[mine]).float())
+        keys = distributed.all_gather(self._forward_key(gathered[mine]).float())
         unshuffled = torch.empty_like(keys)
         unshuffled[order] = keys
         return unshuffled.view(distributed.world_size(), local, -1)[distributed.rank()]

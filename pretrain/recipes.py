@@ -6,7 +6,9 @@ and dataset in cifar10, cifar100, stl10, imagenet: SGD lr 0.03, momentum 0.9, wd
 w_out falls linearly from 1.0 to 0.1 over the first half, w_in = 0.1 of the kept set.
 `{method}_ring_released_{dataset}` reproduce the released configs' FIXED ring (w_out = w_in = 0.1
 from the first epoch, no annealing; IR bank momentum 0; SimCLR w_out 0.5). MoCo uses a 65,536 queue
-for NCE and Ring alike (the released configs' 4,096 vs 65,536 confound is not copied).
+for NCE and Ring alike (the released configs' 4,096 vs 65,536 confound is not copied). IR and CMC
+memory banks use K = 4,096 softmax terms counting the positive (4,095 draws per anchor, NCE and Ring
+alike), as the IR paper and the official code (`k=4096`) do.
 
 CMC recipes (method cmc, every dataset, digits included) use CMC's own augmentation, anchored on
 HobbitLong/CMC train_CMC.py (commit 0f2b643): RandomResizedCrop (lower scale `crop_low` 0.08 in the

@@ -2,9 +2,11 @@
 
     python -m pretrain.train --recipe digits_moco_ring [key=value ...] [--out DIR] [--resume]
 
-An output folder holds config.json, metrics.jsonl (one JSON record per epoch), train.state.pt
-(everything needed to resume exactly, rewritten atomically every epoch) and, at the end, encoder.pt
-(the exported backbone, read with `pretrain.checkpoint.load_encoder`).
+An output folder holds config.json, metrics.jsonl (one JSON record per epoch), tensorboard/ (the
+same curves as TensorBoard events), train.state.pt (everything needed to resume exactly, rewritten
+atomically every epoch), encoder_e{epoch:04d}.pt snapshots every `snapshot_every` epochs and, at the
+end, encoder.pt (the exported backbone, read with `pretrain.checkpoint.load_encoder`). Snapshots and
+encoder.pt are published atomically (rename), so a watcher never sees half a file.
 """
 
 from __future__ import annotations
@@ -26,28 +28,44 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from pretrain import distributed
+from pretrain.augment import AugmentLaws, BatchColourAugment, DeviceViewPipeline, normalise, to_unit_float
 from pretrain.checkpoint import atomic_torch_save, code_version, encoder_metadata, save_encoder
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import (
     MONITOR_SPLITS,
     PRETRAIN_SPLIT,
+    EncodedImages,
     MultiViewDataset,
     TransformedImages,
+    UInt8Views,
+    collate_encoded,
     dataset_stats,
-    eval_transform,
+    eval_transform_uint8,
     open_dataset,
     pretrain_transform,
 )
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method
+from pretrain.progress import progress_bar
 from pretrain.recipes import recipe_config, recipe_names
 from pretrain.views import feature_model
 
 STATE_FORMAT = "ringbench-train-state"
 STATE_VERSION = 1
 STATE_FILE, ENCODER_FILE, METRICS_FILE, CONFIG_FILE = "train.state.pt", "encoder.pt", "metrics.jsonl", "config.json"
+TENSORBOARD_DIR = "tensorboard"
+SNAPSHOT_GLOB = "encoder_e*.pt"
 # Keys that may differ between the run that wrote a state and the one resuming it.
-RESUME_FREE_KEYS = {"data.workers", "device", "data.root", "knn_every"}
+# (loader, memory format and compilation decide how the run executes, not what it computes: they change
+# float rounding only, and a requeued job may land on another kind of node)
+RESUME_FREE_KEYS = {"data.workers", "device", "data.root", "knn_every", "snapshot_every", "loader", "channels_last", "compile"}
+# torch.compile costs about a minute of warm-up; below this many steps it does not pay (see README)
+COMPILE_MIN_STEPS = 5000
+
+
+def snapshot_name(epoch: int) -> str:
+    """The file name of the encoder snapshot taken after `epoch` (1-based) epochs."""
+    return f"encoder_e{epoch:04d}.pt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,6 +82,36 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(name)
+
+
+def config_differences(saved: dict, config: TrainConfig) -> list[str]:
+    """Dotted keys whose saved value differs from `config`'s, RESUME_FREE_KEYS aside (a key the saved
+    config predates counts as its default)."""
+    saved, current = TrainConfig.from_dict(saved).flat_dict(), config.flat_dict()
+    return sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k) != current[k])
+
+
+def resolve_loader(name: str, device: torch.device, images) -> str:
+    """auto: torchvision's PIL pipeline on CPU (the results of CPU runs stay as they were); on CUDA the
+    GPU path for JPEG folders and the uint8 CPU path for datasets held in arrays."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "pil"
+    return "gpu" if getattr(images, "files", None) is not None else "cpu"
+
+
+def resolve_switch(name: str, device: torch.device, default_on_cuda: bool = True) -> bool:
+    if name == "auto":
+        return device.type == "cuda" and default_on_cuda
+    return name == "on"
+
+
+def to_device_views(views: list[torch.Tensor], device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+    views = [view.to(device, non_blocking=True) for view in views]
+    if channels_last:
+        views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+    return views
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -143,7 +191,7 @@ class Trainer:
 
     def _check_resumable(self, state: dict) -> None:
         saved, current = TrainConfig.from_dict(state["config"]).flat_dict(), self.config.flat_dict()
-        differing = sorted(k for k in current if k not in RESUME_FREE_KEYS and saved.get(k) != current[k])
+        differing = config_differences(state["config"], self.config)
         if differing:
             details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing[:6])
             raise ResumeError(f"{self.state_path}: written by a different config ({details}); "
@@ -159,6 +207,9 @@ class Trainer:
         self.sampler = config.build_sampler()
         self.method = build_method(config.method.name, settings, self.sampler, len(self.images),
                                    seed=config.seed).to(self.device)
+        self.channels_last = resolve_switch(config.channels_last, self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -181,16 +232,46 @@ class Trainer:
             if len(rng) != self.world and self.rank == 0:
                 print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
                       "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
-        self.transform = pretrain_transform(config.data.image_size, self.mean, self.std, config.data.crop_min_scale,
-                                            config.data.hflip, augmentation=config.resolved_augmentation())
-        self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+        self.loader_kind = resolve_loader(config.loader, self.device, self.images)
+        laws = AugmentLaws.recipe(config.data.image_size, config.data.crop_min_scale, config.data.hflip,
+                                  augmentation=config.resolved_augmentation())
+        collate = None
+        if self.loader_kind == "pil":
+            self.transform = pretrain_transform(config.data.image_size, self.mean, self.std, config.data.crop_min_scale,
+                                                config.data.hflip, augmentation=config.resolved_augmentation())
+            self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+        elif self.loader_kind == "cpu":
+            self.views = UInt8Views(self.images, laws, self.method.num_views)
+            self.colour = BatchColourAugment(laws, self.mean, self.std)
+        else:
+            self.views = EncodedImages(self.images)
+            self.device_views = DeviceViewPipeline(laws, self.mean, self.std, self.method.num_views)
+            collate = collate_encoded
         self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
                                                seed=config.seed, drop_last=True)
         self.loader = DataLoader(self.views, batch_size=config.optim.batch_size // self.world, sampler=self.data_sampler,
-                                 num_workers=config.data.workers, drop_last=True,
+                                 num_workers=config.data.workers, drop_last=True, collate_fn=collate,
                                  pin_memory=self.device.type == "cuda", persistent_workers=False)
         if len(self.loader) == 0:
             raise ConfigError(f"{len(self.images)} images give no full batch of {config.optim.batch_size // self.world}")
+        steps = len(self.loader) if config.optim.max_steps_per_epoch <= 0 else min(len(self.loader), config.optim.max_steps_per_epoch)
+        self.compiled = resolve_switch(config.compile, self.device, config.optim.epochs * steps >= COMPILE_MIN_STEPS)
+        if self.compiled:
+            self.method.compile_encoders(torch.compile)
+
+    def batch_views(self, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A loader batch -> (the views on the device, normalised float, in the model's memory format; index)."""
+        if self.loader_kind == "pil":
+            *views, index = batch
+        elif self.loader_kind == "cpu":
+            stacked, index = batch  # (B, views, 3, S, S) uint8
+            stacked = stacked.to(self.device, non_blocking=True)
+            merged = self.colour(stacked.transpose(0, 1).reshape(-1, *stacked.shape[2:]))
+            views = list(merged.split(stacked.shape[0]))
+        else:
+            items, index = batch
+            views = self.device_views(items, self.device)
+        return to_device_views(views, self.device, self.channels_last), index.to(self.device)
 
     def _size_kw(self) -> dict:
         return {"image_size": self.config.data.image_size} if self.config.data.name == "digits" else {}
@@ -202,12 +283,15 @@ class Trainer:
         model = feature_model(self.method.export_encoders(), self.method.default_features(), self.mean, self.std)
         was_training = model.training
         model.eval()
-        loader = DataLoader(TransformedImages(images, eval_transform(self.config.data.image_size, self.mean, self.std)),
-                            batch_size=256, num_workers=self.config.data.workers)
+        loader = DataLoader(TransformedImages(images, eval_transform_uint8(self.config.data.image_size)),
+                            batch_size=256, num_workers=self.config.data.workers, pin_memory=self.device.type == "cuda")
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         chunks = []
-        for batch, _ in loader:
+        for batch, _ in loader:  # uint8 to the device, normalised there (bit-identical to eval_transform)
+            batch = normalise(to_unit_float(batch.to(self.device, non_blocking=True)), mean, std)
             with self._autocast():
-                chunks.append(model(batch.to(self.device)).float().cpu())
+                chunks.append(model(to_device_views([batch], self.device, self.channels_last)[0]).float().cpu())
         model.train(was_training)
         return torch.cat(chunks).numpy()
 
@@ -270,14 +354,13 @@ class Trainer:
         self.data_sampler.set_epoch(epoch)
         steps = len(self.loader) if config.optim.max_steps_per_epoch <= 0 else min(len(self.loader), config.optim.max_steps_per_epoch)
         total, count, started = 0.0, 0, time.perf_counter()
-        progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.optim.epochs}", disable=not self.show_progress,
+        progress = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{config.optim.epochs}",
+                                disable=not self.show_progress,
                         leave=False, dynamic_ncols=True)
         for step, batch in enumerate(self.loader):
             if step >= steps:
                 break
-            *views, index = batch
-            views = [view.to(self.device, non_blocking=True) for view in views]
-            index = index.to(self.device)
+            views, index = self.batch_views(batch)
             with self._autocast():
                 loss = self.method.loss(views, index, self.generator)
             if not torch.isfinite(loss):
@@ -295,8 +378,10 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
         progress.close()
+        seconds = time.perf_counter() - started
         return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, **self.sampler.epoch_record(),
-                "steps": count, "train_seconds": round(time.perf_counter() - started, 3)}
+                "steps": count, "train_seconds": round(seconds, 3),
+                "images_per_s": round(count * config.optim.batch_size / seconds, 2) if seconds > 0 else None}
 
     def fit(self, until_epoch: int | None = None) -> Path | None:
         """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks).
@@ -319,31 +404,72 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             self._trim_metrics()
+        events = self._event_writer() if self.rank == 0 else None
         record = {}
-        for epoch in range(self.start_epoch, stop):
-            record = self.train_epoch(epoch)
-            last = epoch + 1 == config.optim.epochs
-            if self.rank == 0 and config.knn_every > 0 and ((epoch + 1) % config.knn_every == 0 or last):
-                started = time.perf_counter()
-                record["knn_top1"] = self.knn_monitor()
-                record["knn_seconds"] = round(time.perf_counter() - started, 3)
-            distributed.barrier()
-            self.save_state(epoch + 1)
-            if self.rank == 0:
-                self._log(record)
-                if self.show_progress:
-                    knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
-                    tqdm.write(f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f}{knn}")
+        try:
+            for epoch in range(self.start_epoch, stop):
+                record = self._run_epoch(epoch, events)
+        finally:
+            if events is not None:
+                events.close()
         distributed.barrier()
         if self.rank != 0 or stop < config.optim.epochs:
             return None
         return self.export(record.get("knn_top1"))
 
-    def export(self, knn_top1: float | None = None) -> Path:
+    def _event_writer(self):
+        """TensorBoard events beside metrics.jsonl (step = epoch); a resumed run drops what a killed
+        attempt logged past the saved state, as metrics.jsonl does."""
+        from pretrain.events import summary_writer
+
+        return summary_writer(self.out_dir / TENSORBOARD_DIR, purge_step=self.start_epoch + 1 if self.start_epoch else None)
+
+    def _run_epoch(self, epoch: int, events) -> dict:
         config = self.config
-        if knn_top1 is None and self.metrics_path.exists():
+        record = self.train_epoch(epoch)
+        last = epoch + 1 == config.optim.epochs
+        if self.rank == 0 and config.knn_every > 0 and ((epoch + 1) % config.knn_every == 0 or last):
+            started = time.perf_counter()
+            record["knn_top1"] = self.knn_monitor()
+            record["knn_seconds"] = round(time.perf_counter() - started, 3)
+        distributed.barrier()
+        # the snapshot goes out before the state that skips past its epoch, so a crash cannot lose it
+        if self.rank == 0 and config.snapshot_every > 0 and (epoch + 1) % config.snapshot_every == 0 and not last:
+            self.write_snapshot(epoch + 1, record.get("knn_top1"))
+        if self.rank == 0:  # the line first: a kill before the state only repeats the epoch on resume
+            self._log(record)
+            self._log_events(events, record)
+        self.save_state(epoch + 1)
+        if self.rank == 0:
+            if self.show_progress:
+                knn = f", kNN {record['knn_top1']:.4f}" if "knn_top1" in record else ""
+                tqdm.write(f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f}{knn}")
+        return record
+
+    @staticmethod
+    def _log_events(events, record: dict) -> None:
+        step = record["epoch"]
+        for tag, key in (("train/loss", "loss"), ("train/lr", "lr"), ("train/w_out", "w_out"),
+                         ("train/images_per_s", "images_per_s"), ("monitor/knn_top1", "knn_top1")):
+            if record.get(key) is not None:
+                events.add_scalar(tag, record[key], step)
+        events.flush()
+
+    def write_snapshot(self, epoch: int, knn_top1: float | None = None) -> Path | None:
+        """encoder_e{epoch:04d}.pt; one already there (written before a crash) is kept as it is."""
+        path = self.out_dir / snapshot_name(epoch)
+        if path.exists():
+            return None
+        return self.export(knn_top1, path=path, epoch=epoch)
+
+    def export(self, knn_top1: float | None = None, path: Path | None = None, epoch: int | None = None) -> Path:
+        """The encoder after `epoch` epochs (default: all of them) to `path` (default encoder.pt)."""
+        config = self.config
+        epoch = config.optim.epochs if epoch is None else epoch
+        if knn_top1 is None and path is None and self.metrics_path.exists():
             records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
             knn_top1 = next((r["knn_top1"] for r in reversed(records) if "knn_top1" in r), None)
+        w_out_at = getattr(self.sampler, "w_out_at", None)  # annealed band samplers (ring, ball)
         (_, (backbone, view)), *extra = self.method.export_encoders().items()
         metadata = encoder_metadata(
             method=config.method.name, sampler=config.sampler.name, sampler_params=self.sampler.metadata(),
@@ -351,8 +477,10 @@ class Trainer:
             epochs=config.optim.epochs, image_size=config.data.image_size, mean=self.mean, std=self.std,
             config=config.to_dict(), seed=config.seed, code_version=code_version(), recipe=config.recipe,
             knn_top1=knn_top1, knn_features="+".join(self.method.default_features()), input_view=view,
+            # where on the training curve this encoder is; w_out is the band used during that epoch
+            epoch=epoch, w_out=w_out_at(epoch - 1) if w_out_at is not None else None,
         )
-        return save_encoder(self.encoder_path, backbone, metadata, extra=dict(extra))
+        return save_encoder(path or self.encoder_path, backbone, metadata, extra=dict(extra))
 
 
 class _Subset:
@@ -397,7 +525,7 @@ def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.Pat
     resume = state_path.exists()
     if resume and encoder_path.exists():
         state = read_state(state_path)
-        if state["epoch"] >= config.optim.epochs and TrainConfig.from_dict(state["config"]) == config:
+        if state["epoch"] >= config.optim.epochs and not config_differences(state["config"], config):
             return encoder_path
     path = train(config, out_dir, resume=resume, show_progress=show_progress, allow_distributed=allow_distributed)
     if path is None:  # a non-zero rank of a DDP job

@@ -9,20 +9,50 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from pretrain.progress import progress_bar
 
 
 def pick_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# torch.compile of the encoder pays its warm-up (tens of seconds) only over many batches
+COMPILE_MIN_BATCHES = 200
+
+
+def fast_format(model: nn.Module, device: torch.device) -> nn.Module:
+    """On CUDA the encoder runs channels_last (the tensor cores' layout); elsewhere it stays as it is."""
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def device_images(batch: torch.Tensor, device: torch.device, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> torch.Tensor:
+    """A batch on `device` ready for the encoder: uint8 batches (what crosses the bus: 4x fewer bytes)
+    are converted and normalised there, in the same float operations as ToTensor + Normalize (so CPU
+    results are bit-identical to the float path); channels_last on CUDA."""
+    batch = batch.to(device, non_blocking=True)
+    if batch.dtype == torch.uint8:
+        if mean is None or std is None:
+            raise ValueError("uint8 image batches need the encoder's mean and std to be normalised")
+        from pretrain.augment import normalise, to_unit_float
+
+        batch = normalise(to_unit_float(batch), torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
+                          torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+    if device.type == "cuda":
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 @torch.inference_mode()
@@ -32,18 +62,26 @@ def extract_features(
     device: str | torch.device | None = None,
     total: int | None = None,
     desc: str = "features",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    compile: bool | None = None,
 ) -> np.ndarray:
-    """Run `model` in eval mode over normalised image batches (B, 3, H, W); return float32 (N, D).
+    """Run `model` in eval mode over image batches (B, 3, H, W); return float32 (N, D).
 
-    bf16 autocast on CUDA (the encoder's plain inference speed); fp32 on CPU.
+    Batches are normalised floats, or uint8 pixels normalised on the device with `mean` / `std`.
+    On CUDA: bf16 autocast, channels_last, and `torch.compile` when `compile` is True (None: when
+    `total` >= COMPILE_MIN_BATCHES batches). On CPU: fp32, the model as it is.
     """
     device = pick_device(str(device) if device is not None else None)
-    model = model.to(device).eval()
+    model = fast_format(model.to(device).eval(), device)
+    if compile is None:
+        compile = device.type == "cuda" and total is not None and total >= COMPILE_MIN_BATCHES
+    forward = torch.compile(model) if compile else model
     chunks = []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     with autocast:
-        for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=None):
-            out = model(batch.to(device, non_blocking=True))
+        for batch in progress_bar(batches, total=total, desc=desc, unit="batch", leave=False, disable=None):
+            out = forward(device_images(batch, device, mean, std))
             chunks.append(out.float().cpu())
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)

@@ -1,7 +1,7 @@
 """The coco_det suite: fine-tune each encoder for COCO detection, instance segmentation and keypoints.
 
 Tasks: `<data>/mask_rcnn` (bbox + segm AP, Mask R-CNN R-FPN 1x) and `<data>/keypoint_rcnn` (bbox +
-keypoints AP, Keypoint R-CNN R-FPN 1x); `recipe=c4` swaps Mask R-CNN for MoCo's R50-C4 (Detectron2
+keypoints AP, Keypoint R-CNN R-FPN 1x); `recipe=c4` swaps Mask R-CNN for MoCo's R50-C4 2x (Detectron2
 only). `<data>` is `coco2017` with --data-root (the COCO 2017 layout) or `digits` without: the embedded
 digits COCO set, built on first use, fine-tuned with the torchvision engine on CPU.
 
@@ -60,7 +60,7 @@ class CocoDetOptions:
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> CocoDetOptions:
-        from transfer.detection.configs import RECIPES
+        from transfer.detection.configs import DEFAULT_SCHEDULE_SCALE, RECIPES
         from transfer.detection.engines import ENGINES
 
         merged = CocoDetSuite.complete_options(options)
@@ -75,13 +75,13 @@ class CocoDetOptions:
         if recipe not in RECIPES:
             raise InputError(f"option recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
         try:
-            scale = float(merged["schedule_scale"])
+            scale = float(merged["schedule_scale"]) or DEFAULT_SCHEDULE_SCALE[recipe]
             batch = int(merged["ims_per_batch"])
             max_iter = int(merged["max_iter"])
         except (TypeError, ValueError):
             raise InputError("options schedule_scale (number > 0), ims_per_batch and max_iter (integers >= 0) are malformed") from None
         if not (scale > 0 and math.isfinite(scale)):
-            raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = the full schedule)")
+            raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = 1x; 0 = the recipe's default)")
         if batch < 0 or max_iter < 0:
             raise InputError("options ims_per_batch and max_iter must be >= 0 (0 = the protocol's value)")
         return cls(engine, tasks, recipe, scale, batch, max_iter,
@@ -107,7 +107,8 @@ def _engine_for(opts: CocoDetOptions, data_root: Path | None) -> str:
 def random_control_encoder(reference: Path | None = None) -> Path:
     """A randomly initialised resnet18 (ImageNet stem) saved as a real encoder file (method "random").
 
-    Its preprocessing metadata (image size, mean, std) is copied from `reference` (the embedded NCE
+    Its preprocessing metadata (image size, mean, std) is the embedded pair's (from `reference` when given,
+    else from the pair's recipe; formerly copied from `reference`, the embedded NCE
     encoder) so that the control differs from the pretrained encoders only in its weights.
     """
     import torch
@@ -119,16 +120,46 @@ def random_control_encoder(reference: Path | None = None) -> Path:
     path = cache_root() / "detection" / RANDOM_CONTROL_FILE
     if path.is_file():
         return path
-    image_size, mean, std = 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     if reference is not None:
         meta = load_encoder(reference, cmc_features=None).metadata
         image_size, mean, std = int(meta["image_size"]), list(meta["mean"]), list(meta["std"])
+    else:  # the embedded pair's preprocessing, from its recipe (no training needed)
+        from pretrain.data import dataset_stats
+        from pretrain.embedded import EMBEDDED_RECIPES
+        from pretrain.recipes import recipe_config
+
+        config = recipe_config(EMBEDDED_RECIPES[0])
+        image_size = int(config.data.image_size) if hasattr(config, "data") else int(config.image_size)
+        dataset = config.data.dataset if hasattr(config, "data") else config.dataset
+        mean, std = (list(values) for values in dataset_stats(dataset))
     with torch.random.fork_rng():
         torch.manual_seed(0)
         backbone = build_backbone("resnet18", "imagenet")
     metadata = untrained_metadata(arch="resnet18", stem="imagenet", image_size=image_size, mean=mean, std=std,
                                   input_view="rgb", config={"init": "torchvision default (kaiming) with torch.manual_seed(0)"})
     return save_encoder(path, backbone, metadata)
+
+
+def cell_schedule(task: str, embedded: bool, schedule_scale: float, ims_per_batch: int, max_iter: int):
+    """(protocol, schedule) of one cell: the protocol's schedule scaled to the batch and length asked for, or an
+    explicit max_iter with steps at 3/4 and 11/12 of it (steps at or after the last iteration left out).
+    Checked for both engines (configs.check_schedule) so a schedule Detectron2 would refuse fails up front."""
+    from transfer.detection.configs import (
+        check_schedule,
+        coco_protocol,
+        embedded_protocol,
+        scale_schedule,
+        steps_for_max_iter,
+    )
+
+    protocol = embedded_protocol(task) if embedded else coco_protocol(task)
+    batch = ims_per_batch or protocol.schedule.ims_per_batch
+    schedule = scale_schedule(protocol.schedule, batch, schedule_scale)
+    if max_iter:
+        schedule = replace(schedule, max_iter=max_iter, steps=steps_for_max_iter(max_iter),
+                           warmup_iters=min(schedule.warmup_iters, max_iter // 5))
+    check_schedule(schedule, f"coco_det {task} (ims_per_batch={batch}, schedule_scale={schedule_scale:g}, max_iter={max_iter})")
+    return protocol, schedule
 
 
 def cpu_threads_for_cell() -> int | None:
@@ -144,11 +175,13 @@ def cpu_threads_for_cell() -> int | None:
 class CocoDetSuite(Suite):
     name = "coco_det"
     protocol_version = "1"
+    sample_unit = "categories (per-category AP; one fine-tuning run)"
+    seed_unit = "fine-tuning seeds"
     options = {
         "engine": "auto",  # auto | detectron2 | torchvision
         "tasks": "mask_rcnn,keypoint_rcnn",  # comma list of mask_rcnn (bbox + segm) and keypoint_rcnn (bbox + keypoints)
         "recipe": "fpn",  # fpn | c4 (MoCo's R50-C4 Mask R-CNN; detectron2 and resnet50 only)
-        "schedule_scale": 1.0,  # multiplies iterations and lr steps (1 = 1x on COCO, the full embedded schedule)
+        "schedule_scale": 0,  # multiplies iterations and lr steps; 0 = the recipe's: 1 (1x) for fpn, 2 (MoCo's 2x) for c4
         "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
         "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
         "force_rgb_input": False,  # feed RGB to an encoder trained on another view (CMC's L encoder)
@@ -161,9 +194,8 @@ class CocoDetSuite(Suite):
     def seeds_for(self, data_root: Path | None) -> tuple[int, ...]:
         return self.embedded_default_seeds if data_root is None else self.default_seeds
 
-    def default_checkpoints(self) -> list[Path]:
-        pair = super().default_checkpoints()
-        return [*pair, random_control_encoder(pair[0] if pair else None)]
+    def control_checkpoints(self) -> list[Path]:
+        return [random_control_encoder()]
 
     def parse_options(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None = None) -> CocoDetOptions:
         return options if isinstance(options, CocoDetOptions) else CocoDetOptions.parse(options)
@@ -217,12 +249,16 @@ class CocoDetSuite(Suite):
 
     def check(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None,
               checkpoints: Sequence[Path | CheckpointInfo]) -> None:
-        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.detection.coco_data import CocoDataError, check_coco_root
-        from transfer.detection.configs import check_detection_recipe
+        from transfer.detection.configs import ScheduleError
 
         opts = self.parse_options(options)
         self.tasks(opts, data_root)  # engine availability and recipe/task combinations
+        for name in opts.tasks:
+            try:
+                cell_schedule(name, is_embedded(data_root), opts.schedule_scale, opts.ims_per_batch, opts.max_iter)
+            except ScheduleError as error:
+                raise InputError(str(error)) from None
         if data_root is not None:
             kinds = sorted({TASK_KINDS[t] for t in opts.tasks})
             try:
@@ -233,6 +269,13 @@ class CocoDetSuite(Suite):
                 if summary.images_without_annotations:
                     print(f"coco_det: {summary.json_file.name}: {summary.images_without_annotations} of {summary.num_images} "
                           "images have no annotations; training skips them (as Detectron2 does)", file=sys.stderr)
+        self.check_checkpoints(opts, checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
+        from transfer.detection.configs import check_detection_recipe
+
+        opts = self.parse_options(options)
         for path in checkpoints:
             try:
                 meta = checkpoint_info(path).metadata  # the plan's resolved info: nothing is loaded again
@@ -263,13 +306,7 @@ class CocoDetSuite(Suite):
         import torch
 
         from transfer.detection.coco_data import check_coco_json, coco_split, resolve_coco_root
-        from transfer.detection.configs import (
-            DetectionJob,
-            coco_protocol,
-            describe_schedule,
-            embedded_protocol,
-            scale_schedule,
-        )
+        from transfer.detection.configs import DetectionJob, describe_schedule
         from transfer.detection.embedded import build_embedded_coco
 
         if cell.checkpoint is None:
@@ -280,19 +317,14 @@ class CocoDetSuite(Suite):
             root = build_embedded_coco(Path(cell.shared_dir) / EMBEDDED_DIR)  # no-op when prepare() built it
         else:
             root = resolve_coco_root(cell.data_root)
-        protocol = embedded_protocol(task) if params["dataset"] == "digits" else coco_protocol(task)
+        protocol, schedule = cell_schedule(task, params["dataset"] == "digits", float(params["schedule_scale"]),
+                                           int(params["ims_per_batch"]), int(params["max_iter"]))
         kind = TASK_KINDS[task]
         train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
         summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
 
         encoder = load_checkpoint_for(cell.checkpoint, cell.options, cmc_features=DETECTION_CMC_FEATURES)
         meta = encoder.metadata
-        batch = int(params["ims_per_batch"]) or protocol.schedule.ims_per_batch
-        schedule = scale_schedule(protocol.schedule, batch, float(params["schedule_scale"]))
-        if int(params["max_iter"]):
-            total = int(params["max_iter"])
-            schedule = replace(schedule, max_iter=total, steps=(round(total * 3 / 4), round(total * 11 / 12)),
-                               warmup_iters=min(schedule.warmup_iters, total // 5))
         num_gpus = torch.cuda.device_count()
         threads = cpu_threads_for_cell() if num_gpus == 0 else None
         if threads:
@@ -319,6 +351,7 @@ class CocoDetSuite(Suite):
             keypoint_flip_map=tuple(summary.keypoint_flip_map),
             keypoint_oks_sigmas=tuple(summary.keypoint_oks_sigmas),
             precise_bn_iters=protocol.precise_bn_iters,
+            heads=protocol.heads,
             input_view=encoder.backbone_view,
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))

@@ -112,6 +112,7 @@ class EstimatorsOptions:
 class EstimatorsSuite(Suite):
     name = "estimators"
     protocol_version = "1"
+    sample_unit = "independent batches"
     uses_checkpoints = False
     reads_data_root = False  # synthetic Gaussians only
     default_seeds = (0,)

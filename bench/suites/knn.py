@@ -24,6 +24,8 @@ from bench.suite import (
     Suite,
     Task,
     check_checkpoint_views,
+    check_device_option,
+    check_int_option,
     load_checkpoint_for,
     view_options,
 )
@@ -47,16 +49,15 @@ class KnnOptions:
         temperature = merged["temperature"]
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
             raise InputError(f"knn temperature={temperature}: expected a positive number")
-        batch_size = merged["batch_size"]
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"knn batch_size={batch_size!r}: expected an integer >= 1")
-        return cls(ks=tuple(ks), temperature=float(temperature), batch_size=batch_size,
-                   device=str(merged["device"]).strip(), **view_options(merged))
+        return cls(ks=tuple(ks), temperature=float(temperature),
+                   batch_size=check_int_option("knn", "batch_size", merged["batch_size"], 1),
+                   device=check_device_option("knn", merged["device"]), **view_options(merged))
 
 
 class KnnSuite(Suite):
     name = "knn"
     protocol_version = "1"
+    sample_unit = "test images (one deterministic evaluation)"
     default_seeds = (0,)  # kNN is deterministic; more seeds would only repeat the number
     reads_data_root = False  # the embedded digits split only
     options = {
@@ -72,6 +73,9 @@ class KnnSuite(Suite):
 
     def check(self, options: Mapping[str, Any] | KnnOptions, data_root: Path | None,
               checkpoints: Sequence[Path]) -> None:
+        self.check_checkpoints(self.parse_options(options), checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any] | KnnOptions, checkpoints: Sequence[Path]) -> None:
         opts = self.parse_options(options)
         for path in checkpoints:
             check_checkpoint_views(path, opts)
@@ -132,10 +136,10 @@ class KnnSuite(Suite):
     def _extract(model, images, meta, device, batch_size: int):
         import torch
 
-        from pretrain.data import eval_transform
+        from pretrain.data import eval_transform_uint8
         from transfer.features import extract_features
 
-        transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+        transform = eval_transform_uint8(meta["image_size"])  # uint8 to the device, normalised there
 
         def batches():
             for start in range(0, len(images), batch_size):
@@ -143,4 +147,5 @@ class KnnSuite(Suite):
                 yield torch.stack([transform(images.image(i)) for i in range(start, stop)])
 
         total = (len(images) + batch_size - 1) // batch_size
-        return extract_features(model, batches(), device, total=total, desc=f"knn {images.split}")
+        return extract_features(model, batches(), device, total=total, desc=f"knn {images.split}",
+                                mean=meta["mean"], std=meta["std"])

@@ -165,6 +165,8 @@ def open_split(dataset: str, data_root: Path | None, split: str, image_size: int
 class LinearSuite(Suite):
     name = "linear"
     protocol_version = "1"
+    sample_unit = "test images (one training of the classifier)"
+    seed_unit = "classifier training seeds"
     options = {
         "datasets": "auto",  # auto: digits without --data-root, else every standard dataset found there
         "protocol": "paper",  # paper | fast
@@ -207,7 +209,6 @@ class LinearSuite(Suite):
 
     def check(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None,
               checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from pretrain.data import DatasetError
 
         opts = self.parse_options(options)
@@ -231,13 +232,18 @@ class LinearSuite(Suite):
             if opts.knn and opts.knn_k > len(splits[spec.train_split]):
                 print(f"linear/{name}: knn_k={opts.knn_k} exceeds the {len(splits[spec.train_split])} training "
                       "images; kNN uses all of them", file=sys.stderr)
+        self.check_checkpoints(opts, checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
+
         for path in checkpoints:
             try:
                 checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(f"linear: checkpoint refused: {error}") from None
             try:
-                check_checkpoint_views(path, opts)
+                check_checkpoint_views(path, options)
             except InputError as error:
                 raise InputError(f"linear: checkpoint refused: {error}") from None
 

@@ -24,6 +24,7 @@ from bench.suite import (
     Suite,
     Task,
     check_checkpoint_views,
+    check_device_option,
     comma_list,
     load_checkpoint_for,
     view_options,
@@ -119,7 +120,7 @@ def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDat
         batch_size=_int(merged, "batch_size", 1),
         linear_epochs=_int(merged, "linear_epochs", 1),
         linear_max_per_class=_int(merged, "linear_max_per_class", 0),
-        device=str(merged["device"]).strip(),
+        device=check_device_option("meta_dataset", merged["device"]),
         **view_options(merged),
     )
 
@@ -198,6 +199,8 @@ def linear_file(shared_dir: Path, source: str, opts: MetaDatasetOptions, fingerp
 class MetaDatasetSuite(Suite):
     name = "meta_dataset"
     protocol_version = "1"
+    sample_unit = "episodes (images in mode=linear)"
+    seed_unit = "evaluation seeds (same episodes)"
     options = {
         "records": "",  # folder of converted sources; empty: --data-root, else the embedded digits source
         "sources": "all",  # comma list of source folder names
@@ -247,7 +250,6 @@ class MetaDatasetSuite(Suite):
 
     def check(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None,
               checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
         from transfer.meta_dataset.records import RecordError
@@ -255,7 +257,9 @@ class MetaDatasetSuite(Suite):
 
         opts = self.parse_options(options, data_root)
         if not opts.embedded and not opts.records.is_dir():
-            raise InputError(f"{opts.records}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
+            from_flag = data_root is not None and opts.records == Path(data_root)  # records= empty: --records/--data-root
+            given = f"--records {opts.records}" if from_flag else f"records={opts.records}"
+            raise InputError(f"{given}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
         root = records_dir(opts)
         names, notes = selected_sources(replace(opts, records=root))  # the built embedded records checked as a folder
         for note in notes:
@@ -271,6 +275,13 @@ class MetaDatasetSuite(Suite):
                 raise InputError(str(error)) from None
             except EpisodeError as error:
                 raise InputError(f"{root / source}: {error}") from None
+        self.check_checkpoints(opts, checkpoints)
+
+    def check_checkpoints(self, options: Mapping[str, Any] | MetaDatasetOptions, checkpoints: Sequence[Path]) -> None:
+        from pretrain.checkpoint import CheckpointError, checkpoint_info
+
+        opts = self.parse_options(options)
+
         for path in checkpoints:
             try:
                 checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded

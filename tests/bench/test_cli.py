@@ -7,7 +7,7 @@ import pytest
 from bench.plan import parse_suite_options
 from bench.suite import InputError, comma_list
 from bench.suites import SUITES, load_suite, suite_names
-from tests.bench.conftest import run_bench
+from ringbench_testing.bench import run_bench
 
 
 def test_every_suite_name_is_registered_lazily():
@@ -50,6 +50,8 @@ def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, encoder_pair, ben
     (["--suite", "nope"], "unknown suite 'nope'; valid suites: coco_det, estimators, knn"),
     (["--suite", "knn", "k=3"], "unknown option 'k' for suite knn; valid keys: batch_size, cmc_features, device, force_rgb_input, ks, temperature"),
     (["--suite", "knn", "ks=0"], "knn ks=[0]"),
+    (["--suite", "knn", "batch_size=0"], "knn batch_size=0: expected an integer >= 1"),
+    (["--suite", "knn", "device=gpu"], "knn device='gpu': expected cpu, cuda, cuda:N or mps"),
     (["--suite", "knn", "--checkpoints", "/nonexistent/*.pt"], "matches no file"),
     (["--suite", "selftest", "--resource", "eval.gpu=2"], "unknown key 'gpu'; valid keys: gpus"),
     (["--suite", "selftest", "--executor", "local", "--no-wait"], "--no-wait needs the slurm executor"),

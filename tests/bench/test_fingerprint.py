@@ -25,7 +25,7 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory) -> Path:
-    from tests.transfer.meta_dataset.md_fixtures import write_encoder
+    from md_fixtures import write_encoder
 
     return write_encoder(tmp_path_factory.mktemp("enc") / "r18.pt")
 
@@ -67,7 +67,7 @@ def test_coco_ids_follow_the_annotations_and_images_not_the_folder(tmp_path, enc
 
 
 def test_meta_dataset_ids_do_not_depend_on_a_relative_records_path(tmp_path, encoder, monkeypatch):
-    from tests.transfer.meta_dataset.md_fixtures import write_flat_source
+    from md_fixtures import write_flat_source
 
     write_flat_source(tmp_path / "a" / "records")
     write_flat_source(tmp_path / "b" / "records", images=(9, 12))  # same folder name, other data
@@ -85,7 +85,7 @@ def test_meta_dataset_ids_do_not_depend_on_a_relative_records_path(tmp_path, enc
 
 
 def test_linear_ids_change_with_the_batches_not_with_the_folder(tmp_path, encoder):
-    from tests.transfer.linear.linear_layouts import write_cifar10
+    from linear_layouts import write_cifar10
 
     write_cifar10(tmp_path / "a")
     write_cifar10(tmp_path / "b", n_test=30)
@@ -103,8 +103,9 @@ def test_suites_that_read_no_data_refuse_a_data_root(tmp_path, suite):
 
 
 def test_image_folder_fingerprint_is_cached_and_refreshed_by_a_new_file(tmp_path, monkeypatch):
+    from linear_layouts import write_imagefolder
+
     import bench.fingerprint as fingerprint
-    from tests.transfer.linear.linear_layouts import write_imagefolder
 
     root = write_imagefolder(tmp_path / "data")
     folder = root if (root / "train").is_dir() else next(p for p in root.rglob("train")).parent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.bench.conftest import run_bench
+from ringbench_testing.bench import run_bench
 
 
 @pytest.mark.slow
@@ -55,11 +55,11 @@ def _cached_test_features(shared_dir):
 
 def test_knn_suite_feeds_a_cmc_encoder_the_views_it_was_trained_on(tmp_path, monkeypatch):
     import torch
+    from cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
 
     from bench.suite import Cell, InputError
     from bench.suites.knn import KnnSuite
     from pretrain.data import eval_transform, open_dataset
-    from tests.cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
 
     monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
     suite = KnnSuite()

@@ -13,7 +13,7 @@ import pytest
 from bench.job import CellJob
 from bench.leaderboard import write_suite_tables
 from bench.store import read_events
-from tests.bench.conftest import plan_and_run, run_bench
+from ringbench_testing.bench import plan_and_run, run_bench
 
 
 def test_failed_cell_is_reported_and_missing_not_zero(job_env, bench_env):

@@ -13,7 +13,7 @@ import pytest
 
 from bench.leaderboard import write_suite_tables
 from bench.store import ResultStore, read_events
-from tests.bench.conftest import REPO, plan_and_run
+from ringbench_testing.bench import REPO, plan_and_run
 
 
 def _results(store: ResultStore) -> int:

@@ -88,6 +88,25 @@ def test_refuses_truncated_file(tmp_path):
         load_encoder(tmp_path / "cut.pt")
 
 
+def test_a_foreign_or_random_file_is_named_without_advice_to_load_it_unsafely(tmp_path):
+    import os
+
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(), tmp_path / "model.pt")  # a whole pickled model
+    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError) as whole:
+        load_encoder(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError) as random_bytes:
+        load_encoder(tmp_path / "random.pt")
+    assert "model.pt: not a RingBench encoder: it pickles the Python object torchvision.models.resnet.ResNet" \
+        in str(whole.value)
+    assert "random.pt: not a readable torch checkpoint" in str(random_bytes.value)
+    for message in (str(whole.value), str(random_bytes.value)):
+        assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+        assert "python -m pretrain.train" in message and "save_encoder" in message
+
+
 def test_encoder_metadata_is_built_by_one_function(tmp_path):
     metadata = encoder_metadata(method="moco", sampler="ring", sampler_params={"w_out": 0.1}, arch="resnet18",
                                 stem="imagenet", pretrain_dataset="digits", epochs=3, image_size=32, mean=(0.5,) * 3,
@@ -102,7 +121,7 @@ def test_encoder_metadata_is_built_by_one_function(tmp_path):
 
 
 def test_cmc_encoder_on_rgb_needs_the_explicit_override(tmp_path):
-    from tests.cmc_encoders import expected_features, write_cmc_encoder, write_old_cmc_encoder
+    from cmc_encoders import expected_features, write_cmc_encoder, write_old_cmc_encoder
 
     old = write_old_cmc_encoder(tmp_path / "old_cmc.pt")
     with pytest.raises(CheckpointError, match="old_cmc.pt: a CMC encoder file without metadata\\['input_view'\\].*"

@@ -115,7 +115,8 @@ def test_ir_loss_matches_a_hand_computation():
     index = torch.tensor([1, 4])
     generator = torch.Generator().manual_seed(5)
     loss = model.loss([x], index, generator)
-    negatives = torch.randint(0, 12, (2, 8), generator=torch.Generator().manual_seed(5))
+    # num_negatives = K = 8 terms: the positive and 7 uniform bank draws
+    negatives = torch.randint(0, 12, (2, 7), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         z = model.encoder(x)
     pos = (z * model.bank[index]).sum(1) / 0.07
@@ -137,3 +138,30 @@ def test_lab_round_trip_and_views():
     _, colour = lab_views(muted)
     assert torch.allclose(rgb_to_lab(colour)[:, 0], torch.full((2, 5, 5), 50.0), atol=0.05)
     assert torch.allclose(rgb_to_lab(colour)[:, 1:], rgb_to_lab(muted)[:, 1:], atol=0.1)
+
+
+@pytest.mark.parametrize("method", ["ir", "cmc"])
+@pytest.mark.parametrize("sampler", ["nce", "ring"])
+def test_bank_methods_use_k_terms_including_the_positive(method, sampler):
+    """As the IR paper and the official Ring code: K = 4096 terms = the positive + 4095 bank draws."""
+    seen = []
+    negatives = build_sampler(sampler, **TINY_PARAMS.get(sampler, {}))
+    real_loss = negatives.loss
+
+    def spy(pos, neg, *args, **kwargs):
+        seen.append((tuple(pos.shape), tuple(neg.shape)))
+        return real_loss(pos, neg, *args, **kwargs)
+
+    object.__setattr__(negatives, "loss", spy)
+    settings = MethodSettings(num_negatives=4096, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    model = build_method(method, settings, negatives, num_samples=10000)
+    model.loss([torch.randn(2, 3, 16, 16)], torch.tensor([0, 1]), torch.Generator().manual_seed(0))
+    assert seen and all(pos == (2,) and neg == (2, 4095) for pos, neg in seen)  # 1 + 4095 = K
+
+
+def test_k_below_two_is_refused():
+    from pretrain.config import ConfigError
+    from pretrain.recipes import recipe_config
+
+    with pytest.raises(ConfigError, match="num_negatives .K: softmax terms.* must be >= 2, got 1"):
+        recipe_config("digits_ir_nce", {"method.num_negatives": 1})

@@ -127,3 +127,78 @@ def test_ddp_two_gloo_processes_agree_on_weights(tmp_path, recipe):
     trained = initial.method.state_dict()
     assert any(not torch.equal(trained[key], zero[key]) for key in params)  # the step changed the weights
     assert (tmp_path / "run" / "encoder.pt").exists()
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.events import tensorflow_free_tensorboard
+
+    tensorflow_free_tensorboard()
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_snapshots_carry_their_epoch_and_band_and_survive_a_resume(tmp_path):
+    config = tiny_config("digits_moco_ring", epochs=4, snapshot_every=1, knn_every=2)
+    out = tmp_path / "run"
+    assert Trainer(config, out, show_progress=False).fit(until_epoch=2) is None  # a job killed after epoch 2
+    first = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("encoder_e*.pt")}
+    assert sorted(first) == ["encoder_e0001.pt", "encoder_e0002.pt"]
+    Trainer(config, out, resume=True, show_progress=False).fit()
+    # the final epoch's encoder is encoder.pt itself, not a fourth snapshot
+    assert sorted(p.name for p in out.glob("encoder_e*.pt")) == ["encoder_e0001.pt", "encoder_e0002.pt",
+                                                                  "encoder_e0003.pt"]
+    for name, (mtime, content) in first.items():  # resume keeps what was published
+        assert (out / name).stat().st_mtime_ns == mtime and (out / name).read_bytes() == content
+    metas = {n: load_encoder(out / n).metadata for n in ["encoder_e0001.pt", "encoder_e0002.pt", "encoder_e0003.pt",
+                                                         "encoder.pt"]}
+    assert [m["epoch"] for m in metas.values()] == [1, 2, 3, 4]
+    assert [m["w_out"] for m in metas.values()] == [1.0, 0.75, 0.5, 0.5]  # linear 1.0 -> 0.5 over 2 epochs
+    assert metas["encoder_e0001.pt"]["knn_top1"] is None and 0 < metas["encoder_e0002.pt"]["knn_top1"] <= 1
+    assert load_encoder(out / "encoder_e0002.pt").sha256 != load_encoder(out / "encoder.pt").sha256
+    scalars = _scalars(out / "tensorboard")
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4]  # once per epoch across the resume
+    assert [round(v, 4) for _, v in scalars["train/w_out"]] == [1.0, 0.75, 0.5, 0.5]
+    assert [step for step, _ in scalars["monitor/knn_top1"]] == [2, 4]
+    assert all(v > 0 for _, v in scalars["train/images_per_s"]) and len(scalars["train/lr"]) == 4
+
+
+def test_snapshot_every_must_not_be_negative():
+    with pytest.raises(ConfigError, match="snapshot_every must be >= 0"):
+        tiny_config("digits_moco_nce", snapshot_every=-1)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+@pytest.mark.parametrize("killed_after", ["metrics_line", "state"])
+def test_a_kill_between_the_metrics_line_and_the_state_loses_no_epoch_record(tmp_path, monkeypatch, killed_after):
+    """Killed in epoch 2 right after writing one of the two; the resumed run logs every epoch once."""
+    import pretrain.train as train_module
+
+    config = tiny_config("digits_simclr_nce", epochs=2, max_steps_per_epoch=1)
+    trainer = Trainer(config, tmp_path, show_progress=False)
+    calls = []
+
+    def die_on_second_call(real):
+        def wrapped(*args):
+            real(*args)
+            calls.append(1)
+            if len(calls) == 2:
+                raise _Killed
+        return wrapped
+
+    if killed_after == "state":
+        monkeypatch.setattr(train_module, "atomic_torch_save", die_on_second_call(train_module.atomic_torch_save))
+    else:
+        monkeypatch.setattr(Trainer, "_log", die_on_second_call(Trainer._log))
+    with pytest.raises(_Killed):
+        trainer.fit()
+    monkeypatch.undo()
+    Trainer(config, tmp_path, resume=True, show_progress=False).fit()
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]  # each epoch once: none lost, none repeated

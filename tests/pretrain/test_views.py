@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from cmc_encoders import MEAN, STD
 from PIL import Image
 from torchvision import transforms as T
 
@@ -10,7 +11,6 @@ from pretrain.colour import lab_views, rgb_to_lab
 from pretrain.data import augmentation_for, pretrain_transform
 from pretrain.recipes import RECIPES, recipe_config
 from pretrain.views import AB_CENTRE, AB_SCALE, view_input, view_pixels, view_pixels_uint8
-from tests.cmc_encoders import MEAN, STD
 
 COLOUR_OPS = (T.ColorJitter, T.RandomGrayscale, T.Grayscale, T.GaussianBlur, T.RandomApply)
 

@@ -1,3 +1,3 @@
 """The runner tests' fixtures (real encoder checkpoints, subprocess environment) for the SLURM tests."""
 
-from tests.bench.conftest import bench_env, encoder_pair  # noqa: F401
+from ringbench_testing.bench import bench_env, encoder_pair  # noqa: F401

@@ -13,9 +13,9 @@ from bench.job import CellJob
 from bench.plan import build_plan
 from bench.store import read_events
 from bench.suites import load_suite
+from ringbench_testing.bench import plan_and_run, run_bench
 from slurm.executors import make_executor, slurm_live_jobs
 from slurm.profiles import PROFILES
-from tests.bench.conftest import plan_and_run, run_bench
 
 pytestmark = pytest.mark.slurm
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slurm
 def slurm_env(tmp_path, monkeypatch):
     import os
 
-    from tests.bench.conftest import REPO
+    from ringbench_testing.bench import REPO
 
     monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -131,7 +131,7 @@ def test_two_task_job_rendezvous_through_slurm(slurm_env):
 
 @pytest.mark.slow
 def test_pretrain_then_knn_submitted_together_with_afterok(tmp_path, bench_env):
-    from tests.bench.test_chain import TINY, check_chain
+    from ringbench_testing.bench import TINY, check_chain
 
     results = tmp_path / "results"
     out = run_bench(["--suite", "pretrain", "--then", "knn", "--executor", "slurm", "--results", str(results),

@@ -25,6 +25,11 @@ import yaml
 TASKS = ("mask_rcnn", "keypoint_rcnn")
 RECIPES = ("fpn", "c4")
 REFERENCE_BATCH = 16
+FULL_MODEL_CLIP_TYPE = "full_model"
+# What the Detectron2 engine's trainer accepts: stock Detectron2's per-parameter "value" and "norm", plus full_model.
+CLIP_TYPES = ("value", "norm", FULL_MODEL_CLIP_TYPE)
+# MoCo's C4 recipe is 2x on COCO (coco_R_50_C4_2x: 180k iterations); FPN is Detectron2's 1x.
+DEFAULT_SCHEDULE_SCALE = {"fpn": 1.0, "c4": 2.0}
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,48 @@ COCO_1X = Schedule(ims_per_batch=16, base_lr=0.02, max_iter=90000, steps=(60000,
 COCO_1X_KEYPOINTS = replace(COCO_1X, clip_grad_norm=10.0)
 
 
+class ScheduleError(ValueError):
+    """A schedule Detectron2 (fvcore's MultiStepParamScheduler) or our loop cannot run; the message says why."""
+
+
+def check_schedule(schedule: Schedule, where: str = "schedule") -> None:
+    """What both engines need: max_iter >= 1, lr steps strictly increasing and strictly inside (0, max_iter),
+    warmup within the run. fvcore refuses a step at or after the last iteration ("Milestone must be smaller
+    than total number of updates") and repeated steps, so this is checked before any job starts."""
+    if schedule.ims_per_batch < 1:
+        raise ScheduleError(f"{where}: ims_per_batch={schedule.ims_per_batch}; expected >= 1")
+    if schedule.max_iter < 1:
+        raise ScheduleError(f"{where}: max_iter={schedule.max_iter}; expected >= 1")
+    steps = list(schedule.steps)
+    bad = [step for step in steps if not 0 < step < schedule.max_iter]
+    if bad:
+        raise ScheduleError(
+            f"{where}: lr steps {steps} with max_iter={schedule.max_iter}: step(s) {bad} are not inside (0, max_iter). "
+            "Detectron2 refuses a step at or after the last iteration; such a step never lowers the lr anyway, "
+            "so leave it out (lr_steps() does) or lengthen the run"
+        )
+    if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+        raise ScheduleError(f"{where}: lr steps {steps} must be strictly increasing")
+    if not 0 <= schedule.warmup_iters <= schedule.max_iter:
+        raise ScheduleError(f"{where}: warmup_iters={schedule.warmup_iters}; expected 0..max_iter ({schedule.max_iter})")
+
+
+def lr_steps(max_iter: int, steps: tuple[int | float, ...]) -> tuple[int, ...]:
+    """Rounded steps with those at or after the last iteration dropped (they could never lower the lr)."""
+    kept = sorted({max(1, round(step)) for step in steps})
+    return tuple(step for step in kept if step < max_iter)
+
+
+def steps_for_max_iter(max_iter: int) -> tuple[int, ...]:
+    """Steps at 3/4 and 11/12 of an explicit max_iter (Detectron2's 1x proportions), e.g. for smoke runs."""
+    return lr_steps(max_iter, (max_iter * 3 / 4, max_iter * 11 / 12))
+
+
 def scale_schedule(reference: Schedule, total_batch: int, length_scale: float = 1.0) -> Schedule:
     """Linear scaling to `total_batch`; `length_scale` shortens or lengthens the run (iterations and steps).
 
     Warmup follows the batch scaling only and is capped at a fifth of the run, so short runs still train.
+    Steps that land at or after the last iteration are dropped (`lr_steps`).
     """
     if total_batch < 1:
         raise ValueError(f"total batch must be >= 1, got {total_batch}")
@@ -70,7 +113,7 @@ def scale_schedule(reference: Schedule, total_batch: int, length_scale: float = 
         raise ValueError(f"schedule scale must be > 0, got {length_scale}")
     factor = total_batch / reference.ims_per_batch
     max_iter = max(1, round(reference.max_iter * length_scale / factor))
-    steps = tuple(min(max_iter, max(1, round(step * length_scale / factor))) for step in reference.steps)
+    steps = lr_steps(max_iter, tuple(step * length_scale / factor for step in reference.steps))
     warmup = min(max(0, round(reference.warmup_iters / factor)), max_iter // 5)
     return replace(reference, ims_per_batch=total_batch, base_lr=reference.base_lr * factor, max_iter=max_iter, steps=steps, warmup_iters=warmup)
 
@@ -100,6 +143,9 @@ class HeadSpec:
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
+    # Norm in the FPN (MoCo: BN / SyncBN in backbone and FPN). Detectron2 engine only: the torchvision engine
+    # builds its FPN without norm, so the embedded protocol (measured with it) leaves it out in both engines.
+    fpn_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,7 +174,8 @@ class DetectionJob:
     precise_bn_iters: int = 200
     num_workers: int = 4
     input_view: str = "rgb"  # pretrain.views: what the encoder was trained on (CMC's L encoder: lightness)
-    extra: dict[str, Any] = field(default_factory=dict)
+    heads: HeadSpec = field(default_factory=HeadSpec)  # FPN recipe: head widths and sampling, both engines
+    extra: dict[str, Any] = field(default_factory=dict)  # Detectron2 config overrides, "SECTION.KEY": value
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -136,6 +183,7 @@ class DetectionJob:
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
         check_detection_recipe(self.task, self.recipe, self.arch)
+        check_schedule(self.schedule, f"{self.task} schedule")
 
     @property
     def iou_types(self) -> tuple[str, ...]:
@@ -143,7 +191,10 @@ class DetectionJob:
 
     @property
     def norm(self) -> str:
-        """Detectron2 norm name: SyncBN when several GPUs share the batch, plain BN otherwise."""
+        """Detectron2 norm name. FPN: SyncBN when several GPUs share the batch, plain BN otherwise. C4: MoCo's
+        Base-RCNN-C4-BN uses naiveSyncBN (backbone and res5 head), which is plain BN in a single process."""
+        if self.recipe == "c4":
+            return "naiveSyncBN"
         return "SyncBN" if self.num_gpus > 1 else "BN"
 
 
@@ -181,6 +232,7 @@ EMBEDDED_HEADS = HeadSpec(
     rpn_pre_nms_top_n_train=300,
     rpn_pre_nms_top_n_test=300,
     rpn_post_nms_top_n_test=300,
+    fpn_norm=False,  # as the torchvision engine; with BN in the FPN Detectron2's RPN barely learns in 150 iterations
 )
 
 
@@ -227,20 +279,33 @@ def detectron2_config(job: DetectionJob, weights: str | Path, train_dataset: str
         "ROI_HEADS": {"NUM_CLASSES": job.num_classes},
     }
     if job.recipe == "fpn":
+        heads = job.heads
         model["BACKBONE"] = {"NAME": "build_resnet_fpn_backbone", "FREEZE_AT": 0}
         resnets["OUT_FEATURES"] = ["res2", "res3", "res4", "res5"]
-        model["FPN"] = {"IN_FEATURES": ["res2", "res3", "res4", "res5"], "NORM": job.norm}
+        model["FPN"] = {"IN_FEATURES": ["res2", "res3", "res4", "res5"], "NORM": job.norm if heads.fpn_norm else "",
+                        "OUT_CHANNELS": heads.fpn_channels}
         model["ANCHOR_GENERATOR"] = {"SIZES": [[size] for size in job.anchor_sizes], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]}
         model["RPN"] = {
             "IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"],
-            "PRE_NMS_TOPK_TRAIN": 2000,
-            "PRE_NMS_TOPK_TEST": 1000,
+            "PRE_NMS_TOPK_TRAIN": heads.rpn_pre_nms_top_n_train,
+            "PRE_NMS_TOPK_TEST": heads.rpn_pre_nms_top_n_test,
             "POST_NMS_TOPK_TRAIN": 1500 if job.task == "keypoint_rcnn" else 1000,
-            "POST_NMS_TOPK_TEST": 1000,
+            "POST_NMS_TOPK_TEST": heads.rpn_post_nms_top_n_test,
+            "BATCH_SIZE_PER_IMAGE": heads.rpn_batch_size_per_image,
         }
-        model["ROI_HEADS"].update({"NAME": "StandardROIHeads", "IN_FEATURES": ["p2", "p3", "p4", "p5"]})
-        model["ROI_BOX_HEAD"] = {"NAME": "FastRCNNConvFCHead", "NUM_FC": 2, "POOLER_RESOLUTION": 7}
-        model["ROI_MASK_HEAD"] = {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "POOLER_RESOLUTION": 14}
+        model["ROI_HEADS"].update(
+            {"NAME": "StandardROIHeads", "IN_FEATURES": ["p2", "p3", "p4", "p5"], "BATCH_SIZE_PER_IMAGE": heads.box_batch_size_per_image}
+        )
+        model["ROI_BOX_HEAD"] = {"NAME": "FastRCNNConvFCHead", "NUM_FC": 2, "FC_DIM": heads.box_representation, "POOLER_RESOLUTION": 7}
+        mask_width = _uniform_width(heads.mask_head_layers, "mask_head_layers")
+        if heads.mask_predictor_channels != mask_width:
+            raise ValueError(
+                f"Detectron2's mask head uses one width for its convs and its deconv: mask_predictor_channels="
+                f"{heads.mask_predictor_channels} must equal the mask_head_layers width {mask_width}"
+            )
+        model["ROI_MASK_HEAD"] = {
+            "NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": len(heads.mask_head_layers), "CONV_DIM": mask_width, "POOLER_RESOLUTION": 14
+        }
     else:  # MoCo's C4: res5 is the box head, followed by one extra norm
         model["BACKBONE"] = {"NAME": "build_resnet_backbone", "FREEZE_AT": 0}
         resnets["OUT_FEATURES"] = ["res4"]
@@ -249,7 +314,7 @@ def detectron2_config(job: DetectionJob, weights: str | Path, train_dataset: str
         model["ROI_HEADS"].update({"NAME": "Res5ROIHeadsExtraNorm", "IN_FEATURES": ["res4"]})
     if job.task == "keypoint_rcnn":
         model["ROI_BOX_HEAD"]["SMOOTH_L1_BETA"] = 0.5  # plain L1 lowers keypoint AP
-        model["ROI_KEYPOINT_HEAD"] = {"NUM_KEYPOINTS": len(job.keypoint_names)}
+        model["ROI_KEYPOINT_HEAD"] = {"NUM_KEYPOINTS": len(job.keypoint_names), "CONV_DIMS": list(job.heads.keypoint_head_layers)}
     solver: dict[str, Any] = {
         "IMS_PER_BATCH": schedule.ims_per_batch,
         "BASE_LR": schedule.base_lr,
@@ -262,9 +327,12 @@ def detectron2_config(job: DetectionJob, weights: str | Path, train_dataset: str
         "WEIGHT_DECAY": schedule.weight_decay,
         "CHECKPOINT_PERIOD": max(1, min(5000, schedule.max_iter)),
         "REFERENCE_WORLD_SIZE": 0,  # batch and lr are already scaled here; do not rescale again
+        # "full_model" (one L2 norm over every parameter, as torch.nn.utils.clip_grad_norm_ and the torchvision
+        # engine) is the DETR / Mask2Former convention, not a stock Detectron2 value: the engine's trainer
+        # implements it in build_optimizer (detectron2_engine.with_full_model_clipping).
         "CLIP_GRADIENTS": {
             "ENABLED": schedule.clip_grad_norm is not None,
-            "CLIP_TYPE": "full_model",
+            "CLIP_TYPE": FULL_MODEL_CLIP_TYPE,
             "CLIP_VALUE": float(schedule.clip_grad_norm or 1.0),
             "NORM_TYPE": 2.0,
         },
@@ -276,11 +344,12 @@ def detectron2_config(job: DetectionJob, weights: str | Path, train_dataset: str
     }
     if job.task == "keypoint_rcnn":
         test["KEYPOINT_OKS_SIGMAS"] = list(job.keypoint_oks_sigmas)
-    return {
+    config = {
         "VERSION": 2,
         "MODEL": model,
         "DATASETS": {"TRAIN": [train_dataset], "TEST": [test_dataset]},
-        "DATALOADER": {"NUM_WORKERS": job.num_workers, "FILTER_EMPTY_ANNOTATIONS": True},
+        # CPU: load in the training process, as the torchvision engine does (workers only compete for the cores)
+        "DATALOADER": {"NUM_WORKERS": job.num_workers if job.num_gpus > 0 else 0, "FILTER_EMPTY_ANNOTATIONS": True},
         "INPUT": {
             "FORMAT": "RGB",
             "MIN_SIZE_TRAIN": list(job.input.min_size_train),
@@ -295,6 +364,19 @@ def detectron2_config(job: DetectionJob, weights: str | Path, train_dataset: str
         "OUTPUT_DIR": str(job.output_dir),
         "SEED": job.seed,
     }
+    for dotted, value in job.extra.items():
+        *sections, key = dotted.split(".")
+        node = config
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    return config
+
+
+def _uniform_width(layers: tuple[int, ...], name: str) -> int:
+    if not layers or len(set(layers)) != 1:
+        raise ValueError(f"Detectron2's heads use one conv width: {name}={list(layers)} must repeat a single value")
+    return layers[0]
 
 
 def config_yaml(config: dict[str, Any]) -> str:
@@ -315,7 +397,9 @@ def describe_schedule(schedule: Schedule, reference: Schedule, length_scale: flo
         iterations = f"{schedule.max_iter} iterations (max_iter={max_iter_override})"
     else:
         iterations = f"{schedule.max_iter} iterations = {reference.max_iter} x {length_scale:g} / {factor:g}"
+    dropped = len(reference.steps) - len(schedule.steps)
+    left_out = f" ({dropped} step(s) at or after the last iteration left out)" if dropped > 0 else ""
     return (
         f"batch {schedule.ims_per_batch} (reference {reference.ims_per_batch}): lr {reference.base_lr:g} x {factor:g} = "
-        f"{schedule.base_lr:g}; {iterations}; steps {list(schedule.steps)}; warmup {schedule.warmup_iters}"
+        f"{schedule.base_lr:g}; {iterations}; steps {list(schedule.steps)}{left_out}; warmup {schedule.warmup_iters}"
     )

@@ -140,8 +140,58 @@ def convert_from_detectron2(model: Mapping[str, Any], arch: str, where: str = "d
     return state_dict
 
 
+def check_output_file(out: str | os.PathLike) -> Path:
+    """An output path that can become a file: not a folder (nor written as one, "DIR/"), its folder creatable."""
+    text = os.fspath(out)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise ConversionError(f"--out {text}: is a folder; give a file name, e.g. {path / 'backbone.pkl'}")
+    parent = path.parent
+    blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConversionError(f"--out {text}: cannot create folder {parent}: {blocking} is a file")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConversionError(f"--out {text}: cannot create folder {parent} ({error.strerror or error})") from None
+    if not os.access(parent, os.W_OK):
+        raise ConversionError(f"--out {text}: folder {parent} is not writable")
+    return path
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+    path = check_output_file(path)
+    try:
+        return atomic_write(path, lambda handle: handle.write(data))
+    except OSError as error:
+        raise ConversionError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive (>= 1.6) or a legacy pickle
+
+
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Refuse a file that cannot be a torch checkpoint, saying what it looks like (torch.load on a text file
+    says only "KeyError: 101", the first byte read as a pickle opcode)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if head.startswith(TORCH_FILE_MAGIC):
+        return
+    if not head:
+        raise ConversionError(f"{path}: empty file; expected a RingBench encoder (torch.save zip archive)")
+    try:
+        kind = f"a text file starting {head.decode('utf-8').splitlines()[0][:40]!r}"
+    except (UnicodeDecodeError, IndexError):
+        kind = f"a binary file starting with bytes {head[:8]!r}"
+    raise ConversionError(
+        f"{path}: {kind}, not a torch checkpoint (a torch.save zip archive starting 'PK', or a pickle); "
+        "expected a RingBench encoder written by pretrain.checkpoint.save_encoder"
+    )
 
 
 def write_detectron2_pickle(path: str | os.PathLike, model: Mapping[str, np.ndarray], arch: str) -> Path:
@@ -169,6 +219,7 @@ def read_detectron2_pickle(path: str | os.PathLike) -> dict[str, Any]:
 def _encoder_state_dict(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from pretrain.checkpoint import load_encoder
 
+    check_torch_file(checkpoint)
     encoder = load_encoder(checkpoint, cmc_features=None)  # the weights only; detection feeds the view itself
     where = str(checkpoint)
     if encoder.metadata.get("stem") != "imagenet":
@@ -182,6 +233,7 @@ def _encoder_state_dict(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.
 
 def convert_checkpoint_to_detectron2(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     """RingBench encoder file -> Detectron2 .pkl usable as MODEL.WEIGHTS (the CLI's path-based door)."""
+    check_output_file(out)
     state_dict, metadata = _encoder_state_dict(checkpoint)
     return write_detectron2_weights(state_dict, metadata["arch"], out, str(checkpoint))
 
@@ -199,6 +251,7 @@ def convert_checkpoint_to_torchvision(checkpoint: str | os.PathLike, out: str | 
     """
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
+    check_output_file(out)
     state_dict, metadata = _encoder_state_dict(checkpoint)
     arch = metadata["arch"]
     validate_torchvision_state_dict(state_dict, arch, str(checkpoint))

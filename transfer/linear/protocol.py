@@ -32,9 +32,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from transfer.features import FeatureCache, cache_key, extract_features, pick_device
+from pretrain.progress import progress_bar
+from transfer.features import (
+    FeatureCache,
+    cache_key,
+    device_images,
+    extract_features,
+    fast_format,
+    pick_device,
+)
 
 PROTOCOLS = ("paper", "fast")
 FEATURES_VERSION = "linear-eval-transform-v1"  # bump when the evaluation transform changes
@@ -218,10 +225,13 @@ def compute_features(
     desc: str = "features",
 ) -> np.ndarray:
     """Pooled features of every image in `dataset` under the evaluation transform."""
+    from pretrain.data import eval_transform_uint8
+
     metadata = encoder.metadata
-    transform = eval_transform(int(metadata["image_size"]), metadata["mean"], metadata["std"])
+    transform = eval_transform_uint8(int(metadata["image_size"]))  # uint8 to the device, normalised there
     loader = _loader(TransformedPairs(dataset, transform), batch_size, workers)
-    features = extract_features(encoder.model, _image_batches(loader), device, total=len(loader), desc=desc)
+    features = extract_features(encoder.model, _image_batches(loader), device, total=len(loader), desc=desc,
+                                mean=metadata["mean"], std=metadata["std"])
     if len(dataset) == 0:
         return np.zeros((0, encoder.feature_dim), dtype=np.float32)
     return features
@@ -392,7 +402,7 @@ def train_linear_paper(
     metadata = encoder.metadata
     labels = labels_of(train_images)
     check_labels(labels, num_classes, "training labels")
-    model = encoder.model.to(device).eval()
+    model = fast_format(encoder.model.to(device).eval(), device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     layer = _linear_layer(encoder.feature_dim, num_classes, seed).to(device)
@@ -414,7 +424,7 @@ def train_linear_paper(
     dataset = TransformedPairs(train_images, augment)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    progress = tqdm(range(start_epoch, recipe.epochs), desc="linear (paper)", unit="epoch", leave=False,
+    progress = progress_bar(range(start_epoch, recipe.epochs), desc="linear (paper)", unit="epoch", leave=False,
                     disable=None, initial=start_epoch, total=recipe.epochs)
     for epoch in progress:
         torch.manual_seed(seed * 1_000_003 + epoch)  # augmentations in the main process (workers=0)
@@ -423,7 +433,7 @@ def train_linear_paper(
         total_loss, seen = 0.0, 0
         tick = time.perf_counter()
         for images, targets in loader:
-            images = images.to(device, non_blocking=True)
+            images = device_images(images, device)
             targets = targets.to(device, non_blocking=True)
             _sync(device)
             fetched = time.perf_counter()

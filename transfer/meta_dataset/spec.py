@@ -206,15 +206,21 @@ def _parse_hierarchical(data: dict, where: Path, common: dict) -> SourceSpec:
         for index, node in enumerate(nodes_raw):
             try:
                 wn_id = str(node["wn_id"])
-                graph[wn_id] = DagNode(wn_id, str(node.get("words", "")), list(node["children_ids"]), list(node["parents_ids"]))
+                parsed = DagNode(wn_id, str(node.get("words", "")), list(node["children_ids"]), list(node["parents_ids"]))
             except (KeyError, TypeError):
                 raise SpecError(
                     f"{where}: split_subgraphs[{split!r}][{index}] needs wn_id, children_ids and parents_ids"
                 ) from None
+            if wn_id in graph:
+                first = next(i for i, other in enumerate(nodes_raw) if str(other.get("wn_id")) == wn_id)
+                raise SpecError(f"{where}: split_subgraphs[{split!r}] lists wn_id {wn_id} twice "
+                                f"(nodes {first} and {index}); each node must appear once per split")
+            graph[wn_id] = parsed
         for node in graph.values():
             for child in node.children:
                 if child not in graph:
                     raise SpecError(f"{where}: split_subgraphs[{split!r}]: {node.wn_id} has unknown child {child}")
+        _check_acyclic(graph, where, split)
         counts = per_split_counts.get(split, {})
         leaves = sorted(wn for wn, node in graph.items() if not node.children)
         ids = {}
@@ -236,6 +242,29 @@ def _parse_hierarchical(data: dict, where: Path, common: dict) -> SourceSpec:
                     f"(sorted wn_id within {split}) puts {wn_id} there"
                 )
     return SourceSpec(split_classes=split_classes, images_per_class=images, split_graphs=graphs, leaf_class_id=leaf_class_id, **common)
+
+
+def _check_acyclic(graph: dict[str, DagNode], where: Path, split: str) -> None:
+    """Refuse a cycle in a split's hierarchy, naming it (iterative, so no RecursionError on deep graphs)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for root in sorted(graph):
+        if state.get(root):
+            continue
+        path, stack = [root], [iter(graph[root].children)]
+        state[root] = 1
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(child) == 1:
+                cycle = path[path.index(child):] + [child]
+                raise SpecError(f"{where}: split_subgraphs[{split!r}] has a cycle: {' -> '.join(cycle)} "
+                                "(a hierarchy must be a DAG)")
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                stack.append(iter(graph[child].children))
 
 
 def spanned_leaves(graph: dict[str, DagNode]) -> dict[str, frozenset[str]]:

@@ -143,3 +143,22 @@ def test_cli_convert_both_targets(tmp_path, encoder_r18, encoder_cifar, capsys):
     assert "ImageNet stem" in capsys.readouterr().err
     assert cli(["convert", str(tmp_path / "absent.pt"), "--to", "detectron2", "--out", str(tmp_path / "a.pkl")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_cli_convert_refuses_folder_and_uncreatable_outputs_and_text_checkpoints(tmp_path, encoder_r18, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert cli(["convert", str(encoder_r18), "--to", "detectron2", "--out", f"{folder}/"]) == 2
+    assert f"--out {folder}/: is a folder; give a file name, e.g. {folder / 'backbone.pkl'}" in capsys.readouterr().err
+    assert cli(["convert", str(encoder_r18), "--to", "torchvision", "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert cli(["convert", str(encoder_r18), "--to", "detectron2", "--out", str(blocker / "sub" / "w.pkl")]) == 2
+    assert f"cannot create folder {blocker / 'sub'}: {blocker} is a file" in capsys.readouterr().err
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world\n")
+    assert cli(["convert", str(text), "--to", "detectron2", "--out", str(tmp_path / "w.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert "a text file starting 'hello world', not a torch checkpoint" in err and "KeyError" not in err
+    assert not (tmp_path / "w.pkl").exists()

@@ -9,8 +9,8 @@ import pytest
 
 from bench.suite import InputError
 from bench.suites.coco_det import CocoDetSuite, random_control_encoder
-from tests.bench.conftest import run_bench
-from tests.transfer.detection.conftest import make_encoder
+from ringbench_testing.bench import run_bench
+from ringbench_testing.detection import make_encoder
 from transfer.detection.engines import detectron2_available
 
 
@@ -44,7 +44,7 @@ def test_embedded_default_runs_three_fine_tuning_seeds(tmp_path, small_coco, enc
         ({"tasks": "mask_rcnn,panoptic"}, r"unknown panoptic; valid: mask_rcnn, keypoint_rcnn"),
         ({"engine": "mmdet"}, r"engine='mmdet': expected one of auto, detectron2, torchvision"),
         ({"recipe": "c5"}, r"recipe='c5'"),
-        ({"schedule_scale": 0.0}, r"schedule_scale=0.0: expected a number > 0"),
+        ({"schedule_scale": -1.0}, r"schedule_scale=-1.0: expected a number > 0"),
         ({"recipe": "c4", "engine": "torchvision"}, r"recipe=c4 .* runs on Detectron2 only"),
         ({"max_iter": -1}, r"must be >= 0"),
     ],
@@ -52,6 +52,25 @@ def test_embedded_default_runs_three_fine_tuning_seeds(tmp_path, small_coco, enc
 def test_bad_options_are_refused(overrides, message):
     with pytest.raises(InputError, match=message):
         CocoDetSuite().tasks(options(**overrides), None)
+
+
+def test_c4_defaults_to_mocos_2x_schedule():
+    from bench.suites.coco_det import CocoDetOptions
+
+    assert CocoDetOptions.parse(options(recipe="c4")).schedule_scale == 2.0  # MoCo's coco_R_50_C4_2x
+    assert CocoDetOptions.parse(options()).schedule_scale == 1.0  # FPN: Detectron2's 1x
+    assert CocoDetOptions.parse(options(recipe="c4", schedule_scale=1.0)).schedule_scale == 1.0  # asked for: kept
+
+
+@pytest.mark.parametrize("max_iter", [2, 6, 7])
+def test_short_max_iter_gives_a_schedule_both_engines_run(max_iter):
+    from bench.suites.coco_det import cell_schedule
+
+    for task in ("mask_rcnn", "keypoint_rcnn"):
+        _protocol, schedule = cell_schedule(task, embedded=True, schedule_scale=1.0, ims_per_batch=0, max_iter=max_iter)
+        assert schedule.max_iter == max_iter and schedule.steps == {2: (), 6: (4,), 7: (5, 6)}[max_iter]
+        _protocol, coco = cell_schedule(task, embedded=False, schedule_scale=2.0, ims_per_batch=8, max_iter=0)
+        assert (coco.max_iter, coco.steps) == (360000, (240000, 320000))
 
 
 def test_detectron2_asked_for_but_absent_says_how_to_install():
@@ -94,7 +113,7 @@ def test_random_control_encoder(tmp_path, monkeypatch, encoder_r18):
 def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco, monkeypatch):
     import os
 
-    from tests.bench.conftest import REPO
+    from ringbench_testing.bench import REPO
 
     monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
     bench_env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -118,6 +137,34 @@ def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco
     stored = [json.loads(path.read_text()) for path in (results / "coco_det" / "cells").glob("*/result.json")]
     assert len(stored) == 4 and {r["engine"] for r in stored} == {"torchvision"}
     assert all("2 iterations (max_iter=2)" in r["info"]["schedule_stated"] for r in stored)
+
+
+@pytest.mark.slow
+@pytest.mark.detectron2
+@pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed (not on PyPI; install it from source to run this)")
+def test_bench_run_detectron2_engine_on_the_small_embedded_set(tmp_path, small_coco, monkeypatch):
+    """engine=detectron2 through bench.run: both tasks finish with finite metrics (the four faults stopped every
+    cell before), max_iter=6 (steps [4]) and the keypoint task's full-model clipping included."""
+    import os
+
+    from ringbench_testing.bench import REPO
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("RINGBENCH_RESULTS", None)
+    encoder = make_encoder(tmp_path / "nce.pt", sampler="nce", seed=0)
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "coco_det", "--checkpoints", str(encoder), "--data-root", str(small_coco), "--executor", "debug",
+                     "--results", str(results), "--no-progress", "engine=detectron2", "max_iter=6"], env, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stored = [json.loads(path.read_text()) for path in (results / "coco_det" / "cells").glob("*/result.json")]
+    assert len(stored) == 2 and {r["engine"] for r in stored} == {"detectron2"}
+    assert all("steps [4]" in r["info"]["schedule_stated"] for r in stored)
+    table = pd.read_csv(results / "coco_det.csv")
+    assert {"bbox/AP", "segm/AP", "keypoints/AP"} <= set(table["metric"]) and table["mean"].between(0, 100).all()
+    assert all(r["info"]["resumed"] is False for r in stored)
+    cells = results / "coco_det" / "cells"
+    assert len(list(cells.glob("*/output/detectron2_config.yaml"))) == len(list(cells.glob("*/output/config.yaml"))) == 2
 
 
 def test_planning_resolves_each_checkpoint_once_and_parses_options_once(tmp_path, monkeypatch):
@@ -147,9 +194,9 @@ def test_planning_resolves_each_checkpoint_once_and_parses_options_once(tmp_path
 
 def test_coco_det_fine_tunes_the_cmc_l_encoder_on_its_view(tmp_path, small_coco, monkeypatch):
     import torch
+    from cmc_encoders import cmc_backbones, write_cmc_encoder, write_old_cmc_encoder
 
     from bench.suite import Cell
-    from tests.cmc_encoders import cmc_backbones, write_cmc_encoder, write_old_cmc_encoder
     from transfer.detection.engines import EngineResult, torchvision_engine
 
     seen = {}

@@ -34,6 +34,17 @@ def tiny_job(root: Path, task: str, out: Path, iterations: int = 3) -> Detection
     )
 
 
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.events import tensorflow_free_tensorboard
+
+    tensorflow_free_tensorboard()
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def encoder_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
@@ -54,6 +65,10 @@ def test_few_iterations_then_cocoeval(tmp_path, small_coco, encoder_r18, task, i
     assert log[0]["iteration"] == 0 and log[-1]["iteration"] == 2
     assert all(math.isfinite(entry["total_loss"]) for entry in log)
     assert log[0]["lr"] == pytest.approx(0.005 * 0.001)  # warmup starts at warmup_factor x lr
+    scalars = _scalars(tmp_path / "out" / "tensorboard")  # the same curves as TensorBoard events
+    assert [step for step, _ in scalars["lr"]] == [entry["iteration"] for entry in log]
+    assert scalars["loss/total_loss"][-1][1] == pytest.approx(log[-1]["total_loss"], rel=1e-5)
+    assert "loss/loss_classifier" in scalars
     categories = result.per_category["bbox"]
     if categories:
         assert sum(categories.values()) / len(categories) == pytest.approx(result.metrics["bbox/AP"], abs=1e-6)
@@ -87,6 +102,28 @@ def test_torchvision_engine_refuses_c4(small_coco, tmp_path):
     job = replace(tiny_job(small_coco, "mask_rcnn", tmp_path), arch="resnet50")
     with pytest.raises(ValueError, match="C4 recipe needs engine=detectron2"):
         build_model(replace(job, recipe="c4"), embedded_protocol("mask_rcnn").heads)
+
+
+def test_fast_backbone_runs_bf16_channels_last_and_hands_float_features(small_coco, tmp_path):
+    """What CUDA runs (forced here on the CPU's bf16 autocast): state dict unchanged, float32 features
+    close to the fp32 backbone's."""
+    from transfer.detection.engines.torchvision_engine import fast_backbone
+
+    job = tiny_job(small_coco, "mask_rcnn", tmp_path)
+    torch.manual_seed(0)
+    plain = build_model(job, embedded_protocol("mask_rcnn").heads).eval()
+    torch.manual_seed(0)
+    fast = fast_backbone(build_model(job, embedded_protocol("mask_rcnn").heads).eval(), torch.device("cpu"), enabled=True)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert fast.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = plain.backbone(images), fast.backbone(images)
+    assert list(got) == list(expected)
+    for name in expected:
+        assert got[name].dtype == torch.float32
+        scale = expected[name].abs().mean()
+        assert (got[name] - expected[name]).abs().mean() < 0.05 * scale, name
 
 
 def test_the_detector_feeds_its_backbone_the_encoders_input_view(small_coco, tmp_path):

@@ -115,10 +115,10 @@ def test_linear_suite_feeds_a_cmc_encoder_its_views(data_root, tmp_path, monkeyp
 
     import numpy as np
     import torch
+    from cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
     from torchvision import transforms as T
 
     from pretrain.data import eval_transform, open_dataset
-    from tests.cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
     from transfer.linear.protocol import train_transform
 
     monkeypatch.setenv("RINGBENCH_WORKERS", "0")

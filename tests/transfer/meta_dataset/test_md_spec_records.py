@@ -68,6 +68,30 @@ def test_spec_errors_name_file_and_key(tmp_path):
         load_spec(folder)
 
 
+def test_a_hierarchy_cycle_or_a_repeated_wn_id_is_a_spec_error_naming_file_and_id(tmp_path):
+    folder = write_hierarchical_source(tmp_path, write_files=False)
+    spec_path = folder / "dataset_spec.json"
+    good = json.loads(spec_path.read_text())
+    cyclic = json.loads(spec_path.read_text())
+    for node in cyclic["split_subgraphs"]["TEST"]:
+        if node["wn_id"] == "n1a1":  # n0root -> n1a -> n1a1 -> n0root
+            node["children_ids"] = node["children_ids"] + ["n0root"]
+    spec_path.write_text(json.dumps(cyclic))
+    with pytest.raises(SpecError, match=r"ilsvrc_2012/dataset_spec.json: split_subgraphs\['TEST'\] has a cycle: "
+                                        r"n0root -> n1a -> n1a1 -> n0root"):
+        load_spec(folder)
+    repeated = json.loads(json.dumps(good))
+    nodes = repeated["split_subgraphs"]["TEST"]
+    twin = next(i for i, node in enumerate(nodes) if node["wn_id"] == "n1a2_0")
+    nodes.append(dict(nodes[twin], words="a second entry"))
+    spec_path.write_text(json.dumps(repeated))
+    with pytest.raises(SpecError, match=rf"ilsvrc_2012/dataset_spec.json: split_subgraphs\['TEST'\] lists wn_id "
+                                        rf"n1a2_0 twice \(nodes {twin} and {len(nodes) - 1}\)"):
+        load_spec(folder)
+    spec_path.write_text(json.dumps(good))
+    assert load_spec(folder).classes("TEST") == list(range(6, 15))
+
+
 def test_reader_round_trip_and_crc(tmp_path):
     blobs = [b"first", b"second", b"third"]
     path = tmp_path / "0.tfrecords"

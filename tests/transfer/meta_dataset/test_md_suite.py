@@ -122,9 +122,9 @@ def test_image_size_rule():
 def test_meta_dataset_suite_feeds_a_cmc_encoder_its_views(tmp_path, monkeypatch):
     import numpy as np
     import torch
+    from cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
 
     from bench.suite import Cell
-    from tests.cmc_encoders import MEAN, STD, expected_features, write_cmc_encoder, write_old_cmc_encoder
     from transfer.meta_dataset.episodes import EpisodeSet
     from transfer.meta_dataset.evaluate import image_batches
     from transfer.meta_dataset.spec import load_spec

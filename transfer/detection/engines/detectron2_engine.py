@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from transfer.detection.configs import DetectionJob, detectron2_config, write_config
+from transfer.detection.configs import (
+    CLIP_TYPES,
+    FULL_MODEL_CLIP_TYPE,
+    DetectionJob,
+    detectron2_config,
+    write_config,
+)
 from transfer.detection.engines import DETECTRON2_INSTALL_HINT, EngineResult
 from transfer.detection.evaluate import IOU_TYPES, metric_names
 
 TRAIN_DATASET = "ringbench_{task}_train"
 TEST_DATASET = "ringbench_{task}_val"
+PROJECT_CONFIG = "config.yaml"  # the generated standalone config (ours)
+DETECTRON2_DUMP = "detectron2_config.yaml"  # Detectron2's full dump of every key after merging ours
 
 
 class MetricsFileError(ValueError):
@@ -98,6 +107,118 @@ def _register_extra_norm_head() -> None:
             return seq, out_channels
 
 
+def with_full_model_clipping(optimizer, max_norm: float, norm_type: float = 2.0):
+    """Clip the gradient norm over every parameter of every group before each step (in place, returns it).
+
+    Stock Detectron2 clips per parameter ("value", "norm"); DETR and Mask2Former add "full_model", which is
+    torch.nn.utils.clip_grad_norm_ over the whole model, as the torchvision engine does. Same mechanism as
+    Detectron2's own clipping: the optimizer's class becomes a subclass whose step() clips first.
+    """
+    import itertools
+
+    import torch
+
+    if not max_norm > 0:
+        raise ValueError(f"full-model gradient clipping needs CLIP_VALUE > 0, got {max_norm}")
+    base = type(optimizer)
+
+    class FullModelGradientClipping(base):
+        def step(self, closure=None):
+            params = itertools.chain.from_iterable(group["params"] for group in self.param_groups)
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure)
+
+    FullModelGradientClipping.__name__ = f"{base.__name__}WithFullModelGradientClip"
+    optimizer.__class__ = FullModelGradientClipping
+    return optimizer
+
+
+def clip_gradients_plan(clip: dict[str, Any]) -> tuple[str, float, float] | None:
+    """(clip type, value, norm type) from SOLVER.CLIP_GRADIENTS, or None when disabled; refuses unknown types."""
+    if not clip.get("ENABLED", False):
+        return None
+    clip_type = str(clip.get("CLIP_TYPE"))
+    if clip_type not in CLIP_TYPES:
+        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip_type!r}: expected one of {', '.join(CLIP_TYPES)}")
+    return clip_type, float(clip["CLIP_VALUE"]), float(clip.get("NORM_TYPE", 2.0))
+
+
+def score_no_predictions(results: dict[str, dict[str, float]], num_predictions: int) -> dict[str, dict[str, float]]:
+    """Detectron2's COCOEvaluator reports NaN for every metric when the model predicted nothing; nothing
+    detected is zero recall, so score it AP 0 (as evaluate.py and the torchvision engine do). With any
+    prediction the results are returned as they are (a NaN there means a size range without ground truth)."""
+    if num_predictions > 0:
+        return results
+    return {task: {name: 0.0 for name in values} for task, values in results.items()}
+
+
+def run_state(output_dir: Path) -> str:
+    """"fresh", "unfinished" (a requeued run: resume from last_checkpoint) or "finished" (model_final exists:
+    a rerun or --force, which must train again rather than "resume" at the last iteration)."""
+    marker = output_dir / "last_checkpoint"
+    if (output_dir / "model_final.pth").is_file() or (marker.is_file() and marker.read_text().strip() == "model_final.pth"):
+        return "finished"
+    if marker.is_file() and (output_dir / marker.read_text().strip()).is_file():
+        return "unfinished"
+    return "fresh"
+
+
+def clear_finished_run(output_dir: Path, keep: tuple[str, ...]) -> list[str]:
+    """Remove what a finished run left (checkpoints, metrics.json, events, inference/) so nothing of it is
+    reused or mixed into the new run; `keep` names files written for this run (its config)."""
+    import shutil
+
+    removed = []
+    for entry in sorted(output_dir.iterdir()):
+        if entry.name in keep:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        removed.append(entry.name)
+    return removed
+
+
+class _CellLogging:
+    """Detectron2's and fvcore's log lines to stderr (main process) and OUTPUT_DIR/log.txt for one cell.
+
+    Detectron2's setup_logger adds handlers on every call with a new output dir, so cells sharing a
+    process would print each line once per earlier cell; these handlers are removed when the cell ends.
+    """
+
+    NAMES = ("detectron2", "fvcore")
+
+    def __init__(self, output_dir: Path, rank: int):
+        self.output_dir, self.rank, self.handlers = output_dir, rank, []
+
+    def __enter__(self):
+        import logging
+        import sys
+
+        formatter = logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%m/%d %H:%M:%S")
+        if self.rank == 0:
+            self.handlers.append(logging.StreamHandler(sys.stderr))
+        name = "log.txt" if self.rank == 0 else f"log.txt.rank{self.rank}"
+        self.handlers.append(logging.FileHandler(self.output_dir / name))
+        for handler in self.handlers:
+            handler.setFormatter(formatter)
+        for logger_name in self.NAMES:
+            logger = logging.getLogger(logger_name)
+            logger.setLevel(logging.INFO)  # DefaultTrainer calls setup_logger() only when INFO is off
+            logger.propagate = False
+            for handler in self.handlers:
+                logger.addHandler(handler)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        for logger_name in self.NAMES:
+            for handler in self.handlers:
+                logging.getLogger(logger_name).removeHandler(handler)
+        for handler in self.handlers:
+            handler.close()
+        return False
+
+
 def _viewed_mapper(cfg, is_train: bool, view: str):
     """Detectron2's DatasetMapper with its usual augmentations followed by the encoder's input view."""
     import functools
@@ -118,23 +239,17 @@ def _viewed_mapper(cfg, is_train: bool, view: str):
     return DatasetMapper(cfg, is_train, augmentations=augmentations)
 
 
-def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
-    """Runs in every launched process: register, build the config, train, evaluate."""
-    from detectron2.config import get_cfg
-    from detectron2.engine import DefaultTrainer, default_setup
+def _trainer_class(job: DetectionJob):
+    """DefaultTrainer with pycocotools evaluation (no predictions = AP 0) and full-model gradient clipping."""
+    from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator
+    from detectron2.solver import build_optimizer
 
-    _register(job)
-    _register_extra_norm_head()
-    cfg = get_cfg()
-    cfg.merge_from_file(config_path)
-    cfg.freeze()
-
-    class Args:  # what default_setup reads from the command line
-        config_file = config_path
-        eval_only = False
-
-    default_setup(cfg, Args())
+    class Evaluator(COCOEvaluator):
+        def _eval_predictions(self, predictions, img_ids=None):
+            super()._eval_predictions(predictions, img_ids)
+            count = sum(len(p.get("instances", ())) for p in predictions)
+            self._results = type(self._results)(score_no_predictions(dict(self._results), count))
 
     class Trainer(DefaultTrainer):
         # the encoder's input view is rendered on every image after decoding (train, precise BN, test)
@@ -152,7 +267,7 @@ def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
 
         @classmethod
         def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-            return COCOEvaluator(
+            return Evaluator(
                 dataset_name,
                 tasks=job.iou_types,
                 distributed=True,
@@ -161,9 +276,42 @@ def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
                 kpt_oks_sigmas=tuple(job.keypoint_oks_sigmas),
             )
 
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=True)  # a requeued job continues from OUTPUT_DIR/last_checkpoint
-    return trainer.train()
+        @classmethod
+        def build_optimizer(cls, cfg, model):
+            plan = clip_gradients_plan(dict(cfg.SOLVER.CLIP_GRADIENTS))
+            if plan is None or plan[0] != FULL_MODEL_CLIP_TYPE:
+                return build_optimizer(cfg, model)  # stock: none, or per-parameter value / norm clipping
+            unclipped = cfg.clone()
+            unclipped.defrost()
+            unclipped.SOLVER.CLIP_GRADIENTS.ENABLED = False
+            return with_full_model_clipping(build_optimizer(unclipped, model), plan[1], plan[2])
+
+    return Trainer
+
+
+def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
+    """Runs in every launched process: register, build the config, train, evaluate."""
+    from detectron2.config import get_cfg
+    from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
+
+    _register(job)
+    _register_extra_norm_head()
+    cfg = get_cfg()
+    cfg.merge_from_file(config_path)
+    cfg.freeze()
+    rank = comm.get_rank()
+    output_dir = Path(cfg.OUTPUT_DIR)
+    # What default_setup does, except that it overwrites OUTPUT_DIR/config.yaml (the project's config) and
+    # adds log handlers per call: Detectron2's full dump goes beside ours, logging is per cell.
+    if rank == 0:
+        (output_dir / DETECTRON2_DUMP).write_text(cfg.dump())
+    seed_all_rng(cfg.SEED + rank)
+    with _CellLogging(output_dir, rank):
+        trainer = _trainer_class(job)(cfg)
+        # Resume only an unfinished run (a requeued job); train_and_evaluate cleared a finished one.
+        trainer.resume_or_load(resume=run_state(output_dir) == "unfinished")
+        return trainer.train()
 
 
 def _join_existing_processes(job: DetectionJob, config_path: str, world_size: int) -> None:
@@ -194,9 +342,16 @@ def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_u
     job.output_dir.mkdir(parents=True, exist_ok=True)
     train_name, test_name = TRAIN_DATASET.format(task=job.task), TEST_DATASET.format(task=job.task)
     config = detectron2_config(job, weights_pkl, train_name, test_name)
-    config_path = write_config(config, job.output_dir / "config.yaml")
-    started = time.perf_counter()
+    clip_gradients_plan(config["SOLVER"]["CLIP_GRADIENTS"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    state = run_state(job.output_dir)
+    if state == "finished" and int(os.environ.get("RANK", "0")) == 0:
+        removed = clear_finished_run(job.output_dir, keep=())
+        print(f"detectron2: {job.output_dir} held a finished run; starting clean (removed {', '.join(removed)})", file=sys.stderr)
+    elif state == "unfinished":
+        print(f"detectron2: resuming the unfinished run in {job.output_dir} from its last_checkpoint", file=sys.stderr)
+    config_path = write_config(config, job.output_dir / PROJECT_CONFIG)
+    started = time.perf_counter()
     if world_size > 1:  # already one task per GPU (a multi-task job): join them instead of spawning
         _join_existing_processes(job, str(config_path), world_size)
         if int(os.environ["RANK"]) != 0:
@@ -219,6 +374,8 @@ def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_u
         "norm": job.norm,
         "num_gpus": job.num_gpus,
         "config": str(config_path),
+        "detectron2_config": str(job.output_dir / DETECTRON2_DUMP),
+        "resumed": state == "unfinished",
         "schedule": job.schedule.to_json(),
         "train_and_eval_seconds": round(time.perf_counter() - started, 2),
     }

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from pretrain.progress import progress_bar
 from transfer.detection.coco_data import CocoDetectionDataset, CocoSplit
 from transfer.detection.configs import DetectionJob, HeadSpec
 from transfer.detection.convert import build_fpn_backbone, load_backbone_body, validate_torchvision_state_dict
@@ -129,6 +129,25 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fast_backbone(model: nn.Module, device: torch.device, enabled: bool | None = None) -> nn.Module:
+    """On CUDA, the backbone + FPN (most of the FLOPs) run channels_last under bf16 autocast and hand
+    float32 features to the heads: box decoding and losses in bf16 would round coordinates to ~4 px at
+    800 px. The forward is wrapped on the instance, so state dicts and checkpoints are unchanged."""
+    if not (device.type == "cuda" if enabled is None else enabled):
+        return model
+    backbone = model.backbone
+    backbone.to(memory_format=torch.channels_last)
+    plain_forward = backbone.forward
+
+    def forward(images):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            features = plain_forward(images.contiguous(memory_format=torch.channels_last))
+        return type(features)((name, value.float()) for name, value in features.items())
+
+    backbone.forward = forward
+    return model
+
+
 def _to_device(images, targets, device):
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
@@ -147,7 +166,7 @@ def precise_bn(model: nn.Module, batches: Iterator, num_iters: int, device: torc
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average = exact mean over the batches seen
     core.train()
-    for _ in tqdm(range(num_iters), desc="precise BN", leave=False, disable=None):
+    for _ in progress_bar(range(num_iters), desc="precise BN", leave=False, disable=None):
         images, _targets = next(batches)
         images = [image.to(device) for image in images]
         image_list, _ = core.transform(images)
@@ -170,7 +189,7 @@ def predict_coco(model: nn.Module, split: CocoSplit, job: DetectionJob, device: 
     core.transform.max_size = job.input.max_size_test
     results: dict[str, list[dict[str, Any]]] = {iou_type: [] for iou_type in job.iou_types}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate, num_workers=0)
-    for images, targets in tqdm(loader, desc="evaluate", unit="batch", leave=False, disable=None):
+    for images, targets in progress_bar(loader, desc="evaluate", unit="batch", leave=False, disable=None):
         outputs = core([image.to(device) for image in images])
         for output, target in zip(outputs, targets):
             image_id = int(target["image_id"])
@@ -281,6 +300,7 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    fast_backbone(model, device)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if schedule.ims_per_batch % world_size:
@@ -318,7 +338,13 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
     cpu_started = time.process_time()
     model.train()
     smoothed: dict[str, float] = {}
-    progress = tqdm(range(start, schedule.max_iter), desc=f"{job.task} train", unit="it", disable=None if rank == 0 else True)
+    # TensorBoard curves next to metrics.jsonl; purge_step drops what a killed attempt logged past the state
+    events = None
+    if rank == 0:
+        from pretrain.events import summary_writer
+
+        events = summary_writer(job.output_dir / "tensorboard", purge_step=start or None)
+    progress = progress_bar(range(start, schedule.max_iter), desc=f"{job.task} train", unit="it", disable=None if rank == 0 else True)
     for iteration in progress:
         lr = schedule.lr_at(iteration)
         for group in optimizer.param_groups:
@@ -344,11 +370,17 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
             progress.set_postfix(loss=f"{smoothed['total_loss']:.3f}", lr=f"{lr:.3g}")
             with open(log_path, "a") as handle:
                 handle.write(json.dumps({"iteration": iteration, "lr": lr, **smoothed}) + "\n")
+            events.add_scalar("lr", lr, iteration)
+            for key, value in smoothed.items():
+                events.add_scalar(f"loss/{key}", value, iteration)
+            events.flush()
         if rank == 0 and checkpoint_period and (iteration + 1) % checkpoint_period == 0 and iteration + 1 < schedule.max_iter:
             core = model.module if world_size > 1 else model
             tmp = state_file.with_suffix(".tmp")
             torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1}, tmp)
             os.replace(tmp, state_file)
+    if events is not None:
+        events.close()
     train_seconds = time.perf_counter() - started
     train_cpu_seconds = time.process_time() - cpu_started
     precise_started = time.perf_counter()

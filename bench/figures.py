@@ -1,0 +1,350 @@
+"""The figures people look at, and the curve table behind them.
+
+    python -m bench.figures [--results DIR] [--suite NAME ...]   # redraw every PNG from the CSV tables
+
+bench.leaderboard calls these with the tables it builds from the stored cells; the command above
+redraws the PNGs from `<suite>.csv`, `<suite>_paired.csv` and `<suite>_curves.csv` alone.
+
+    <suite>.png          headline metrics only: mean with 95% interval per task, one colour per model
+    <suite>_paired.png   Ring - NCE per task and headline metric with its 95% interval (a forest plot)
+    <suite>_curves.csv   metric vs pretraining epoch: one row per (model, task, metric, epoch)
+    <suite>_curves.png   headline metrics vs pretraining epoch, one line per (method, sampler), Ring and
+                         NCE twins in the same colour (Ring solid, NCE dashed), 95% bands, and the ring
+                         band w_out on a secondary axis
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HEADLINE_EXACT = {"bbox/AP", "segm/AP", "keypoints/AP"}
+HEADLINE_PREFIXES = ("acc/", "top1/")
+FAMILY_KEYS = ["method", "sampler", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
+SETTING_KEYS = ["dataset", "setting", "identity"]  # evaluations that differ in these are never averaged
+CURVE_COLUMNS = ["suite", "model", *FAMILY_KEYS, "task", "dataset", "setting", "metric", "epoch", "w_out", "mean",
+                 "ci95", "n", "n_seeds", "higher_is_better", "checkpoint_sha256"]
+SAMPLER_STYLE = {"ring": "-", "nce": "--"}  # other samplers cycle through OTHER_STYLES
+OTHER_STYLES = [":", "-."]
+
+
+def is_headline(metric: str) -> bool:
+    return metric in HEADLINE_EXACT or metric.startswith(HEADLINE_PREFIXES) or metric.endswith("/top1")
+
+
+def headline_metrics(metrics: Iterable[str]) -> list[str]:
+    """The headline metrics among these; all of them when none is one (e.g. the estimator check)."""
+    metrics = sorted(set(metrics))
+    chosen = [m for m in metrics if is_headline(m)]
+    return chosen or metrics
+
+
+def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return table
+    return table[table["metric"].isin(headline_metrics(table["metric"]))]
+
+
+def curve_epoch(long: pd.DataFrame) -> pd.Series:
+    """The pretraining epoch of each row's encoder: its snapshot epoch, or its run's length for final
+    encoders written before snapshots existed."""
+    if "epoch" not in long:
+        return long["epochs"]
+    return long["epoch"].where(long["epoch"].notna(), long["epochs"])
+
+
+def is_snapshot(long: pd.DataFrame) -> pd.Series:
+    """Rows of encoders taken before the end of their run (they go to the curves, not the ranking)."""
+    if long.empty or "epoch" not in long:
+        return pd.Series(False, index=long.index)
+    epoch = pd.to_numeric(long["epoch"], errors="coerce")
+    epochs = pd.to_numeric(long["epochs"], errors="coerce")
+    return epoch.notna() & epochs.notna() & (epoch < epochs)
+
+
+def family_label(row) -> str:
+    return (f"{row['method']}/{row['sampler']} {row['pretrain_dataset']} e{row['epochs']} s{row['ckpt_seed']}")
+
+
+def curve_table(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model family, task, metric, epoch) for families evaluated at more than one epoch;
+    several evaluation seeds are averaged (their spread gives ci95), one seed keeps its own interval."""
+    if long.empty or long["method"].isna().all():
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    long = long[long["method"].notna()].copy()
+    long["epoch"] = pd.to_numeric(curve_epoch(long), errors="coerce")
+    long = long[long["epoch"].notna()]
+    family = long[FAMILY_KEYS].astype(str).agg("|".join, axis=1)
+    several = long.groupby(family)["epoch"].transform("nunique") > 1
+    long = long[several]
+    if long.empty:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    for column in ("w_out", *SETTING_KEYS):
+        if column not in long:
+            long[column] = np.nan if column == "w_out" else ""
+    long[SETTING_KEYS] = long[SETTING_KEYS].fillna("")
+    keys = ["suite", *FAMILY_KEYS, "task", *SETTING_KEYS, "metric", "epoch"]
+    grouped = long.groupby(keys, dropna=False, sort=True)
+    first = grouped.first()
+    count = grouped["mean"].count()
+    spread = grouped["mean"].std(ddof=0).fillna(0.0)
+    out = pd.DataFrame({
+        "w_out": first["w_out"],
+        "mean": grouped["mean"].mean(),
+        "ci95": np.where(count == 1, first["ci95"], 1.96 * spread / np.sqrt(count)),
+        "n": np.where(count == 1, first["n"], count).astype(int),
+        "n_seeds": count.astype(int),
+        "higher_is_better": first["higher_is_better"].astype(bool),
+        "checkpoint_sha256": first["checkpoint_sha256"],
+    }).reset_index()
+    out["epoch"] = out["epoch"].astype(int)
+    out["model"] = out.apply(family_label, axis=1)
+    return out[CURVE_COLUMNS].sort_values(["suite", "model", "task", "metric", "epoch"], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------ drawing
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    from pretrain.atomic_files import atomic_write
+
+    # a unique temporary: two runners finishing together may both draw
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, bbox_inches="tight", format="png"),
+                 fsync=False, suffix=".png")
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def _method_colours(methods: Iterable[str]) -> dict[str, tuple]:
+    cmap = _pyplot().get_cmap("tab10")
+    return {method: cmap(i % 10) for i, method in enumerate(sorted({str(m) for m in methods}))}
+
+
+def _line_style(sampler: str, others: list[str]) -> str:
+    if sampler in SAMPLER_STYLE:
+        return SAMPLER_STYLE[sampler]
+    if sampler not in others:
+        others.append(sampler)
+    return OTHER_STYLES[others.index(sampler) % len(OTHER_STYLES)]
+
+
+def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
+    """Headline metrics vs pretraining epoch, one panel per (task, metric); None when there is no curve."""
+    curves = headline_rows(curves)
+    if curves.empty:
+        return None
+    plt = _pyplot()
+    panel_keys = ["task", *[k for k in ("dataset", "setting") if k in curves and curves[k].fillna("").nunique() > 1],
+                  "metric"]
+    panels = sorted(curves.fillna({"dataset": "", "setting": ""}).groupby(panel_keys).groups)
+    ncols = min(3, len(panels))
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.0, 5.2 * ncols), 4.0 * nrows), squeeze=False)
+    colours = _method_colours(curves["method"])
+    others: list[str] = []
+    line_keys = ["method", "sampler", "pretrain_dataset", "arch", "epochs"]
+    several_data = curves[["pretrain_dataset", "arch", "epochs"]].drop_duplicates().shape[0] > 1
+    handles: dict[str, object] = {}
+    for ax, panel in zip(axes.flat, panels):
+        selected = np.ones(len(curves), dtype=bool)
+        for key, value in zip(panel_keys, panel):
+            selected &= curves[key].fillna("").to_numpy() == value
+        mine = curves[selected]
+        metric = panel[-1]
+        ring_lines = mine[mine["sampler"].isin(["ring", "ball"])].groupby(line_keys).ngroups
+        band_axis = None
+        for key, line in mine.groupby(line_keys, sort=True):
+            method, sampler = str(key[0]), str(key[1])
+            # several pretraining seeds: their mean, the band from their spread
+            per_epoch = line.groupby("epoch").agg(mean=("mean", "mean"), ci=("ci95", "first"), seeds=("mean", "count"),
+                                                  spread=("mean", "std"), w_out=("w_out", "first"))
+            band = np.where(per_epoch["seeds"] > 1, 1.96 * per_epoch["spread"].fillna(0) / np.sqrt(per_epoch["seeds"]),
+                            per_epoch["ci"])
+            epochs = per_epoch.index.to_numpy()
+            label = f"{method} / {sampler}" + (f" ({key[2]}, {key[3]}, e{key[4]})" if several_data else "")
+            colour = colours[method]
+            style = _line_style(sampler, others)
+            (handle,) = ax.plot(epochs, per_epoch["mean"], style, color=colour, marker="o", markersize=3.5,
+                                linewidth=1.8, label=label)
+            if sampler == "nce":  # hatched, so the twins' overlapping bands stay apart
+                ax.fill_between(epochs, per_epoch["mean"] - band, per_epoch["mean"] + band, facecolor="none",
+                                edgecolor=colour, hatch="///", alpha=0.35, linewidth=0)
+            else:
+                ax.fill_between(epochs, per_epoch["mean"] - band, per_epoch["mean"] + band, color=colour,
+                                alpha=0.18, linewidth=0)
+            handles.setdefault(label, handle)
+            if sampler in ("ring", "ball") and per_epoch["w_out"].notna().any():
+                if band_axis is None:
+                    band_axis = ax.twinx()
+                    band_axis.set_ylim(0, 1.05)
+                    band_axis.set_ylabel("ring w_out (dotted steps)", color="0.25", fontsize=9)
+                    band_axis.tick_params(axis="y", colors="0.35", labelsize=8)
+                # one ring line: a dark schedule that stands out from the bands; several: their colours
+                schedule_colour = "0.15" if ring_lines == 1 else colour
+                (band_handle,) = band_axis.step(epochs, per_epoch["w_out"], where="pre", color=schedule_colour,
+                                                alpha=0.8, linestyle=":", linewidth=1.6,
+                                                label=f"w_out ({method} / {sampler})")
+                handles.setdefault(f"w_out ({method} / {sampler})", band_handle)
+        if band_axis is not None:
+            ax.set_zorder(band_axis.get_zorder() + 1)  # the metric lines above the schedule
+            ax.patch.set_visible(False)
+        ax.set_title(" ".join(str(p) for p in panel[:-1] if p) + f": {metric}", fontsize=10)
+        ax.set_xlabel("pretraining epoch")
+        ax.set_ylabel(f"{metric} (mean, 95% band)")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{suite}: transfer vs pretraining epoch\nRing solid, NCE dashed (one colour per method), "
+                 "95% bands (NCE hatched); dotted steps: the ring band w_out used in that epoch", fontsize=10)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(4, len(handles)),
+               fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.07 + 0.03 * ((len(handles) - 1) // 4), 1, 0.93))
+    return _save(fig, path)
+
+
+def forest_rows(paired: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, headline metric, twin pair): the comparison over seeds when there is one,
+    else the single evaluation seed's."""
+    if paired.empty:
+        return paired
+    paired = headline_rows(paired).copy()
+    paired["seed"] = paired["seed"].astype(str)
+    keys = ["task", "metric", "ring_model", "nce_model"]
+    over_seeds = paired[paired["seed"] == "all"]
+    covered = set(map(tuple, over_seeds[keys].astype(str).to_numpy()))
+    single = paired[(paired["seed"] != "all") & ~paired[keys].astype(str).apply(tuple, axis=1).isin(covered)]
+    return pd.concat([over_seeds, single], ignore_index=True)
+
+
+def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
+    """Forest plot of Ring - NCE with 95% intervals, sorted by effect; None when there is no pair."""
+    rows = forest_rows(paired)
+    if rows.empty:
+        return None
+    plt = _pyplot()
+    rows = rows.sort_values("mean_diff", ignore_index=True)
+    several_pairs = rows[["method", "pretrain_dataset", "epochs", "ckpt_seed"]].drop_duplicates().shape[0] > 1
+    labels = []
+    for _, r in rows.iterrows():
+        seeds = f"{int(r['n'])} eval seeds" if r["seed"] == "all" else f"seed {r['seed']}, n={int(r['n'])}"
+        who = f" [{r['method']} {r['pretrain_dataset']} e{r['epochs']} s{r['ckpt_seed']}]" if several_pairs else ""
+        for key in ("dataset", "setting"):  # which data and options, when the pairs differ in them
+            if key in rows and rows[key].fillna("").nunique() > 1 and str(r[key]) not in ("", "nan"):
+                who += f" {r[key]}"
+        labels.append(f"{r['task']}  {r['metric']}{who}  ({seeds})")
+    fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.42 * len(rows)))
+    ys = np.arange(len(rows))
+    low, high = rows["mean_diff"] - rows["ci95_diff"], rows["mean_diff"] + rows["ci95_diff"]
+    significant = (low > 0) | (high < 0)
+    colours = np.where(~significant, "0.45", np.where(rows["mean_diff"] > 0, "tab:green", "tab:red"))
+    for y, mean, ci, colour in zip(ys, rows["mean_diff"], rows["ci95_diff"], colours):
+        ax.errorbar(mean, y, xerr=ci, fmt="o", color=colour, ecolor=colour, capsize=4, markersize=6, linewidth=2)
+    ax.axvline(0, color="black", linewidth=1)
+    span = max(float(np.nanmax(np.abs(np.r_[low, high]))), 1e-9)
+    ax.set_xlim(-1.15 * span, 1.15 * span)
+    for y, mean, ci in zip(ys, rows["mean_diff"], rows["ci95_diff"]):
+        ax.annotate(f"{mean:+.2f} ± {ci:.2f}", (1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=9)
+    ax.set_yticks(ys, labels, fontsize=9)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("Ring − NCE (metric units; > 0: Ring higher), 95% interval of the paired difference")
+    ax.set_title(f"{suite}: Ring − NCE per task and headline metric, sorted by effect\n"
+                 "green / red: the 95% interval excludes 0; grey: no clear difference", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
+    """Means with 95% intervals of the headline metrics, one panel per headline metric, one colour per model."""
+    ranked = headline_rows(ranked)
+    if ranked.empty:
+        return None
+    plt = _pyplot()
+    metrics = sorted(ranked["metric"].unique())
+    row = "entry" if "entry" in ranked else "model"  # the leaderboard's table row (model, setting, dataset)
+    models = ranked.drop_duplicates(row).sort_values(["avg_rank", row])[row].tolist()
+    cmap = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
+    ncols = min(3, len(metrics))
+    nrows = (len(metrics) + ncols - 1) // ncols
+    tasks_per_metric = max(ranked.groupby("metric")["task"].nunique())
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.2, 1.3 * tasks_per_metric + 2.2) * ncols, 3.6 * nrows),
+                             squeeze=False)
+    width = 0.8 / max(len(models), 1)
+    for ax, metric in zip(axes.flat, metrics):
+        mine = ranked[ranked["metric"] == metric]
+        tasks = sorted(mine["task"].unique())
+        for m, model in enumerate(models):
+            rows = mine[mine[row] == model].set_index("task")
+            xs = [t - 0.4 + width * (m + 0.5) for t, task in enumerate(tasks) if task in rows.index]
+            present = [task for task in tasks if task in rows.index]
+            if present:
+                ax.errorbar(xs, rows.loc[present, "mean"], yerr=rows.loc[present, "ci95"], fmt="o", capsize=3,
+                            color=cmap(m % cmap.N), label=model)
+        ax.set_xticks(range(len(tasks)), tasks, fontsize=8, rotation=15 if len(tasks) > 3 else 0)
+        ax.set_xlim(-0.6, len(tasks) - 0.4)
+        ax.set_title(metric, fontsize=10)
+        ax.set_ylabel("mean (95% CI)")
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.suptitle(f"{suite}: headline metrics, mean with 95% CI (every metric: {suite}.csv)", fontsize=11)
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 0.94))
+    return _save(fig, path)
+
+
+def redraw(root: Path, suite: str) -> list[Path]:
+    """Every PNG of a suite from its CSV tables (no cell folders needed)."""
+    written = []
+    tables = {name: root / f"{suite}{name}.csv" for name in ("", "_paired", "_curves")}
+    readable = {name: pd.read_csv(path) for name, path in tables.items() if path.is_file() and path.stat().st_size}
+    if "" in readable and not readable[""].empty:
+        from bench.leaderboard import suite_hooks
+
+        figure_hook = getattr(suite_hooks(suite), "leaderboard_figure", None)  # a suite's own figure
+        if figure_hook is not None and figure_hook(readable[""], root / f"{suite}.png"):
+            written.append(root / f"{suite}.png")
+            del readable[""]
+    for name, draw in (("", plot_headline), ("_paired", plot_paired), ("_curves", plot_curves)):
+        if name in readable and not readable[name].empty:
+            path = draw(readable[name], root / f"{suite}{name}.png", suite)
+            if path is not None:
+                written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.figures", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("results"), help="folder with the <suite>*.csv tables")
+    parser.add_argument("--suite", action="append", default=[], help="only these suites (repeatable)")
+    args = parser.parse_args(argv)
+    suites = args.suite or sorted(p.stem for p in args.results.glob("*.csv")
+                                  if not p.stem.endswith(("_paired", "_curves")))
+    suites = [s for s in suites if s != "long"]
+    if not suites:
+        print(f"error: no <suite>.csv tables under {args.results}", file=sys.stderr)
+        return 2
+    for suite in suites:
+        for path in redraw(args.results, suite):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
