@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pretrain.atomic_files import file_sha256
+
 CACHE_FILE = "dataset_fingerprints.json"
 FINGERPRINT_VERSION = 1  # bump when a recipe below changes: every cached and stored fingerprint moves
 
@@ -48,14 +50,6 @@ class DatasetFingerprint:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "files": self.files, "label": self.label}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digest(name: str, parts: Iterable[Any]) -> str:

@@ -9,6 +9,7 @@ two writers of the same file never share a temporary.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Callable
@@ -48,3 +49,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], fsyn
 
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode()), fsync=fsync)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -15,7 +15,6 @@ An encoder file is a `torch.save`d dict:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.atomic_files import atomic_write
+from pretrain.atomic_files import atomic_write, file_sha256
 from pretrain.backbones import ARCHS, STEMS, build_backbone, feature_dim
 from pretrain.version import code_version as code_version  # re-exported for pretrain.train
 from pretrain.views import CMC_AB, CMC_FEATURES, CMC_L, INPUT_VIEWS, feature_model, view_channels
@@ -146,14 +145,6 @@ def checkpoint_info(path: str | os.PathLike | CheckpointInfo, cache_file: Path |
         except OSError:
             pass  # a read-only cache only costs the next run a reload
     return info
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

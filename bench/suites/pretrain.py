@@ -76,6 +76,22 @@ class PretrainSuite(Suite):
         encoder = result.get("info", {}).get("encoder")
         return Path(encoder) if encoder else None
 
+    def dataset_fingerprints(self, options: Mapping[str, Any] | PretrainOptions, data_root: Path | None,
+                             tasks: Sequence[Task]) -> dict[str, Any]:
+        """Each recipe's pretraining set (its `data.name` under its `data.root`), like linear's datasets."""
+        from bench.fingerprint import standard_dataset_fingerprint
+        from pretrain.recipes import recipe_config
+
+        opts = self.parse_options(options)
+        fingerprints = {}
+        for task in tasks:
+            data = recipe_config(task.params["recipe"], opts.config_overrides(data_root, seed=None)).data
+            if data.name != "digits" and not data.root:
+                raise InputError(f"pretrain recipe {task.params['recipe']} reads {data.name}: give its folder with "
+                                 "--data-root (or data.root in overrides)")
+            fingerprints[task.name] = standard_dataset_fingerprint(data.name, Path(data.root) if data.root else None)
+        return fingerprints
+
     def tasks(self, options: Mapping[str, Any] | PretrainOptions, data_root: Path | None) -> list[Task]:
         opts = self.parse_options(options)
         return [Task(name=name, params={"recipe": name, "overrides": dict(opts.overrides)}, profile="pretrain")

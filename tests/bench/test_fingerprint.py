@@ -96,6 +96,25 @@ def test_linear_ids_change_with_the_batches_not_with_the_folder(tmp_path, encode
     assert _ids("linear", tmp_path / "r", encoder, tmp_path / "moved", options) == first
 
 
+def test_pretrain_ids_follow_the_recipes_dataset_not_its_folder(tmp_path):
+    from linear_layouts import write_cifar10
+
+    write_cifar10(tmp_path / "a")
+    write_cifar10(tmp_path / "b", n_test=30)
+
+    def ids(root: Path) -> list[str]:
+        plan = build_plan("pretrain", load_suite("pretrain"), results_root=tmp_path / "r", checkpoint_specs=[],
+                          data_root=root, option_pairs=["recipes=simclr_nce_cifar10"])
+        return [planned.cell_id for planned in plan.cells]
+
+    first = ids(tmp_path / "a")
+    assert len(first) == 1 and set(ids(tmp_path / "b")).isdisjoint(first)
+    os.rename(tmp_path / "a", tmp_path / "moved")
+    assert ids(tmp_path / "moved") == first
+    with pytest.raises(InputError, match="simclr_nce_cifar10 reads cifar10: give its folder with --data-root"):
+        ids(None)
+
+
 @pytest.mark.parametrize("suite", ["knn", "estimators", "selftest"])
 def test_suites_that_read_no_data_refuse_a_data_root(tmp_path, suite):
     with pytest.raises(InputError, match=f"suite {suite} reads no dataset folder.*drop --data-root"):
