@@ -229,12 +229,18 @@ def forest_rows(paired: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([over_seeds, single], ignore_index=True)
 
 
+MAX_FOREST_ROWS = 40
+
+
 def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     """Forest plot of Ring - NCE with 95% intervals, sorted by effect; None when there is no pair."""
     rows = forest_rows(paired)
     if rows.empty:
         return None
     plt = _pyplot()
+    total = len(rows)
+    if total > MAX_FOREST_ROWS:  # a readable figure: the largest effects; the CSV keeps every pair
+        rows = rows.loc[rows["mean_diff"].abs().nlargest(MAX_FOREST_ROWS).index]
     rows = rows.sort_values("mean_diff", ignore_index=True)
     several_pairs = rows[["method", "pretrain_dataset", "epochs", "ckpt_seed"]].drop_duplicates().shape[0] > 1
     labels = []
@@ -250,8 +256,10 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     low, high = rows["mean_diff"] - rows["ci95_diff"], rows["mean_diff"] + rows["ci95_diff"]
     significant = (low > 0) | (high < 0)
     colours = np.where(~significant, "0.45", np.where(rows["mean_diff"] > 0, "tab:green", "tab:red"))
-    for y, mean, ci, colour in zip(ys, rows["mean_diff"], rows["ci95_diff"], colours):
-        ax.errorbar(mean, y, xerr=ci, fmt="o", color=colour, ecolor=colour, capsize=4, markersize=6, linewidth=2)
+    for colour in np.unique(colours):  # one call per colour, not per row
+        picked = colours == colour
+        ax.errorbar(rows["mean_diff"][picked], ys[picked], xerr=rows["ci95_diff"][picked], fmt="o", color=colour,
+                    ecolor=colour, capsize=4, markersize=6, linewidth=2)
     ax.axvline(0, color="black", linewidth=1)
     span = max(float(np.nanmax(np.abs(np.r_[low, high]))), 1e-9)
     ax.set_xlim(-1.15 * span, 1.15 * span)
@@ -260,7 +268,8 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     ax.set_yticks(ys, labels, fontsize=9)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel("Ring − NCE (metric units; > 0: Ring higher), 95% interval of the paired difference")
-    ax.set_title(f"{suite}: Ring − NCE per task and headline metric, sorted by effect\n"
+    shown = "" if total <= MAX_FOREST_ROWS else f" (the {MAX_FOREST_ROWS} largest of {total}; all in {suite}_paired.csv)"
+    ax.set_title(f"{suite}: Ring − NCE per task and headline metric, sorted by effect{shown}\n"
                  "green / red: the 95% interval excludes 0; grey: no clear difference", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
