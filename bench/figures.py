@@ -79,8 +79,7 @@ def curve_table(long: pd.DataFrame) -> pd.DataFrame:
     long = long[long["method"].notna()].copy()
     long["epoch"] = pd.to_numeric(curve_epoch(long), errors="coerce")
     long = long[long["epoch"].notna()]
-    family = long[FAMILY_KEYS].astype(str).agg("|".join, axis=1)
-    several = long.groupby(family)["epoch"].transform("nunique") > 1
+    several = long.groupby(FAMILY_KEYS, dropna=False)["epoch"].transform("nunique") > 1
     long = long[several]
     if long.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS)
