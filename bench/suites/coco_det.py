@@ -129,9 +129,8 @@ def random_control_encoder(reference: Path | None = None) -> Path:
         from pretrain.recipes import recipe_config
 
         config = recipe_config(EMBEDDED_RECIPES[0])
-        image_size = int(config.data.image_size) if hasattr(config, "data") else int(config.image_size)
-        dataset = config.data.dataset if hasattr(config, "data") else config.dataset
-        mean, std = (list(values) for values in dataset_stats(dataset))
+        image_size = int(config.data.image_size)
+        mean, std = dataset_stats(config.data.name)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         backbone = build_backbone("resnet18", "imagenet")

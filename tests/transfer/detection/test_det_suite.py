@@ -109,6 +109,21 @@ def test_random_control_encoder(tmp_path, monkeypatch, encoder_r18):
     assert all((again.model.state_dict()[k] == v).all() for k, v in control.model.state_dict().items())  # seeded
 
 
+def test_random_control_encoder_without_a_reference_takes_the_embedded_recipe(tmp_path, monkeypatch):
+    """The default coco_det plan builds the control before any encoder exists: from the recipe alone."""
+    from pretrain.checkpoint import load_encoder
+    from pretrain.data import dataset_stats
+    from pretrain.embedded import EMBEDDED_RECIPES
+    from pretrain.recipes import recipe_config
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    recipe = recipe_config(EMBEDDED_RECIPES[0])
+    control = load_encoder(random_control_encoder())
+    assert control.metadata["image_size"] == recipe.data.image_size
+    assert (control.metadata["mean"], control.metadata["std"]) == dataset_stats(recipe.data.name)
+    assert control.metadata["method"] == "random" and control.metadata["input_view"] == "rgb"
+
+
 @pytest.mark.slow
 def test_bench_run_local_executor_on_the_small_embedded_set(tmp_path, small_coco, monkeypatch):
     import os
