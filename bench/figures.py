@@ -11,6 +11,8 @@ redraws the PNGs from `<suite>.csv`, `<suite>_paired.csv` and `<suite>_curves.cs
     <suite>_curves.png   headline metrics vs pretraining epoch, one line per (method, sampler), Ring and
                          NCE twins in the same colour (Ring solid, NCE dashed), 95% bands, and the ring
                          band w_out on a secondary axis
+
+A large leaderboard draws these in worker processes (bench.figure_workers).
 """
 
 from __future__ import annotations
@@ -116,14 +118,29 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+DPI = 120
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    """tight=False for figures that lay out their own margins (_text_inches): one draw instead of two."""
     from pretrain.atomic_files import atomic_write
 
     # a unique temporary: two runners finishing together may both draw
-    atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, bbox_inches="tight", format="png"),
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=DPI, bbox_inches="tight" if tight else None,
+                                                  format="png"),
                  fsync=False, suffix=".png")
     _pyplot().close(fig)
     return Path(path)
+
+
+def _text_inches(texts: Iterable[str], fontsize: float) -> float:
+    """Width of the widest text in inches, measured by the Agg renderer's font engine without drawing."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer, font = RendererAgg(1, 1, DPI), FontProperties(size=fontsize)
+    widths = [renderer.get_text_width_height_descent(str(t), font, ismath=False)[0] for t in texts]
+    return max(widths, default=0.0) / DPI
 
 
 def _method_colours(methods: Iterable[str]) -> dict[str, tuple]:
@@ -223,8 +240,8 @@ def forest_rows(paired: pd.DataFrame) -> pd.DataFrame:
     paired["seed"] = paired["seed"].astype(str)
     keys = ["task", "metric", "ring_model", "nce_model"]
     over_seeds = paired[paired["seed"] == "all"]
-    covered = set(map(tuple, over_seeds[keys].astype(str).to_numpy()))
-    single = paired[(paired["seed"] != "all") & ~paired[keys].astype(str).apply(tuple, axis=1).isin(covered)]
+    covered = pd.MultiIndex.from_frame(over_seeds[keys].astype(str))
+    single = paired[(paired["seed"] != "all") & ~pd.MultiIndex.from_frame(paired[keys].astype(str)).isin(covered)]
     return pd.concat([over_seeds, single], ignore_index=True)
 
 
@@ -250,7 +267,12 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
             if key in rows and rows[key].fillna("").nunique() > 1 and str(r[key]) not in ("", "nan"):
                 who += f" {r[key]}"
         labels.append(f"{r['task']}  {r['metric']}{who}  ({seeds})")
-    fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.42 * len(rows)))
+    # margins from the measured label widths: no tight bounding box, so the figure is drawn once
+    left, right, plot_width = _text_inches(labels, 9) + 0.25, 1.3, 6.0
+    height = 1.4 + 0.42 * len(rows)
+    fig, ax = plt.subplots(figsize=(left + plot_width + right, height))
+    fig.subplots_adjust(left=left / (left + plot_width + right), right=1 - right / (left + plot_width + right),
+                        bottom=0.75 / height, top=1 - 0.65 / height)
     ys = np.arange(len(rows))
     low, high = rows["mean_diff"] - rows["ci95_diff"], rows["mean_diff"] + rows["ci95_diff"]
     significant = (low > 0) | (high < 0)
@@ -271,19 +293,26 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     ax.set_title(f"{suite}: Ring − NCE per task and headline metric, sorted by effect{shown}\n"
                  "green / red: the 95% interval excludes 0; grey: no clear difference", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
+
+
+# Above this many tasks per metric, the headline figure is a rank heatmap: a dot per model and task
+# would need a figure metres wide, and nobody reads 50 x 20 error bars.
+HEADLINE_MAX_TASKS = 12
 
 
 def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
-    """Means with 95% intervals of the headline metrics, one panel per headline metric, one colour per model."""
+    """Means with 95% intervals of the headline metrics, one panel per headline metric, one colour per model;
+    a heatmap of per-task ranks when a metric has more than HEADLINE_MAX_TASKS tasks."""
     ranked = headline_rows(ranked)
     if ranked.empty:
         return None
-    plt = _pyplot()
-    metrics = sorted(ranked["metric"].unique())
     row = "entry" if "entry" in ranked else "model"  # the leaderboard's table row (model, setting, dataset)
     models = ranked.drop_duplicates(row).sort_values(["avg_rank", row])[row].tolist()
+    if ranked.groupby("metric")["task"].nunique().max() > HEADLINE_MAX_TASKS:
+        return plot_rank_heatmap(ranked, models, row, path, suite)
+    plt = _pyplot()
+    metrics = sorted(ranked["metric"].unique())
     cmap = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
     ncols = min(3, len(metrics))
     nrows = (len(metrics) + ncols - 1) // ncols
@@ -316,19 +345,53 @@ def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
     return _save(fig, path)
 
 
+def plot_rank_heatmap(ranked: pd.DataFrame, models: list[str], row: str, path: Path, suite: str) -> Path:
+    """One panel per headline metric: models (best average rank first) x tasks, coloured by the rank
+    within each task (ties share their average rank); blank = no result."""
+    plt = _pyplot()
+    metrics = sorted(ranked["metric"].unique())
+    tasks = {metric: sorted(ranked.loc[ranked["metric"] == metric, "task"].unique()) for metric in metrics}
+    widest = max(len(t) for t in tasks.values())
+    left = _text_inches(models, 7) + 0.2
+    bottom = _text_inches([t for names in tasks.values() for t in names], 7) + 0.15  # rotated task names
+    cell_width, cell_height, title, suptitle, colour_bar = 0.24, 0.22, 0.3, 0.35, 0.75
+    grid_width = max(widest * cell_width, 3.0)
+    panel = len(models) * cell_height + title + bottom
+    width = left + grid_width + colour_bar
+    height = suptitle + panel * len(metrics)
+    fig, axes = plt.subplots(len(metrics), 1, squeeze=False, figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - 0.6 / width, bottom=bottom / height,
+                        top=1 - (suptitle + title) / height, hspace=(title + bottom) / (len(models) * cell_height))
+    for ax, metric in zip(axes.flat, metrics):
+        grid = (ranked[ranked["metric"] == metric].pivot_table(index=row, columns="task", values="rank", aggfunc="first")
+                .reindex(index=models, columns=tasks[metric]))
+        image = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap="viridis_r", aspect="auto",
+                          interpolation="nearest", vmin=1, vmax=max(len(models), 2))
+        ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=7, rotation=90)
+        ax.set_yticks(range(len(models)), models, fontsize=7)
+        ax.set_title(f"{metric}: rank within each task (1 = best; ties share the average rank)", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.15 / grid_width, pad=0.06 / grid_width).set_label("rank", fontsize=8)
+    fig.suptitle(f"{suite}: {len(models)} models x {widest} tasks, best average rank at the top "
+                 f"(means and intervals: {suite}.csv)", fontsize=10, y=1 - 0.08 / height, va="top")
+    return _save(fig, path, tight=False)
+
+
+def draw_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
+    """The suite's own leaderboard figure when it has one, else plot_headline."""
+    from bench.leaderboard import suite_hooks
+
+    figure_hook = getattr(suite_hooks(suite), "leaderboard_figure", None)
+    if figure_hook is not None and figure_hook(ranked, path):
+        return Path(path)
+    return plot_headline(ranked, path, suite)
+
+
 def redraw(root: Path, suite: str) -> list[Path]:
     """Every PNG of a suite from its CSV tables (no cell folders needed)."""
     written = []
     tables = {name: root / f"{suite}{name}.csv" for name in ("", "_paired", "_curves")}
     readable = {name: pd.read_csv(path) for name, path in tables.items() if path.is_file() and path.stat().st_size}
-    if "" in readable and not readable[""].empty:
-        from bench.leaderboard import suite_hooks
-
-        figure_hook = getattr(suite_hooks(suite), "leaderboard_figure", None)  # a suite's own figure
-        if figure_hook is not None and figure_hook(readable[""], root / f"{suite}.png"):
-            written.append(root / f"{suite}.png")
-            del readable[""]
-    for name, draw in (("", plot_headline), ("_paired", plot_paired), ("_curves", plot_curves)):
+    for name, draw in (("", draw_headline), ("_paired", plot_paired), ("_curves", plot_curves)):
         if name in readable and not readable[name].empty:
             path = draw(readable[name], root / f"{suite}{name}.png", suite)
             if path is not None:
