@@ -102,13 +102,15 @@ class SuiteDefaults:
 
     options: dict[str, Any] = field(default_factory=dict)
     path_options: tuple[str, ...] = ()
+    neutral: dict[str, Any] = field(default_factory=dict)  # Suite.identity_neutral_defaults
 
     @classmethod
     def of(cls, suite: str) -> SuiteDefaults:
         hooks = suite_hooks(suite)
         if hooks is None:
             return cls()
-        return cls(dict(hooks.options), tuple(getattr(hooks, "path_options", ())))
+        return cls(dict(hooks.options), tuple(getattr(hooks, "path_options", ())),
+                   dict(getattr(hooks, "identity_neutral_defaults", {})))
 
 
 def _option_text(value: Any) -> str:
@@ -135,7 +137,8 @@ def setting_of(options: dict[str, Any] | None, defaults: SuiteDefaults) -> str:
 
 
 def identity_of(result: dict[str, Any], defaults: SuiteDefaults) -> str:
-    options = {k: v for k, v in (result.get("options") or {}).items() if k not in defaults.path_options}
+    options = {k: v for k, v in (result.get("options") or {}).items()
+               if k not in defaults.path_options and not (k in defaults.neutral and v == defaults.neutral[k])}
     dataset = result.get("dataset") or {}
     identity = [result["task"].get("params") or {}, options, result.get("protocol_version"), dataset.get("sha256")]
     return hashlib.sha256(_canonical(identity)).hexdigest()[:12]

@@ -214,6 +214,9 @@ class Suite(ABC):
     # options that name a data folder: the dataset fingerprint stands for them in the cell id, so
     # moving the folder or giving it as a relative path keeps the id
     path_options: ClassVar[tuple[str, ...]] = ()
+    # Options added after results were stored: at these values they are left out of the cell id and of
+    # the leaderboard's identity, so the results stored before the option existed keep counting.
+    identity_neutral_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:

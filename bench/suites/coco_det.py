@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -57,6 +58,7 @@ class CocoDetOptions:
     ims_per_batch: int  # 0: the protocol's reference batch
     max_iter: int  # 0: from the scaled schedule
     force_rgb_input: bool = False  # fine-tune on RGB whatever view the encoder was trained on
+    detectron2_opts: tuple[tuple[str, Any], ...] = ()  # (KEY, value) overrides of the Detectron2 config
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> CocoDetOptions:
@@ -85,7 +87,40 @@ class CocoDetOptions:
         if batch < 0 or max_iter < 0:
             raise InputError("options ims_per_batch and max_iter must be >= 0 (0 = the protocol's value)")
         return cls(engine, tasks, recipe, scale, batch, max_iter,
-                   force_rgb_input=view_options(merged)["force_rgb_input"])
+                   force_rgb_input=view_options(merged)["force_rgb_input"],
+                   detectron2_opts=parse_detectron2_opts(merged["detectron2_opts"]))
+
+
+D2_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
+
+
+def parse_detectron2_opts(text: Any) -> tuple[tuple[str, Any], ...]:
+    """`KEY VALUE KEY VALUE ...` as Detectron2's own command line takes them (shell quoting for values
+    with spaces); each value is read as YAML, so numbers, booleans and lists keep their type."""
+    import shlex
+
+    import yaml
+
+    try:
+        words = shlex.split(str(text or ""))
+    except ValueError as error:
+        raise InputError(f"option detectron2_opts={text!r}: {error}") from None
+    if len(words) % 2:
+        raise InputError(f"option detectron2_opts={text!r}: expected KEY VALUE pairs (e.g. "
+                         "'MODEL.RPN.SMOOTH_L1_BETA 0.111'), found an odd number of words")
+    pairs = []
+    for key, value in zip(words[::2], words[1::2]):
+        if not D2_KEY.match(key):
+            raise InputError(f"option detectron2_opts: {key!r} is not a Detectron2 config key "
+                             "(dotted upper case, e.g. MODEL.ROI_BOX_HEAD.POOLER_TYPE)")
+        try:
+            pairs.append((key, yaml.safe_load(value)))
+        except yaml.YAMLError as error:
+            raise InputError(f"option detectron2_opts: value {value!r} of {key} is not valid YAML ({error})") from None
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"option detectron2_opts: a key is given twice: {sorted({k for k in keys if keys.count(k) > 1})}")
+    return tuple(pairs)
 
 
 def is_embedded(data_root: Path | None) -> bool:
@@ -184,7 +219,10 @@ class CocoDetSuite(Suite):
         "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
         "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
         "force_rgb_input": False,  # feed RGB to an encoder trained on another view (CMC's L encoder)
+        # Detectron2 config overrides, 'KEY VALUE ...' as on Detectron2's command line (engine=detectron2 only)
+        "detectron2_opts": "",
     }
+    identity_neutral_defaults = {"detectron2_opts": ""}  # added later: earlier results keep their ids
     default_seeds = (0,)
     # One fine-tuning run on the embedded set moves box AP by several points (measured 26.7-37.1 for one
     # encoder over seeds 0-2), so the default run there shows three; real COCO keeps one (1x is costly).
@@ -206,6 +244,15 @@ class CocoDetSuite(Suite):
         engine = _engine_for(opts, data_root)
         if opts.recipe == "c4" and engine != "detectron2":
             raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
+        if opts.detectron2_opts and engine != "detectron2":
+            raise InputError(f"coco_det: detectron2_opts configure Detectron2, but the engine is {engine}; "
+                             "add engine=detectron2 or drop them")
+        if opts.detectron2_opts:
+            from transfer.detection.engines.detectron2_engine import unknown_config_keys
+
+            unknown = unknown_config_keys([key for key, _ in opts.detectron2_opts])
+            if unknown:
+                raise InputError(f"coco_det: detectron2_opts key(s) {', '.join(unknown)} are not in Detectron2's config")
         dataset = "digits" if is_embedded(data_root) else "coco2017"
         tasks = []
         for name in opts.tasks:
@@ -352,6 +399,7 @@ class CocoDetSuite(Suite):
             precise_bn_iters=protocol.precise_bn_iters,
             heads=protocol.heads,
             input_view=encoder.backbone_view,
+            extra=dict(self.parse_options(cell.settings or cell.options).detectron2_opts),
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)

@@ -54,6 +54,57 @@ def test_bad_options_are_refused(overrides, message):
         CocoDetSuite().tasks(options(**overrides), None)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("MODEL.RPN.SMOOTH_L1_BETA", r"KEY VALUE pairs .* odd number of words"),
+        ("model.rpn.beta 0.1", r"'model.rpn.beta' is not a Detectron2 config key"),
+        ("SOLVER 0.1", r"'SOLVER' is not a Detectron2 config key"),
+        ("MODEL.RPN.SMOOTH_L1_BETA 0.1 MODEL.RPN.SMOOTH_L1_BETA 0.2", r"given twice: \['MODEL.RPN.SMOOTH_L1_BETA'\]"),
+        ("MODEL.ANCHOR_GENERATOR.SIZES '[[32], [64]'", r"value '\[\[32\], \[64\]' of MODEL.ANCHOR_GENERATOR.SIZES is not valid YAML"),
+        ("MODEL.RPN.SMOOTH_L1_BETA 'unclosed", r"detectron2_opts=.*No closing quotation"),
+    ],
+)
+def test_bad_detectron2_opts_are_refused(text, message):
+    with pytest.raises(InputError, match=message):
+        CocoDetSuite().parse_options(options(detectron2_opts=text))
+
+
+def test_detectron2_opts_keep_their_yaml_types_and_need_the_detectron2_engine():
+    parsed = CocoDetSuite().parse_options(options(
+        detectron2_opts="MODEL.RPN.SMOOTH_L1_BETA 0.111 MODEL.ROI_BOX_HEAD.POOLER_TYPE ROIAlign "
+                        "MODEL.ANCHOR_GENERATOR.SIZES '[[32], [64]]' TEST.PRECISE_BN.ENABLED false"))
+    assert parsed.detectron2_opts == (("MODEL.RPN.SMOOTH_L1_BETA", 0.111), ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlign"),
+                                      ("MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64]]), ("TEST.PRECISE_BN.ENABLED", False))
+    assert CocoDetSuite().parse_options(options()).detectron2_opts == ()
+    with pytest.raises(InputError, match=r"detectron2_opts configure Detectron2, but the engine is torchvision"):
+        CocoDetSuite().tasks(options(engine="torchvision", detectron2_opts="MODEL.RPN.SMOOTH_L1_BETA 0.1"), None)
+
+
+def test_the_added_detectron2_opts_option_keeps_earlier_cell_ids(tmp_path, encoder_r18):
+    """Results stored before detectron2_opts existed keep their ids: the option at its default is left out."""
+    from bench.fingerprint import embedded_fingerprint
+    from bench.leaderboard import SuiteDefaults, identity_of
+    from bench.plan import build_plan
+    from bench.store import cell_id
+    from transfer.detection.embedded import default_parameters
+
+    plan = build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(encoder_r18)],
+                      data_root=None, seeds=[0], task_names=["digits/mask_rcnn"])
+    before = {key: value for key, value in CocoDetSuite.options.items() if key != "detectron2_opts"}  # the old option set
+    task = plan.cells[0].cell.task
+    expected = cell_id(suite="coco_det", task_name=task.name, params=task.params, seed=0, protocol_version=CocoDetSuite.protocol_version,
+                       checkpoint_sha256=plan.cells[0].checkpoint["sha256"], options=before,
+                       dataset_sha256=embedded_fingerprint("digits_coco", default_parameters()).sha256)
+    assert plan.cells[0].cell_id == expected
+    # the leaderboard's identity too: an old result and a new one of the same setting are one row
+    defaults = SuiteDefaults.of("coco_det")
+    old = {"task": {"params": task.params}, "options": before, "protocol_version": "1", "dataset": {"sha256": "d"}}
+    new = old | {"options": before | {"detectron2_opts": ""}}
+    changed = old | {"options": before | {"detectron2_opts": "MODEL.RPN.SMOOTH_L1_BETA 0.1"}}
+    assert identity_of(old, defaults) == identity_of(new, defaults) != identity_of(changed, defaults)
+
+
 def test_c4_defaults_to_mocos_2x_schedule():
     from bench.suites.coco_det import CocoDetOptions
 
@@ -235,3 +286,16 @@ def test_coco_det_fine_tunes_the_cmc_l_encoder_on_its_view(tmp_path, small_coco,
         assert seen["job"].input_view == view
         assert output.info["input_view"] == view and output.info["cmc_features"] == "l"
         assert all(torch.equal(seen["state_dict"][k], v) for k, v in lightness.state_dict().items())
+
+
+@pytest.mark.detectron2
+@pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed (not on PyPI; install it from source to run this)")
+def test_detectron2_opts_keys_are_checked_against_detectron2s_config_before_any_cell():
+    from transfer.detection.engines.detectron2_engine import unknown_config_keys
+
+    assert unknown_config_keys(["MODEL.RPN.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.RPN.NOPE",
+                                "MODEL.RPN.SMOOTH_L1_BETA.DEEPER"]) == ["MODEL.RPN.NOPE", "MODEL.RPN.SMOOTH_L1_BETA.DEEPER"]
+    with pytest.raises(InputError, match=r"detectron2_opts key\(s\) MODEL.NOPE are not in Detectron2's config"):
+        CocoDetSuite().tasks(options(engine="detectron2", detectron2_opts="MODEL.NOPE 1"), None)
+    tasks = CocoDetSuite().tasks(options(engine="detectron2", detectron2_opts="MODEL.RPN.SMOOTH_L1_BETA 0.111"), None)
+    assert {t.params["engine"] for t in tasks} == {"detectron2"}

@@ -289,6 +289,21 @@ def _trainer_class(job: DetectionJob):
     return Trainer
 
 
+def unknown_config_keys(dotted_keys: list[str]) -> list[str]:
+    """The keys that Detectron2's default config (with this engine's additions) does not have."""
+    from detectron2.config import get_cfg
+
+    cfg, unknown = get_cfg(), []
+    for dotted in dotted_keys:
+        node = cfg
+        for part in dotted.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                unknown.append(dotted)
+                break
+            node = node[part]
+    return unknown
+
+
 def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
     """Runs in every launched process: register, build the config, train, evaluate."""
     from detectron2.config import get_cfg
