@@ -269,6 +269,10 @@ class CocoDetSuite(Suite):
                 "ims_per_batch": opts.ims_per_batch,
                 "max_iter": opts.max_iter,
             }
+            if engine == "torchvision":  # its heads start as Detectron2's since this param exists
+                from transfer.detection.configs import TORCHVISION_HEAD_INIT
+
+                params["head_init"] = TORCHVISION_HEAD_INIT
             profile = "cpu" if dataset == "digits" else "detection"
             label = name if opts.recipe == "fpn" else f"{name}_c4"
             tasks.append(Task(name=f"{dataset}/{label}", params=params, profile=profile))

@@ -28,6 +28,9 @@ REFERENCE_BATCH = 16
 FULL_MODEL_CLIP_TYPE = "full_model"
 # What the Detectron2 engine's trainer accepts: stock Detectron2's per-parameter "value" and "norm", plus full_model.
 CLIP_TYPES = ("value", "norm", FULL_MODEL_CLIP_TYPE)
+# The torchvision engine's head initialisation (torchvision_engine.detectron2_head_init), a task param of
+# its cells: it changed the engine's numbers, so results of the old initialisation are not reused.
+TORCHVISION_HEAD_INIT = "detectron2"
 # MoCo's C4 recipe is 2x on COCO (coco_R_50_C4_2x: 180k iterations); FPN is Detectron2's 1x.
 DEFAULT_SCHEDULE_SCALE = {"fpn": 1.0, "c4": 2.0}
 

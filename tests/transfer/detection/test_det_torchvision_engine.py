@@ -139,3 +139,31 @@ def test_the_detector_feeds_its_backbone_the_encoders_input_view(small_coco, tmp
     # the transform feeds training, precise BN and evaluation alike: the batched tensors are grey
     batched, _ = viewed.transform([image])
     assert torch.allclose(batched.tensors[0, 0], batched.tensors[0, 2], atol=1e-4)  # equal mean/std per channel
+
+
+@pytest.mark.parametrize("task", ["mask_rcnn", "keypoint_rcnn"])
+def test_heads_start_as_detectron2s(small_coco, tmp_path, task):
+    """Box FCs c2_xavier_fill, box classifier N(0, 0.01), box regressor N(0, 0.001), mask logits N(0, 0.001),
+    zero biases: torchvision's defaults here scored 4-5 AP below Detectron2 on the embedded set."""
+    torch.manual_seed(0)
+    model = build_model(tiny_job(small_coco, task, tmp_path), embedded_protocol(task).heads)
+    heads = model.roi_heads
+    for layer in (heads.box_head.fc6, heads.box_head.fc7):
+        bound = (3.0 / layer.weight.shape[1]) ** 0.5  # kaiming_uniform with a=1
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+        assert not layer.bias.any()
+    assert heads.box_predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert heads.box_predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.1)
+    assert not heads.box_predictor.cls_score.bias.any() and not heads.box_predictor.bbox_pred.bias.any()
+    if task == "mask_rcnn":
+        assert heads.mask_predictor.mask_fcn_logits.weight.std().item() == pytest.approx(0.001, rel=0.2)
+        assert not heads.mask_predictor.mask_fcn_logits.bias.any()
+
+
+def test_torchvision_cells_name_their_head_init():
+    """The init changed the engine's numbers: its cells carry it, so results from before are not reused."""
+    from bench.suites.coco_det import CocoDetSuite
+
+    tasks = CocoDetSuite().tasks(dict(CocoDetSuite.options) | {"engine": "torchvision"}, None)
+    assert {t.params.get("head_init") for t in tasks} == {"detectron2"}

@@ -2,9 +2,11 @@
 
 Same schedule semantics as Detectron2 (iterations, linear warmup, step decay, total batch, linearly
 scaled lr), all backbone stages trainable with batch-statistics BN (SyncBN under DDP on GPUs), precise
-BN before evaluation, COCOeval metrics. Differences from Detectron2 that remain: torchvision's box
-regression loss is smooth-L1 with beta 1/9 (Detectron2's keypoint recipe uses 0.5) and its heads are
-torchvision's (4-conv mask head, 8-conv keypoint head; lighter widths only where `HeadSpec` says so).
+BN before evaluation, COCOeval metrics, and Detectron2's head initialisation (detectron2_head_init).
+Differences from Detectron2 that remain: torchvision's box regression loss is smooth-L1 with beta 1/9
+(Detectron2: L1, and 0.5 in its keypoint recipe), ROIAlign without the half-pixel alignment of
+Detectron2's ROIAlignV2, and torchvision's heads (4-conv mask head, 8-conv keypoint head; lighter widths
+only where `HeadSpec` says so).
 """
 
 from __future__ import annotations
@@ -72,8 +74,29 @@ def build_model(job: DetectionJob, heads: HeadSpec, norm_layer: type[nn.Module] 
             keypoint_predictor=KeypointRCNNPredictor(heads.keypoint_head_layers[-1], len(job.keypoint_names)),
             **common,
         )
+    detectron2_head_init(model)
     apply_input_view(model, job.input_view)
     return model
+
+
+def detectron2_head_init(model: nn.Module) -> None:
+    """Initialise the heads as Detectron2 does where torchvision differs: the box head's FC layers
+    c2_xavier_fill (kaiming_uniform, a=1; torchvision: nn.Linear's default, a bound sqrt(3) times
+    smaller), the box classifier N(0, 0.01) and box regressor N(0, 0.001) (torchvision: nn.Linear's
+    default, std ~0.018 with random biases), the mask logits N(0, 0.001); all their biases zero. The RPN,
+    FPN, mask and keypoint convs already match. On the embedded set this alone moved torchvision's
+    Keypoint R-CNN box AP from 21.2 to 25.5 (Detectron2: 26.1), see the README."""
+    box_head, box_predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
+    for layer in (box_head.fc6, box_head.fc7):
+        nn.init.kaiming_uniform_(layer.weight, a=1)
+        nn.init.zeros_(layer.bias)
+    for layer, std in ((box_predictor.cls_score, 0.01), (box_predictor.bbox_pred, 0.001)):
+        nn.init.normal_(layer.weight, std=std)
+        nn.init.zeros_(layer.bias)
+    mask_predictor = getattr(model.roi_heads, "mask_predictor", None)
+    if mask_predictor is not None:
+        nn.init.normal_(mask_predictor.mask_fcn_logits.weight, std=0.001)
+        nn.init.zeros_(mask_predictor.mask_fcn_logits.bias)
 
 
 def apply_input_view(model: nn.Module, view: str) -> None:
