@@ -297,3 +297,21 @@ def test_detectron2_no_predictions_score_zero(tmp_path, small_coco, encoder_r18)
     result = train_and_evaluate(job, convert_checkpoint_to_detectron2(encoder_r18, tmp_path / "w.pkl"))
     assert result.metrics["bbox/AP"] == 0.0 and result.metrics["segm/AP"] == 0.0
     assert all(value == 0.0 for value in result.metrics.values())
+
+
+@detectron2_test
+def test_detectron2_c4_recipe_end_to_end_on_cpu(tmp_path, small_coco):
+    """MoCo's R50-C4 (Res5ROIHeadsExtraNorm, naiveSyncBN) trains and evaluates: a ResNet-50 encoder converted,
+    two iterations, COCO metrics for boxes and masks."""
+    from ringbench_testing.detection import make_encoder
+    from transfer.detection.convert import convert_checkpoint_to_detectron2
+    from transfer.detection.engines.detectron2_engine import train_and_evaluate
+
+    encoder = make_encoder(tmp_path / "r50.pt", arch="resnet50")
+    job = _embedded_job(tmp_path, small_coco, "mask_rcnn", max_iter=2, recipe="c4", arch="resnet50")
+    result = train_and_evaluate(job, convert_checkpoint_to_detectron2(encoder, tmp_path / "w.pkl"))
+    assert {"bbox/AP", "segm/AP"} <= set(result.metrics)
+    assert all(0 <= result.metrics[name] <= 100 for name in ("bbox/AP", "segm/AP"))
+    dump = yaml.safe_load((tmp_path / "out" / DETECTRON2_DUMP).read_text())
+    assert dump["MODEL"]["ROI_HEADS"]["NAME"] == "Res5ROIHeadsExtraNorm" and dump["MODEL"]["RESNETS"]["NORM"] == "naiveSyncBN"
+    assert dump["MODEL"]["RESNETS"]["DEPTH"] == 50
