@@ -137,8 +137,9 @@ def setting_of(options: dict[str, Any] | None, defaults: SuiteDefaults) -> str:
 
 
 def identity_of(result: dict[str, Any], defaults: SuiteDefaults) -> str:
-    options = {k: v for k, v in (result.get("options") or {}).items()
-               if k not in defaults.path_options and not (k in defaults.neutral and v == defaults.neutral[k])}
+    from bench.suite import identity_options
+
+    options = identity_options(result.get("options") or {}, defaults.path_options, defaults.neutral)
     dataset = result.get("dataset") or {}
     identity = [result["task"].get("params") or {}, options, result.get("protocol_version"), dataset.get("sha256")]
     return hashlib.sha256(_canonical(identity)).hexdigest()[:12]
@@ -287,8 +288,8 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
     out["n_seeds"] = count.astype(int)
     out["deterministic"] = deterministic.astype(bool)
     out["higher_is_better"] = first["higher_is_better"].astype(bool)
-    out["engine"] = _joined_per_group(long, keys, "engine")  # which engine produced the number (coco_det)
-    out["code_version"] = _joined_per_group(long, keys, "code_version")
+    out["engine"] = _joined_per_group(long, keys, "engine", first.index)  # which engine produced the number (coco_det)
+    out["code_version"] = _joined_per_group(long, keys, "code_version", first.index)
     out = out.reset_index()
     # two identities that print the same setting (e.g. engine=auto resolved differently): tell them apart
     clash = out.groupby(["suite", "model", "task", "metric", "dataset", "setting"], dropna=False)["identity"].transform("nunique") > 1
@@ -301,9 +302,9 @@ def _joined(values: pd.Series) -> str:
     return ",".join(sorted({str(v) for v in values if v is not None and v == v and v != ""}))
 
 
-def _joined_per_group(long: pd.DataFrame, keys: list[str], column: str) -> pd.Series:
-    """_joined of `column` per group of `keys` (sorted groups); groups with one distinct value (nearly
-    all) take it without a Python call per group."""
+def _joined_per_group(long: pd.DataFrame, keys: list[str], column: str, groups: pd.Index) -> np.ndarray:
+    """_joined of `column` for each of `groups` (the groups of `keys`, in order); groups with one distinct
+    value (nearly all) take it without a Python call per group."""
     present = long[keys + [column]].dropna(subset=[column])
     present = present[present[column].astype(str) != ""].drop_duplicates()
     grouped = present.groupby(keys, sort=True, dropna=False)[column]
@@ -312,8 +313,7 @@ def _joined_per_group(long: pd.DataFrame, keys: list[str], column: str) -> pd.Se
     if several.any():
         joined[several] = present.set_index(keys).loc[several[several].index, column].groupby(
             level=list(range(len(keys))), dropna=False).agg(_joined)
-    all_groups = long.groupby(keys, sort=True, dropna=False).size().index
-    return joined.reindex(all_groups).fillna("").to_numpy()
+    return joined.reindex(groups).fillna("").to_numpy()
 
 
 def tied_ranks(means: np.ndarray, ci95: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
@@ -676,10 +676,7 @@ def suite_hooks(suite: str):
 
 def cell_count(root: Path, suite: str) -> int:
     """How many cell folders a suite has (a directory listing, no file read)."""
-    try:
-        return sum(1 for _ in os.scandir(ResultStore(root, suite).cells_dir))
-    except FileNotFoundError:
-        return 0
+    return sum(1 for _ in ResultStore(root, suite).iter_cells())
 
 
 @without_cyclic_gc

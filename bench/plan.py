@@ -129,14 +129,6 @@ def _untrained_identity(path: Path, recipe: str, seed: int) -> dict[str, Any]:
             "pretrain_dataset": config.data.name, "epochs": config.optim.epochs, "seed": seed, "untrained": True}
 
 
-def identity_of_options(suite, options: dict[str, Any]) -> dict[str, Any]:
-    """The options that make a cell's identity: without data paths (the fingerprint stands for the data)
-    and without options added later that are at their neutral default."""
-    neutral = suite.identity_neutral_defaults
-    return {key: value for key, value in options.items()
-            if key not in suite.path_options and not (key in neutral and value == neutral[key])}
-
-
 def build_plan(
     suite_name: str,
     suite: Suite,
@@ -226,7 +218,7 @@ def build_plan(
             resolved = [known[path] for path in checkpoints]
             untrained = []
     fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
-    identity_options = identity_of_options(suite, options)
+    identity_options = suite.identity_options(options)
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
         runs = dict(zip(embedded.embedded_paths(pretrain_seeds), embedded.embedded_runs(pretrain_seeds)))

@@ -180,6 +180,16 @@ class CellOutput:
     info: dict[str, Any] = field(default_factory=dict)  # engine, image size, timings...
 
 
+
+def identity_options(options: Mapping[str, Any], path_options: Sequence[str] = (),
+                     neutral_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options that make a cell's identity, for the cell id and the leaderboard alike: without data
+    paths (the fingerprint stands for the data) and without options added later left at their neutral
+    default (Suite.identity_neutral_defaults)."""
+    neutral = neutral_defaults or {}
+    return {key: value for key, value in options.items()
+            if key not in path_options and not (key in neutral and value == neutral[key])}
+
 class Suite(ABC):
     """Subclass, set the class attributes, and register the class path in bench/suites/__init__.py."""
 
@@ -217,6 +227,11 @@ class Suite(ABC):
     # Options added after results were stored: at these values they are left out of the cell id and of
     # the leaderboard's identity, so the results stored before the option existed keep counting.
     identity_neutral_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def identity_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options that make a cell's identity (see identity_options)."""
+        return identity_options(options, cls.path_options, cls.identity_neutral_defaults)
 
     @classmethod
     def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:

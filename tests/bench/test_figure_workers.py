@@ -93,7 +93,8 @@ def test_many_tasks_give_a_rank_heatmap_of_readable_size(tmp_path):
 def test_joined_engines_per_group():
     long = pd.DataFrame({"k": ["a", "a", "a", "b", "b", "c"],
                          "engine": ["torchvision", "detectron2", "torchvision", None, "", "x"]})
-    assert list(_joined_per_group(long, ["k"], "engine")) == ["detectron2,torchvision", "", "x"]
+    groups = long.groupby(["k"], sort=True).size().index
+    assert list(_joined_per_group(long, ["k"], "engine", groups)) == ["detectron2,torchvision", "", "x"]
 
 
 def test_write_all_with_a_worker_writes_every_file(tmp_path, monkeypatch):
@@ -102,3 +103,16 @@ def test_write_all_with_a_worker_writes_every_file(tmp_path, monkeypatch):
     written = {p.name for p in write_all(tmp_path, ["knn"])}
     assert {"knn.csv", "knn.md", "knn.png", "knn_paired.csv", "knn_paired.png", "knn_curves.png", "long.csv"} <= written
     assert all((tmp_path / name).stat().st_size > 0 for name in written)
+
+
+def test_a_worker_that_dies_before_answering_is_named(tmp_path):
+    store_twin_runs(tmp_path)
+    scan = scan_suite(tmp_path, "knn")
+    drawer = FigureDrawer(1)
+    try:
+        drawer.draw("paired", paired_comparisons(long_table(scan), scan.samples), tmp_path / "x.png", "knn")
+        drawer._workers[0].kill()  # still importing matplotlib: it cannot have answered yet
+        with pytest.raises(RuntimeError, match=r"the figure worker drawing 'paired' exited \(code -9\) without an answer"):
+            drawer.finish()
+    finally:
+        drawer.close()
