@@ -291,10 +291,10 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     annotations = [_annotation(r) for _, r in rows.iterrows()]
     left, plot_width = _text_inches(labels, 9) + 0.25, 6.0
     right = _text_inches(annotations, 9) + 0.3
-    height = 1.9 + 0.42 * len(rows)
+    height = 2.0 + 0.42 * len(rows)
     fig, ax = plt.subplots(figsize=(left + plot_width + right, height))
     fig.subplots_adjust(left=left / (left + plot_width + right), right=1 - right / (left + plot_width + right),
-                        bottom=1.2 / height, top=1 - 0.7 / height)
+                        bottom=1.15 / height, top=1 - 0.6 / height)
     ys = np.arange(len(rows))
     ci = rows["ci95_diff"].to_numpy(float)
     low, high = rows["mean_diff"] - np.nan_to_num(ci), rows["mean_diff"] + np.nan_to_num(ci)
@@ -316,11 +316,18 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     ax.set_yticks(ys, labels, fontsize=9)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel("hard-negative sampler − its NCE twin (metric units; > 0: the hard negatives higher)\n"
-                  "95% interval of the paired t-test (Student's t); right: difference ± interval, p uncorrected / Holm")
+                  "95% interval of the paired t-test (Student's t); right: difference ± interval, p uncorrected and Holm")
     shown = "" if total <= MAX_FOREST_ROWS else f" (the {MAX_FOREST_ROWS} largest of {total}; all in {suite}_paired.csv)"
-    ax.set_title(f"{suite}: hard-negative sampler − NCE twin per task and headline metric, sorted by effect{shown}\n"
-                 f"green / red: Holm-corrected p < 0.05 over the {family} comparisons of {suite}_paired.csv; "
-                 "grey: no difference after the correction", fontsize=10)
+    ax.set_title(f"{suite}: hard-negative sampler − NCE twin per task and headline metric, sorted by effect{shown}",
+                 fontsize=10)
+    from matplotlib.lines import Line2D
+
+    verdicts = [("tab:green", "higher"), ("tab:red", "lower"), ("0.45", "no difference")]
+    fig.legend([Line2D([], [], color=c, marker="o", linewidth=2) for c, _ in verdicts],
+               [f"{word}: Holm-corrected p < 0.05" if c != "0.45" else
+                f"{word} after Holm's correction over the {family} comparisons of {suite}_paired.csv"
+                for c, word in verdicts],
+               loc="lower center", ncol=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path, tight=False)
 
@@ -329,7 +336,7 @@ def _annotation(row) -> str:
     ci = float(row["ci95_diff"])
     interval = f"± {ci:.2f}" if np.isfinite(ci) else NO_INTERVAL
     p, p_holm = float(row["p_ttest"]), float(row["p_holm"])
-    tests = f"p={p:.2g} / {p_holm:.2g}" if np.isfinite(p) else "no test"
+    tests = f"p {p:.2g}, Holm {p_holm:.2g}" if np.isfinite(p) else "no test"
     return f"{row['mean_diff']:+.2f} {interval}  {tests}"
 
 

@@ -751,13 +751,13 @@ def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, famil
                   f"p (t) < 0.05. p (Holm) corrects p (t) for the {int(paired['p_holm'].notna().sum())} "
                   f"comparisons of `{suite}_paired.csv` read together; read a single comparison chosen in "
                   "advance by p (t).\n")
-        md.append("| task | metric | dataset | setting | method | seed | pretraining seed | n | sampler | mean "
-                  "| nce | difference | 95% CI | interval over | p (t) | p (Holm) | p (sign) |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        md.append("| task | metric | dataset | setting | method | seed | pretraining seed | n | pair | means "
+                  "| difference | 95% CI | interval over | p (t) | p (Holm) | p (sign) |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in paired_md.to_dict("records"):
             md.append(f"| {r['task']} | {r['metric']} | {r['dataset'] or '-'} | {r['setting'] or 'default'} | "
-                      f"{r['method']} | {r['seed']} | {r['ckpt_seed']} | {r['n']} | {r['sampler']} | "
-                      f"{r['sampler_mean']:.2f} | {r['baseline_mean']:.2f} | {r['mean_diff']:+.2f} | "
+                      f"{r['method']} | {r['seed']} | {r['ckpt_seed']} | {r['n']} | {r['sampler']} − {r['baseline']} | "
+                      f"{r['sampler_mean']:.2f} vs {r['baseline_mean']:.2f} | {r['mean_diff']:+.2f} | "
                       f"{interval_text(r['ci95_diff'])} | {r['interval']} | {p_text(r['p_ttest'])} | "
                       f"{p_text(r['p_holm'])} | {p_text(r['p_sign'])} |")
         md.append("")
