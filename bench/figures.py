@@ -261,6 +261,7 @@ MAX_FOREST_ROWS = 40
 
 
 SIGNIFICANCE = 0.05
+NOT_SIGNIFICANT = "0.45"  # grey
 
 
 def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
@@ -298,8 +299,7 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     ys = np.arange(len(rows))
     ci = rows["ci95_diff"].to_numpy(float)
     low, high = rows["mean_diff"] - np.nan_to_num(ci), rows["mean_diff"] + np.nan_to_num(ci)
-    significant = rows["p_holm"].to_numpy(float) < SIGNIFICANCE  # NaN (no test) is never significant
-    colours = np.where(~significant, "0.45", np.where(rows["mean_diff"] > 0, "tab:green", "tab:red"))
+    colours = verdict_colours(rows["mean_diff"], rows["p_holm"])
     for colour in np.unique(colours):  # one call per colour, not per row
         picked = colours == colour
         with_interval = picked & np.isfinite(ci)
@@ -322,14 +322,21 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
                  fontsize=10)
     from matplotlib.lines import Line2D
 
-    verdicts = [("tab:green", "higher"), ("tab:red", "lower"), ("0.45", "no difference")]
+    verdicts = [("tab:green", "higher"), ("tab:red", "lower"), (NOT_SIGNIFICANT, "no difference")]
     fig.legend([Line2D([], [], color=c, marker="o", linewidth=2) for c, _ in verdicts],
-               [f"{word}: Holm-corrected p < 0.05" if c != "0.45" else
+               [f"{word}: Holm-corrected p < 0.05" if c != NOT_SIGNIFICANT else
                 f"{word} after Holm's correction over the {family} comparisons of {suite}_paired.csv"
                 for c, word in verdicts],
                loc="lower center", ncol=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path, tight=False)
+
+
+def verdict_colours(mean_diff, p_holm) -> np.ndarray:
+    """Green (higher) or red (lower) where the Holm-corrected p < 0.05, grey elsewhere (NaN: no test)."""
+    mean_diff, p_holm = np.asarray(mean_diff, dtype=float), np.asarray(p_holm, dtype=float)
+    significant = p_holm < SIGNIFICANCE
+    return np.where(~significant, NOT_SIGNIFICANT, np.where(mean_diff > 0, "tab:green", "tab:red"))
 
 
 def _annotation(row) -> str:
