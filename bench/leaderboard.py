@@ -433,6 +433,9 @@ def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:
 def _twin_cells(long: pd.DataFrame) -> pd.DataFrame:
     """Every (hard-negative cell, baseline cell) pair of twins, with `sampler` and `baseline` named."""
     twin_keys = [*TWIN_KEYS, "seed"]
+    # the registry imports torch: ask it only when some evaluation has two samplers to compare at all
+    if not (long.groupby(twin_keys, dropna=False)["sampler"].nunique() > 1).any():
+        return pd.DataFrame()
     merged = []
     for sampler, baseline in sampler_baselines(long["sampler"].dropna().unique()).items():
         hard, base = long[long["sampler"] == sampler], long[long["sampler"] == baseline]
