@@ -325,7 +325,8 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
     verdicts = [("tab:green", "higher"), ("tab:red", "lower"), (NOT_SIGNIFICANT, "no difference")]
     fig.legend([Line2D([], [], color=c, marker="o", linewidth=2) for c, _ in verdicts],
                [f"{word}: Holm-corrected p < 0.05" if c != NOT_SIGNIFICANT else
-                f"{word} after Holm's correction over the {family} comparisons of {suite}_paired.csv"
+                (f"{word} after Holm's correction over the {family} comparisons of {suite}_paired.csv" if family
+                 else "no test: one value per twin (n = 1)")
                 for c, word in verdicts],
                loc="lower center", ncol=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
     ax.grid(axis="x", alpha=0.3)
@@ -389,7 +390,8 @@ def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.suptitle(f"{suite}: headline metrics, mean with 95% CI (every metric: {suite}.csv)", fontsize=11)
+    single = "; a point without a bar: one value (n = 1), no interval" if ranked["ci95"].isna().any() else ""
+    fig.suptitle(f"{suite}: headline metrics, mean with 95% CI (every metric: {suite}.csv){single}", fontsize=11)
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 0.94))

@@ -681,7 +681,8 @@ def markdown_table(ranked: pd.DataFrame) -> str:
                 cells.append("missing")
                 continue
             r = mine[column]
-            text = f"{r['mean']:.2f} {interval_text(r['ci95'])} ({r['rank']:g})"
+            interval = f"± {r['ci95']:.2f}" if np.isfinite(r["ci95"]) else "(n = 1: no interval)"
+            text = f"{r['mean']:.2f} {interval} ({r['rank']:g})"
             if r["rank"] == best[(r["dataset"], r["setting"], column)]:
                 text = f"**{text}**"
             cells.append(text + (" †" if r["deterministic"] else ""))
@@ -720,7 +721,7 @@ def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, famil
     headline = figures.headline_rows(ranked).copy()
     if not headline.empty:
         headline["avg_rank"] = headline.groupby(["suite", "entry"], dropna=False)["rank"].transform("mean")
-    covered = sorted(set(ranked["interval"])) if not ranked.empty else []
+    covered = sorted(set(ranked["interval"]) - {NO_INTERVAL}) if not ranked.empty else []
     md = [f"# {suite}\n", "Mean ± 95% CI (rank) of the headline metrics (every metric: "
           f"`{suite}.csv`). Models whose difference from the best is within the 95% "
           "interval of the difference tie and share the average rank; `avg rank` is the mean over the "
@@ -751,9 +752,7 @@ def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, famil
         md.append("Twins share method, data, epochs, arch and pretraining seed; `pretraining seed` all: "
                   "each seed's paired difference is one sample. `interval over` names what the 95% CI covers. "
                   "The 95% CI is the paired t-test's own (t(0.975, n − 1) · sd / √n): it excludes 0 exactly when "
-                  f"p (t) < 0.05. p (Holm) corrects p (t) for the {int(paired['p_holm'].notna().sum())} "
-                  f"comparisons of `{suite}_paired.csv` read together; read a single comparison chosen in "
-                  "advance by p (t).\n")
+                  f"p (t) < 0.05. {holm_sentence(suite, int(paired['p_holm'].notna().sum()))}\n")
         md.append("| task | metric | dataset | setting | method | seed | pretraining seed | n | pair | means "
                   "| difference | 95% CI | interval over | p (t) | p (Holm) | p (sign) |")
         md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -767,6 +766,13 @@ def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, famil
     if notes:
         md += ["\n## Not tabulated\n", *notes, ""]
     return "\n".join(md)
+
+
+def holm_sentence(suite: str, tests: int) -> str:
+    if tests == 0:
+        return "No row has a test (one value each: n = 1)."
+    return (f"p (Holm) corrects p (t) for the {tests} comparisons of `{suite}_paired.csv` read together; "
+            "read a single comparison chosen in advance by p (t).")
 
 
 def interval_rule(hooks: Any) -> str:

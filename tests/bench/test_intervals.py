@@ -145,7 +145,7 @@ def test_a_single_value_reads_no_interval_in_the_table(tmp_path):
     write_suite_tables(tmp_path, "selftest", plot=False)
     ranked = pd.read_csv(tmp_path / "selftest.csv")
     assert ranked["ci95"].isna().all() and (ranked["interval"] == NO_INTERVAL).all()
-    assert f"70.00 {NO_INTERVAL}" in (tmp_path / "selftest.md").read_text()
+    assert "70.00 (n = 1: no interval)" in (tmp_path / "selftest.md").read_text()
 
 
 # ------------------------------------------------------------------ the committed example tables
