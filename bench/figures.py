@@ -6,11 +6,12 @@ bench.leaderboard calls these with the tables it builds from the stored cells; t
 redraws the PNGs from `<suite>.csv`, `<suite>_paired.csv` and `<suite>_curves.csv` alone.
 
     <suite>.png          headline metrics only: mean with 95% interval per task, one colour per model
-    <suite>_paired.png   Ring - NCE per task and headline metric with its 95% interval (a forest plot)
+    <suite>_paired.png   hard-negative sampler - its NCE twin per task and headline metric with its 95%
+                         interval (a forest plot), coloured by the Holm-corrected verdict
     <suite>_curves.csv   metric vs pretraining epoch: one row per (model, task, metric, epoch)
-    <suite>_curves.png   headline metrics vs pretraining epoch, one line per (method, sampler), Ring and
-                         NCE twins in the same colour (Ring solid, NCE dashed), 95% bands, and the ring
-                         band w_out on a secondary axis
+    <suite>_curves.png   headline metrics vs pretraining epoch, one line per (method, sampler), twins in
+                         the same colour (hard negatives solid, the baseline sampler dashed), 95%
+                         Student-t bands, and the ring band w_out on a secondary axis
 
 A large leaderboard draws these in worker processes (bench.figure_workers).
 """
@@ -25,14 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.intervals import NO_INTERVAL, half_width_from_population_std, holm, t_half_width
+
 HEADLINE_EXACT = {"bbox/AP", "segm/AP", "keypoints/AP"}
 HEADLINE_PREFIXES = ("acc/", "top1/")
 FAMILY_KEYS = ["method", "sampler", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
 SETTING_KEYS = ["dataset", "setting", "identity"]  # evaluations that differ in these are never averaged
 CURVE_COLUMNS = ["suite", "model", *FAMILY_KEYS, "task", "dataset", "setting", "metric", "epoch", "w_out", "mean",
                  "ci95", "n", "n_seeds", "higher_is_better", "checkpoint_sha256"]
-SAMPLER_STYLE = {"ring": "-", "nce": "--"}  # other samplers cycle through OTHER_STYLES
-OTHER_STYLES = [":", "-."]
+HARD_STYLES = ["-", "-.", ":"]  # hard-negative samplers in name order; the baseline sampler dashed
+BASELINE_STYLE = "--"
 
 
 def is_headline(metric: str) -> bool:
@@ -75,7 +78,7 @@ def family_label(row) -> str:
 
 def curve_table(long: pd.DataFrame) -> pd.DataFrame:
     """One row per (model family, task, metric, epoch) for families evaluated at more than one epoch;
-    several evaluation seeds are averaged (their spread gives ci95), one seed keeps its own interval."""
+    several evaluation seeds are averaged (their spread gives a Student-t ci95), one seed keeps its own interval."""
     if long.empty or long["method"].isna().all():
         return pd.DataFrame(columns=CURVE_COLUMNS)
     long = long[long["method"].notna()].copy()
@@ -97,7 +100,7 @@ def curve_table(long: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "w_out": first["w_out"],
         "mean": grouped["mean"].mean(),
-        "ci95": np.where(count == 1, first["ci95"], 1.96 * spread / np.sqrt(count)),
+        "ci95": np.where(count == 1, first["ci95"], half_width_from_population_std(spread, count)),
         "n": np.where(count == 1, first["n"], count).astype(int),
         "n_seeds": count.astype(int),
         "higher_is_better": first["higher_is_better"].astype(bool),
@@ -148,12 +151,19 @@ def _method_colours(methods: Iterable[str]) -> dict[str, tuple]:
     return {method: cmap(i % 10) for i, method in enumerate(sorted({str(m) for m in methods}))}
 
 
-def _line_style(sampler: str, others: list[str]) -> str:
-    if sampler in SAMPLER_STYLE:
-        return SAMPLER_STYLE[sampler]
-    if sampler not in others:
-        others.append(sampler)
-    return OTHER_STYLES[others.index(sampler) % len(OTHER_STYLES)]
+def baseline_samplers(samplers: Iterable[str]) -> set[str]:
+    """The samplers among these that the registry names as another's baseline (NCE): drawn dashed."""
+    from pretrain.samplers import SAMPLER_CLASSES  # imports torch: only when there are curves to draw
+
+    return {s for s in {str(s) for s in samplers} & set(SAMPLER_CLASSES) if not SAMPLER_CLASSES[s].baseline}
+
+
+def _line_style(sampler: str, baselines: set[str], hard: list[str]) -> str:
+    if sampler in baselines:
+        return BASELINE_STYLE
+    if sampler not in hard:
+        hard.append(sampler)
+    return HARD_STYLES[hard.index(sampler) % len(HARD_STYLES)]
 
 
 def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
@@ -169,7 +179,8 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
     nrows = (len(panels) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.0, 5.2 * ncols), 4.0 * nrows), squeeze=False)
     colours = _method_colours(curves["method"])
-    others: list[str] = []
+    baselines = baseline_samplers(curves["sampler"].dropna().unique())
+    hard: list[str] = []
     line_keys = ["method", "sampler", "pretrain_dataset", "arch", "epochs"]
     several_data = curves[["pretrain_dataset", "arch", "epochs"]].drop_duplicates().shape[0] > 1
     handles: dict[str, object] = {}
@@ -179,36 +190,36 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
             selected &= curves[key].fillna("").to_numpy() == value
         mine = curves[selected]
         metric = panel[-1]
-        ring_lines = mine[mine["sampler"].isin(["ring", "ball"])].groupby(line_keys).ngroups
+        band_lines = mine[mine["w_out"].notna()].groupby(line_keys).ngroups  # lines with a ring band schedule
         band_axis = None
         for key, line in mine.groupby(line_keys, sort=True):
             method, sampler = str(key[0]), str(key[1])
             # several pretraining seeds: their mean, the band from their spread
             per_epoch = line.groupby("epoch").agg(mean=("mean", "mean"), ci=("ci95", "first"), seeds=("mean", "count"),
                                                   spread=("mean", "std"), w_out=("w_out", "first"))
-            band = np.where(per_epoch["seeds"] > 1, 1.96 * per_epoch["spread"].fillna(0) / np.sqrt(per_epoch["seeds"]),
-                            per_epoch["ci"])
+            band = np.where(per_epoch["seeds"] > 1, t_half_width(per_epoch["spread"].fillna(0), per_epoch["seeds"]),
+                            per_epoch["ci"])  # NaN (one value, no interval): no band there
             epochs = per_epoch.index.to_numpy()
             label = f"{method} / {sampler}" + (f" ({key[2]}, {key[3]}, e{key[4]})" if several_data else "")
             colour = colours[method]
-            style = _line_style(sampler, others)
+            style = _line_style(sampler, baselines, hard)
             (handle,) = ax.plot(epochs, per_epoch["mean"], style, color=colour, marker="o", markersize=3.5,
                                 linewidth=1.8, label=label)
-            if sampler == "nce":  # hatched, so the twins' overlapping bands stay apart
+            if sampler in baselines:  # hatched, so the twins' overlapping bands stay apart
                 ax.fill_between(epochs, per_epoch["mean"] - band, per_epoch["mean"] + band, facecolor="none",
                                 edgecolor=colour, hatch="///", alpha=0.35, linewidth=0)
             else:
                 ax.fill_between(epochs, per_epoch["mean"] - band, per_epoch["mean"] + band, color=colour,
                                 alpha=0.18, linewidth=0)
             handles.setdefault(label, handle)
-            if sampler in ("ring", "ball") and per_epoch["w_out"].notna().any():
+            if per_epoch["w_out"].notna().any():
                 if band_axis is None:
                     band_axis = ax.twinx()
                     band_axis.set_ylim(0, 1.05)
                     band_axis.set_ylabel("ring w_out (dotted steps)", color="0.25", fontsize=9)
                     band_axis.tick_params(axis="y", colors="0.35", labelsize=8)
                 # one ring line: a dark schedule that stands out from the bands; several: their colours
-                schedule_colour = "0.15" if ring_lines == 1 else colour
+                schedule_colour = "0.15" if band_lines == 1 else colour
                 (band_handle,) = band_axis.step(epochs, per_epoch["w_out"], where="pre", color=schedule_colour,
                                                 alpha=0.8, linestyle=":", linewidth=1.6,
                                                 label=f"w_out ({method} / {sampler})")
@@ -223,8 +234,9 @@ def plot_curves(curves: pd.DataFrame, path: Path, suite: str) -> Path | None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{suite}: transfer vs pretraining epoch\nRing solid, NCE dashed (one colour per method), "
-                 "95% bands (NCE hatched); dotted steps: the ring band w_out used in that epoch", fontsize=10)
+    fig.suptitle(f"{suite}: transfer vs pretraining epoch\nhard negatives solid, NCE dashed (one colour per "
+                 "method), 95% Student-t bands (NCE hatched); dotted steps: the ring band w_out used in that epoch",
+                 fontsize=10)
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(4, len(handles)),
                fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.07 + 0.03 * ((len(handles) - 1) // 4), 1, 0.93))
@@ -238,7 +250,7 @@ def forest_rows(paired: pd.DataFrame) -> pd.DataFrame:
         return paired
     paired = headline_rows(paired).copy()
     paired["seed"] = paired["seed"].astype(str)
-    keys = ["task", "metric", "ring_model", "nce_model"]
+    keys = ["task", "metric", "sampler_model", "baseline_model"]
     over_seeds = paired[paired["seed"] == "all"]
     covered = pd.MultiIndex.from_frame(over_seeds[keys].astype(str))
     single = paired[(paired["seed"] != "all") & ~pd.MultiIndex.from_frame(paired[keys].astype(str)).isin(covered)]
@@ -248,8 +260,17 @@ def forest_rows(paired: pd.DataFrame) -> pd.DataFrame:
 MAX_FOREST_ROWS = 40
 
 
+SIGNIFICANCE = 0.05
+NOT_SIGNIFICANT = "0.45"  # grey
+
+
 def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
-    """Forest plot of Ring - NCE with 95% intervals, sorted by effect; None when there is no pair."""
+    """Forest plot of each hard-negative sampler − its NCE twin with the paired t-test's 95% interval,
+    sorted by effect, coloured by the Holm-corrected verdict over the whole paired table (every row of
+    <suite>_paired.csv, not only the rows drawn); None when there is no pair."""
+    if not paired.empty and "p_holm" not in paired:  # a table written before the correction existed
+        paired = paired.assign(p_holm=holm(paired["p_ttest"].to_numpy(float)))
+    family = int(paired["p_holm"].notna().sum()) if not paired.empty else 0
     rows = forest_rows(paired)
     if rows.empty:
         return None
@@ -266,34 +287,65 @@ def plot_paired(paired: pd.DataFrame, path: Path, suite: str) -> Path | None:
         for key in ("dataset", "setting"):  # which data and options, when the pairs differ in them
             if key in rows and rows[key].fillna("").nunique() > 1 and str(r[key]) not in ("", "nan"):
                 who += f" {r[key]}"
-        labels.append(f"{r['task']}  {r['metric']}{who}  ({seeds})")
+        labels.append(f"{r['sampler']} − {r['baseline']}  {r['task']}  {r['metric']}{who}  ({seeds})")
     # margins from the measured label widths: no tight bounding box, so the figure is drawn once
-    left, right, plot_width = _text_inches(labels, 9) + 0.25, 1.3, 6.0
-    height = 1.4 + 0.42 * len(rows)
+    annotations = [_annotation(r) for _, r in rows.iterrows()]
+    left, plot_width = _text_inches(labels, 9) + 0.25, 6.0
+    right = _text_inches(annotations, 9) + 0.3
+    height = 2.0 + 0.42 * len(rows)
     fig, ax = plt.subplots(figsize=(left + plot_width + right, height))
     fig.subplots_adjust(left=left / (left + plot_width + right), right=1 - right / (left + plot_width + right),
-                        bottom=0.75 / height, top=1 - 0.65 / height)
+                        bottom=1.15 / height, top=1 - 0.6 / height)
     ys = np.arange(len(rows))
-    low, high = rows["mean_diff"] - rows["ci95_diff"], rows["mean_diff"] + rows["ci95_diff"]
-    significant = (low > 0) | (high < 0)
-    colours = np.where(~significant, "0.45", np.where(rows["mean_diff"] > 0, "tab:green", "tab:red"))
+    ci = rows["ci95_diff"].to_numpy(float)
+    low, high = rows["mean_diff"] - np.nan_to_num(ci), rows["mean_diff"] + np.nan_to_num(ci)
+    colours = verdict_colours(rows["mean_diff"], rows["p_holm"])
     for colour in np.unique(colours):  # one call per colour, not per row
         picked = colours == colour
-        ax.errorbar(rows["mean_diff"][picked], ys[picked], xerr=rows["ci95_diff"][picked], fmt="o", color=colour,
-                    ecolor=colour, capsize=4, markersize=6, linewidth=2)
+        with_interval = picked & np.isfinite(ci)
+        ax.errorbar(rows["mean_diff"][with_interval], ys[with_interval], xerr=ci[with_interval], fmt="o",
+                    color=colour, ecolor=colour, capsize=4, markersize=6, linewidth=2)
+        alone = picked & ~np.isfinite(ci)  # n = 1: the point alone, hollow
+        if alone.any():
+            ax.plot(rows["mean_diff"][alone], ys[alone], "o", color=colour, markerfacecolor="white", markersize=6)
     ax.axvline(0, color="black", linewidth=1)
     span = max(float(np.nanmax(np.abs(np.r_[low, high]))), 1e-9)
     ax.set_xlim(-1.15 * span, 1.15 * span)
-    for y, mean, ci in zip(ys, rows["mean_diff"], rows["ci95_diff"]):
-        ax.annotate(f"{mean:+.2f} ± {ci:.2f}", (1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=9)
+    for y, text in zip(ys, annotations):
+        ax.annotate(text, (1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=9)
     ax.set_yticks(ys, labels, fontsize=9)
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlabel("Ring − NCE (metric units; > 0: Ring higher), 95% interval of the paired difference")
+    ax.set_xlabel("hard-negative sampler − its NCE twin (metric units; > 0: the hard negatives higher)\n"
+                  "95% interval of the paired t-test (Student's t); right: difference ± interval, p uncorrected and Holm")
     shown = "" if total <= MAX_FOREST_ROWS else f" (the {MAX_FOREST_ROWS} largest of {total}; all in {suite}_paired.csv)"
-    ax.set_title(f"{suite}: Ring − NCE per task and headline metric, sorted by effect{shown}\n"
-                 "green / red: the 95% interval excludes 0; grey: no clear difference", fontsize=10)
+    ax.set_title(f"{suite}: hard-negative sampler − NCE twin per task and headline metric, sorted by effect{shown}",
+                 fontsize=10)
+    from matplotlib.lines import Line2D
+
+    verdicts = [("tab:green", "higher"), ("tab:red", "lower"), (NOT_SIGNIFICANT, "no difference")]
+    fig.legend([Line2D([], [], color=c, marker="o", linewidth=2) for c, _ in verdicts],
+               [f"{word}: Holm-corrected p < 0.05" if c != NOT_SIGNIFICANT else
+                (f"{word} after Holm's correction over the {family} comparisons of {suite}_paired.csv" if family
+                 else "no test: one value per twin (n = 1)")
+                for c, word in verdicts],
+               loc="lower center", ncol=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path, tight=False)
+
+
+def verdict_colours(mean_diff, p_holm) -> np.ndarray:
+    """Green (higher) or red (lower) where the Holm-corrected p < 0.05, grey elsewhere (NaN: no test)."""
+    mean_diff, p_holm = np.asarray(mean_diff, dtype=float), np.asarray(p_holm, dtype=float)
+    significant = p_holm < SIGNIFICANCE
+    return np.where(~significant, NOT_SIGNIFICANT, np.where(mean_diff > 0, "tab:green", "tab:red"))
+
+
+def _annotation(row) -> str:
+    ci = float(row["ci95_diff"])
+    interval = f"± {ci:.2f}" if np.isfinite(ci) else NO_INTERVAL
+    p, p_holm = float(row["p_ttest"]), float(row["p_holm"])
+    tests = f"p {p:.2g}, Holm {p_holm:.2g}" if np.isfinite(p) else "no test"
+    return f"{row['mean_diff']:+.2f} {interval}  {tests}"
 
 
 # Above this many tasks per metric, the headline figure is a rank heatmap: a dot per model and task
@@ -328,8 +380,8 @@ def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
             xs = [t - 0.4 + width * (m + 0.5) for t, task in enumerate(tasks) if task in rows.index]
             present = [task for task in tasks if task in rows.index]
             if present:
-                ax.errorbar(xs, rows.loc[present, "mean"], yerr=rows.loc[present, "ci95"], fmt="o", capsize=3,
-                            color=cmap(m % cmap.N), label=model)
+                ax.errorbar(xs, rows.loc[present, "mean"], yerr=rows.loc[present, "ci95"].astype(float), fmt="o",
+                            capsize=3, color=cmap(m % cmap.N), label=model)  # NaN (n = 1): no bar
         ax.set_xticks(range(len(tasks)), tasks, fontsize=8, rotation=15 if len(tasks) > 3 else 0)
         ax.set_xlim(-0.6, len(tasks) - 0.4)
         ax.set_title(metric, fontsize=10)
@@ -338,7 +390,8 @@ def plot_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.suptitle(f"{suite}: headline metrics, mean with 95% CI (every metric: {suite}.csv)", fontsize=11)
+    single = "; a point without a bar: one value (n = 1), no interval" if ranked["ci95"].isna().any() else ""
+    fig.suptitle(f"{suite}: headline metrics, mean with 95% CI (every metric: {suite}.csv){single}", fontsize=11)
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 0.94))
@@ -378,9 +431,14 @@ def plot_rank_heatmap(ranked: pd.DataFrame, models: list[str], row: str, path: P
 
 def draw_headline(ranked: pd.DataFrame, path: Path, suite: str) -> Path | None:
     """The suite's own leaderboard figure when it has one, else plot_headline."""
-    from bench.leaderboard import suite_hooks
+    from bench.suite import InputError
+    from bench.suites import load_suite
 
-    figure_hook = getattr(suite_hooks(suite), "leaderboard_figure", None)
+    try:
+        hooks = load_suite(suite)
+    except InputError:  # a table of a suite this installation does not have: the generic figure
+        hooks = None
+    figure_hook = getattr(hooks, "leaderboard_figure", None)
     if figure_hook is not None and figure_hook(ranked, path):
         return Path(path)
     return plot_headline(ranked, path, suite)

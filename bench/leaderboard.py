@@ -6,16 +6,19 @@ Writes, per suite, under the results folder:
     <suite>.csv         the tidy leaderboard: one row per (model, task, metric, dataset, setting), with
                         rank and avg_rank; `dataset` names the data (short name:fingerprint), `setting`
                         the options that differ from the suite's defaults (e.g. temperature=0.5)
-    <suite>.md          the same as a readable table (mean +- ci95 (rank)), paired Ring-vs-NCE deltas,
-                        missing and failed cells
+    <suite>.md          the same as a readable table (mean +- ci95 (rank)), paired deltas of each
+                        hard-negative sampler against its NCE twin, missing and failed cells
     <suite>.png         headline metrics: means with 95% intervals per task, one colour per checkpoint
-    <suite>_paired.csv  each Ring checkpoint against its NCE twin on the same samples
-    <suite>_paired.png  Ring - NCE per task and headline metric with 95% intervals (bench.figures)
+    <suite>_paired.csv  each hard-negative checkpoint (ring, ball, dcl, hcl, mochi: the registry's samplers
+                        with a `baseline`) against its twin with that baseline sampler, on the same samples
+    <suite>_paired.png  sampler - baseline per task and headline metric with 95% intervals (bench.figures)
     <suite>_curves.csv  metric vs pretraining epoch when a model family has results at several epochs,
     <suite>_curves.png  and its figure (bench.figures)
 Encoders snapshotted before the end of their run (metadata epoch < epochs) feed the curves only; the
 ranking and the twins compare final encoders. The Markdown shows the headline metrics; the CSV all.
 and long.csv: every stored metric of every suite (one row per cell x metric).
+Intervals and tests (Student's t over few runs, Meta-Dataset's episode convention, one verdict per
+comparison, Holm): bench.intervals and docs/statistics.md.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.intervals import (
+    NO_INTERVAL,
+    STUDENT_T,
+    half_width_from_population_std,
+    holm,
+    paired_t_p,
+    sign_test_p,
+    t_half_width,
+)
 from bench.store import RESULT, CorruptResult, ResultStore, read_json, suites_in, validate_result
 
 MODEL_KEYS = ["method", "sampler", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
@@ -57,6 +69,7 @@ class Scan:
     corrupt: list[str] = field(default_factory=list)  # messages naming file and problem
     failed: list[dict[str, Any]] = field(default_factory=list)  # cells with an error and no result
     pending: list[str] = field(default_factory=list)
+    sample_interval: str = STUDENT_T  # the suite's quantile for a mean over one cell's samples
 
 
 def model_label(checkpoint: dict[str, Any] | None) -> str:
@@ -103,6 +116,7 @@ class SuiteDefaults:
     options: dict[str, Any] = field(default_factory=dict)
     path_options: tuple[str, ...] = ()
     neutral: dict[str, Any] = field(default_factory=dict)  # Suite.identity_neutral_defaults
+    sample_interval: str = STUDENT_T  # Suite.sample_interval
 
     @classmethod
     def of(cls, suite: str) -> SuiteDefaults:
@@ -110,7 +124,8 @@ class SuiteDefaults:
         if hooks is None:
             return cls()
         return cls(dict(hooks.options), tuple(getattr(hooks, "path_options", ())),
-                   dict(getattr(hooks, "identity_neutral_defaults", {})))
+                   dict(getattr(hooks, "identity_neutral_defaults", {})),
+                   str(getattr(hooks, "sample_interval", STUDENT_T)))
 
 
 def _option_text(value: Any) -> str:
@@ -197,6 +212,7 @@ def scan_suite(root: Path, suite: str) -> Scan:
     if not store.cells_dir.is_dir():
         return scan
     defaults = SuiteDefaults.of(suite)
+    scan.sample_interval = defaults.sample_interval
     per_checkpoint: dict[bytes, dict[str, Any]] = {}
     per_setting: dict[bytes, dict[str, Any]] = {}
     for entry in os.scandir(store.cells_dir):
@@ -256,7 +272,13 @@ def scan_suite(root: Path, suite: str) -> Scan:
 
 
 def long_table(scan: Scan) -> pd.DataFrame:
-    return pd.DataFrame(scan.rows, columns=LONG_COLUMNS)
+    """One row per cell and metric; `ci95` is derived here from the stored std and n (Student's t, or
+    the suite's episode convention), so cells written under an older rule read the same as new ones."""
+    long = pd.DataFrame(scan.rows, columns=LONG_COLUMNS)
+    if not long.empty:
+        long["ci95"] = half_width_from_population_std(long["std"].to_numpy(float), long["n"].to_numpy(float),
+                                                      scan.sample_interval)
+    return long
 
 
 AGGREGATE_COLUMNS = ["mean", "std", "n", "ci95", "n_seeds", "deterministic", "higher_is_better", "engine",
@@ -265,8 +287,8 @@ AGGREGATE_COLUMNS = ["mean", "std", "n", "ci95", "n_seeds", "deterministic", "hi
 
 def aggregate(long: pd.DataFrame) -> pd.DataFrame:
     """One row per (suite, model, task, metric, dataset, setting): only cells that differ in their
-    evaluation seed alone are averaged, their spread giving the interval; a single seed keeps its
-    per-sample mean, std, n and ci95. Seeds that all gave the very same number (a deterministic
+    evaluation seed alone are averaged, their spread giving the Student-t interval (std stays the
+    seeds' population std); a single seed keeps its per-sample mean, std, n and ci95. Seeds that all gave the very same number (a deterministic
     evaluation such as kNN) are reported once, with the per-sample interval, and `deterministic`."""
     keys = ["suite", "model", "task", "metric", *SETTING_KEYS]
     if long.empty:
@@ -284,7 +306,7 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
     out["mean"] = np.where(single, first["mean"], seed_mean)
     out["std"] = np.where(single, first["std"], seed_std)
     out["n"] = np.where(single, first["n"], count).astype(int)
-    out["ci95"] = np.where(single, first["ci95"], 1.96 * seed_std / np.sqrt(count))
+    out["ci95"] = np.where(single, first["ci95"], half_width_from_population_std(seed_std, count))
     out["n_seeds"] = count.astype(int)
     out["deterministic"] = deterministic.astype(bool)
     out["higher_is_better"] = first["higher_is_better"].astype(bool)
@@ -319,9 +341,10 @@ def _joined_per_group(long: pd.DataFrame, keys: list[str], column: str, groups: 
 def tied_ranks(means: np.ndarray, ci95: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
     """Meta-Dataset-style ranks: take the best remaining model; every remaining model whose difference
     from it is within the 95% interval of that difference (sqrt(ci_a^2 + ci_b^2)) ties with it; the
-    tied group shares the average of the rank positions it occupies; repeat with the rest."""
+    tied group shares the average of the rank positions it occupies; repeat with the rest. A value
+    without an interval (n = 1, NaN) adds no width of its own."""
     means = np.asarray(means, dtype=float)
-    ci95 = np.asarray(ci95, dtype=float)
+    ci95 = np.nan_to_num(np.asarray(ci95, dtype=float), nan=0.0)
     ranks = np.full(len(means), np.nan)
     remaining = [i for i in range(len(means)) if np.isfinite(means[i])]
     position = 1
@@ -372,13 +395,27 @@ def rank_table(agg: pd.DataFrame) -> pd.DataFrame:
                               ignore_index=True)[RANKED_COLUMNS]
 
 
-PAIRED_COLUMNS = ["suite", "task", "metric", "dataset", "setting", "seed", "ring_model", "nce_model", "method",
-                  "pretrain_dataset", "epochs", "ckpt_seed", "arch", "n", "ring_mean", "nce_mean", "mean_diff",
-                  "ci95_diff", "p_ttest", "p_sign", "test"]
-# Ring and NCE twins: same pretraining recipe (method, data, epochs, arch) and pretraining seed
-# (`ckpt_seed`, the checkpoint metadata's seed), evaluated on the same data with the same setting.
+PAIRED_COLUMNS = ["suite", "task", "metric", "dataset", "setting", "seed", "sampler", "baseline", "sampler_model",
+                  "baseline_model", "method", "pretrain_dataset", "epochs", "ckpt_seed", "arch", "n", "sampler_mean",
+                  "baseline_mean", "mean_diff", "ci95_diff", "p_ttest", "p_holm", "p_sign", "test"]
+# Twins: a hard-negative checkpoint and its baseline-sampler checkpoint of the same pretraining recipe
+# (method, data, epochs, arch) and pretraining seed (`ckpt_seed`, the checkpoint metadata's seed),
+# evaluated on the same data with the same setting.
 TWIN_KEYS = ["suite", "task", "metric", "dataset", "setting", "identity", "method", "pretrain_dataset", "epochs",
              "arch", "ckpt_seed"]
+PAIRED_TEST = "paired t-test (its t interval); exact sign test; Holm over the table"
+
+
+def sampler_baselines(samplers: Iterable[Any]) -> dict[str, str]:
+    """{sampler: the sampler its twin uses} for the registered samplers among `samplers` that declare a
+    baseline (NegativeSampler.baseline); names the registry does not know (random/none) pair with nothing."""
+    names = {str(s) for s in samplers if isinstance(s, str) and s}
+    if not names:
+        return {}
+    from pretrain.samplers import SAMPLER_CLASSES  # imports torch: only for a table with samplers in it
+
+    return {name: SAMPLER_CLASSES[name].baseline for name in sorted(names)
+            if name in SAMPLER_CLASSES and SAMPLER_CLASSES[name].baseline}
 
 
 def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:
@@ -389,50 +426,46 @@ def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:
     pairs = [(v, lookup[i]) for i, v in zip(ids_r, values_r) if i in lookup]
     if not pairs:
         return np.zeros(0), np.zeros(0)
-    ring, nce = zip(*pairs)
-    return np.asarray(ring, dtype=float), np.asarray(nce, dtype=float)
+    hard, base = zip(*pairs)
+    return np.asarray(hard, dtype=float), np.asarray(base, dtype=float)
 
 
-def sign_test_p(positives: np.ndarray, trials: np.ndarray) -> np.ndarray:
-    """Two-sided exact sign test (binomial, p = 1/2): 2 * the smaller tail, capped at 1; 1 for no trials."""
-    from bench.stats import binomial_cdf_half  # numpy only: scipy.special's import alone costs 0.25 s
-
-    positives, trials = np.asarray(positives), np.asarray(trials)
-    smaller = np.minimum(positives, trials - positives)
-    p = np.minimum(1.0, 2.0 * binomial_cdf_half(smaller, trials))
-    return np.where(trials > 0, p, 1.0)
-
-
-def paired_t_p(mean: np.ndarray, sd: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Two-sided paired t-test p-values from the differences' mean, sd (ddof=1) and count."""
-    from bench.stats import student_t_two_sided_p
-
-    mean, sd, n = (np.asarray(a, dtype=float) for a in (mean, sd, n))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = mean / (sd / np.sqrt(n))
-    p = student_t_two_sided_p(t, np.maximum(n - 1, 1))
-    p = np.where((sd == 0) & (mean == 0), 1.0, p)  # identical samples: no difference at all
-    return np.where((sd == 0) & (mean != 0), np.nan, p)  # a constant non-zero shift: t is undefined
+def _twin_cells(long: pd.DataFrame) -> pd.DataFrame:
+    """Every (hard-negative cell, baseline cell) pair of twins, with `sampler` and `baseline` named."""
+    twin_keys = [*TWIN_KEYS, "seed"]
+    # the registry imports torch: ask it only when some evaluation has two samplers to compare at all
+    if not (long.groupby(twin_keys, dropna=False)["sampler"].nunique() > 1).any():
+        return pd.DataFrame()
+    merged = []
+    for sampler, baseline in sampler_baselines(long["sampler"].dropna().unique()).items():
+        hard, base = long[long["sampler"] == sampler], long[long["sampler"] == baseline]
+        if not hard.empty and not base.empty:
+            merged.append(hard.merge(base, on=twin_keys, suffixes=("_sampler", "_baseline")))
+    if not merged:
+        return pd.DataFrame()
+    return pd.concat(merged, ignore_index=True).rename(columns={"sampler_sampler": "sampler",
+                                                                "sampler_baseline": "baseline"})
 
 
 def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
-    """Each Ring checkpoint against its NCE twin (same method, data, epochs, arch, seed), per task,
-    metric and evaluation seed, on the samples both evaluated (matching sample_ids).
+    """Each hard-negative checkpoint against its baseline twin (same method, data, epochs, arch, seed),
+    per task, metric and evaluation seed, on the samples both evaluated (matching sample_ids).
 
-    mean_diff = mean(ring - nce); ci95_diff = 1.96 * sd(diff, ddof=1) / sqrt(n); p_ttest is the
-    two-sided paired t-test, p_sign the two-sided exact sign test (ties dropped). Positive diffs
-    favour Ring when higher is better."""
+    mean_diff = mean(sampler - baseline); ci95_diff = t(0.975, n - 1) * sd(diff, ddof=1) / sqrt(n), the
+    interval of the same paired t-test that gives p_ttest, so it excludes 0 exactly when p_ttest < 0.05;
+    p_sign is the two-sided exact sign test (ties dropped). Positive diffs favour the hard-negative
+    sampler when higher is better. p_holm is added by `with_pretraining_seed_rows`, over the whole table."""
     if long.empty:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     twin_keys = [*TWIN_KEYS, "seed"]
-    ring = long[long["sampler"] == "ring"]
-    nce = long[long["sampler"] == "nce"]
-    merged = ring.merge(nce, on=twin_keys, suffixes=("_ring", "_nce"))
-    rows, ring_values, nce_values = [], [], []
-    keys = zip(merged["cell_id_ring"].tolist(), merged["cell_id_nce"].tolist(), merged["metric"].tolist())
-    for row, (ring_id, nce_id, metric) in enumerate(keys):
-        ids_r, values_r = samples.get((ring_id, metric), (None, None))
-        ids_n, values_n = samples.get((nce_id, metric), (None, None))
+    merged = _twin_cells(long)
+    if merged.empty:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    rows, hard_values, base_values = [], [], []
+    keys = zip(merged["cell_id_sampler"].tolist(), merged["cell_id_baseline"].tolist(), merged["metric"].tolist())
+    for row, (hard_id, base_id, metric) in enumerate(keys):
+        ids_r, values_r = samples.get((hard_id, metric), (None, None))
+        ids_n, values_n = samples.get((base_id, metric), (None, None))
         if not values_r or not values_n or ids_r is None or ids_n is None:
             continue  # no per-sample values: no paired statistic (the leaderboard still shows both means)
         if ids_r == ids_n:  # the usual case: both evaluated the same samples in the same order
@@ -442,45 +475,46 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
             if len(a) == 0:
                 continue
         rows.append(row)
-        ring_values.append(a)
-        nce_values.append(b)
+        hard_values.append(a)
+        base_values.append(b)
     if not rows:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     # statistics for all pairs at once, one matrix per sample count
-    count = np.array([len(a) for a in ring_values])
-    stats_out = {key: np.zeros(len(rows)) for key in ("ring", "nce", "mean", "sd", "positive", "nonzero")}
+    count = np.array([len(a) for a in hard_values])
+    stats_out = {key: np.zeros(len(rows)) for key in ("hard", "base", "mean", "sd", "positive", "nonzero")}
     for n in np.unique(count):
         index = np.flatnonzero(count == n)
-        ring = np.array([ring_values[i] for i in index], dtype=float)
-        nce = np.array([nce_values[i] for i in index], dtype=float)
-        diff = ring - nce
-        stats_out["ring"][index] = ring.mean(axis=1)
-        stats_out["nce"][index] = nce.mean(axis=1)
+        hard = np.array([hard_values[i] for i in index], dtype=float)
+        base = np.array([base_values[i] for i in index], dtype=float)
+        diff = hard - base
+        stats_out["hard"][index] = hard.mean(axis=1)
+        stats_out["base"][index] = base.mean(axis=1)
         stats_out["mean"][index] = diff.mean(axis=1)
         stats_out["sd"][index] = diff.std(axis=1, ddof=1) if n > 1 else 0.0
         stats_out["positive"][index] = (diff > 0).sum(axis=1)
         stats_out["nonzero"][index] = (diff != 0).sum(axis=1)
-    table = merged.iloc[rows][twin_keys + ["model_ring", "model_nce"]].reset_index(drop=True).rename(
-        columns={"model_ring": "ring_model", "model_nce": "nce_model"})
+    table = merged.iloc[rows][twin_keys + ["sampler", "baseline", "model_sampler", "model_baseline"]].reset_index(
+        drop=True).rename(columns={"model_sampler": "sampler_model", "model_baseline": "baseline_model"})
     table["n"] = count
-    table["ring_mean"], table["nce_mean"] = stats_out["ring"], stats_out["nce"]
+    table["sampler_mean"], table["baseline_mean"] = stats_out["hard"], stats_out["base"]
     table["mean_diff"] = stats_out["mean"]
-    table["ci95_diff"] = 1.96 * stats_out["sd"] / np.sqrt(count)
+    table["ci95_diff"] = t_half_width(stats_out["sd"], count)
     table["p_ttest"] = paired_t_p(stats_out["mean"], stats_out["sd"], count)
+    table["p_holm"] = np.nan
     table["p_sign"] = sign_test_p(stats_out["positive"].astype(int), stats_out["nonzero"].astype(int))
-    table["test"] = "paired t-test; exact sign test"
+    table["test"] = PAIRED_TEST
     table = collapse_deterministic(table[[*PAIRED_COLUMNS, "identity"]])
     if table["seed"].nunique() > 1:
         table = pd.concat([table, paired_over_seeds(table)], ignore_index=True)
     # per task and metric: seeds in order, then the row over seeds
     order = table["seed"].map(lambda seed: (1, 0) if seed == "all" else (0, int(str(seed).split(",")[0])))
-    return table.assign(_order=order).sort_values(["suite", "task", "metric", "dataset", "setting", "ring_model",
+    return table.assign(_order=order).sort_values(["suite", "task", "metric", "dataset", "setting", "sampler_model",
                                                    "_order"], kind="stable",
                                                   ignore_index=True).drop(columns=["_order", "identity"])
 
 
-PAIR_KEYS = ["suite", "task", "metric", "dataset", "setting", "identity", "ring_model", "nce_model", "method",
-             "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
+PAIR_KEYS = ["suite", "task", "metric", "dataset", "setting", "identity", "sampler", "baseline", "sampler_model",
+             "baseline_model", "method", "pretrain_dataset", "epochs", "ckpt_seed", "arch"]
 
 
 def collapse_deterministic(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -488,9 +522,9 @@ def collapse_deterministic(per_seed: pd.DataFrame) -> pd.DataFrame:
     evaluation) are one comparison, not several: keep one row, its seed column listing the seeds."""
     if per_seed.empty:
         return per_seed
-    values = ["ring_mean", "nce_mean", "mean_diff", "ci95_diff"]
+    values = ["sampler_mean", "baseline_mean", "mean_diff", "ci95_diff"]
     grouped = per_seed.groupby(PAIR_KEYS, sort=False, dropna=False)
-    same = (grouped[values].transform("nunique") <= 1).all(axis=1) & (grouped["seed"].transform("size") > 1)
+    same = (grouped[values].transform("nunique", dropna=False) <= 1).all(axis=1) & (grouped["seed"].transform("size") > 1)
     if not same.any():
         return per_seed
     repeated = per_seed[same]
@@ -505,22 +539,23 @@ def paired_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Rows with seed "all": the twins compared over evaluation seeds, each seed's mean being one paired
     sample (n = seeds), for twins evaluated under two or more common seeds."""
     columns = [*PAIRED_COLUMNS, "identity"]
-    diff = per_seed["ring_mean"].astype(float) - per_seed["nce_mean"].astype(float)
-    frame = per_seed[PAIR_KEYS].assign(ring_mean=per_seed["ring_mean"].astype(float),
-                                       nce_mean=per_seed["nce_mean"].astype(float), diff=diff,
+    diff = per_seed["sampler_mean"].astype(float) - per_seed["baseline_mean"].astype(float)
+    frame = per_seed[PAIR_KEYS].assign(sampler_mean=per_seed["sampler_mean"].astype(float),
+                                       baseline_mean=per_seed["baseline_mean"].astype(float), diff=diff,
                                        positive=(diff > 0).astype(int), nonzero=(diff != 0).astype(int))
     over = frame.groupby(PAIR_KEYS, sort=False, dropna=False).agg(
-        n=("diff", "size"), ring_mean=("ring_mean", "mean"), nce_mean=("nce_mean", "mean"),
+        n=("diff", "size"), sampler_mean=("sampler_mean", "mean"), baseline_mean=("baseline_mean", "mean"),
         mean_diff=("diff", "mean"), sd=("diff", "std"), positive=("positive", "sum"), nonzero=("nonzero", "sum"))
     over = over[over["n"] >= 2].reset_index()
     if over.empty:
         return pd.DataFrame(columns=columns)
     n = over["n"].to_numpy()
-    over["ci95_diff"] = 1.96 * over["sd"].to_numpy() / np.sqrt(n)
+    over["ci95_diff"] = t_half_width(over["sd"].to_numpy(), n)
     over["p_ttest"] = paired_t_p(over["mean_diff"].to_numpy(), over["sd"].to_numpy(), n)
+    over["p_holm"] = np.nan
     over["p_sign"] = sign_test_p(over["positive"].to_numpy(), over["nonzero"].to_numpy())
     over["seed"] = "all"
-    over["test"] = "over seeds (samples: per-seed means); paired t-test; exact sign test"
+    over["test"] = "over seeds (samples: per-seed means); " + PAIRED_TEST
     return over[columns]
 
 
@@ -542,7 +577,7 @@ def interval_column(frame: pd.DataFrame, hooks: Any) -> pd.Series:
     over_seeds = frame["n_seeds"] > 1
     if "deterministic" in frame:  # the same number under every seed: reported once, samples' interval
         over_seeds &= ~frame["deterministic"].astype(bool)
-    return pd.Series(np.where(over_seeds, seed_unit, np.where(frame["n"] > 1, sample_unit, "none (one value)")),
+    return pd.Series(np.where(over_seeds, seed_unit, np.where(frame["n"] > 1, sample_unit, NO_INTERVAL)),
                      index=frame.index)
 
 
@@ -551,15 +586,15 @@ PRETRAIN_SEED_KEYS = ["suite", "task", "metric", "dataset", "setting", "method",
 PRETRAIN_SEED_COLUMNS = [*PRETRAIN_SEED_KEYS, "model", "ckpt_seeds", "n", "mean", "sd", "ci95", "interval"]
 
 
-def family_label(row: dict[str, Any], seeds: list) -> str:
+def family_label(row: dict[str, Any], seeds: list, sampler: str | None = None) -> str:
     seeds_text = ",".join(str(s) for s in seeds)
-    return (f"{row['method']}/{row['sampler']} {row['pretrain_dataset']} e{row['epochs']} "
+    return (f"{row['method']}/{sampler or row['sampler']} {row['pretrain_dataset']} e{row['epochs']} "
             f"(pretraining seeds {seeds_text})")
 
 
 def over_pretraining_seeds(ranked: pd.DataFrame) -> pd.DataFrame:
     """Per (method, sampler, data, epochs, arch) trained with two or more pretraining seeds: the mean over
-    those seeds' checkpoints (each one's mean is one sample) and 1.96 * sd(ddof=1) / sqrt(seeds)."""
+    those seeds' checkpoints (each one's mean is one sample) and t(0.975, seeds - 1) * sd(ddof=1) / sqrt(seeds)."""
     if ranked.empty or "ckpt_seed" not in ranked:
         return pd.DataFrame(columns=PRETRAIN_SEED_COLUMNS)
     usable = ranked[ranked["ckpt_seed"].notna() & ranked["method"].notna()]
@@ -573,7 +608,7 @@ def over_pretraining_seeds(ranked: pd.DataFrame) -> pd.DataFrame:
     over = usable.groupby(PRETRAIN_SEED_KEYS, sort=True, dropna=False).agg(
         n=("mean", "size"), mean=("mean", "mean"), sd=("mean", "std"),
         seeds=("ckpt_seed", lambda s: sorted(s.tolist()))).reset_index()
-    over["ci95"] = 1.96 * over["sd"] / np.sqrt(over["n"])
+    over["ci95"] = t_half_width(over["sd"].to_numpy(float), over["n"].to_numpy())
     over["model"] = [family_label(r, r["seeds"]) for r in over.to_dict("records")]
     over["ckpt_seeds"] = [",".join(map(str, seeds)) for seeds in over["seeds"]]
     over["interval"] = "pretraining seeds"
@@ -581,10 +616,10 @@ def over_pretraining_seeds(ranked: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_over_pretraining_seeds(paired: pd.DataFrame) -> pd.DataFrame:
-    """Rows with ckpt_seed "all": Ring vs NCE twins over pretraining seeds, each seed's paired mean
-    difference being one sample (n = pretraining seeds), per evaluation seed (or over them: seed "all")."""
-    keys = [k for k in ("suite", "task", "metric", "dataset", "setting", "identity", "seed", "method",
-                        "pretrain_dataset", "epochs", "arch") if k in paired]
+    """Rows with ckpt_seed "all": twins over pretraining seeds, each seed's paired mean difference
+    being one sample (n = pretraining seeds), per evaluation seed (or over them: seed "all")."""
+    keys = [k for k in ("suite", "task", "metric", "dataset", "setting", "identity", "seed", "sampler", "baseline",
+                        "method", "pretrain_dataset", "epochs", "arch") if k in paired]
     several = paired.groupby(keys, dropna=False)["ckpt_seed"].transform("nunique") >= 2
     per_seed = paired[several].drop_duplicates(keys + ["ckpt_seed"])
     if per_seed.empty:
@@ -593,22 +628,23 @@ def paired_over_pretraining_seeds(paired: pd.DataFrame) -> pd.DataFrame:
     # vectorised over groups: a loop per group cost seconds on 10,000 cells
     over = per_seed.groupby(keys, sort=False, dropna=False).agg(
         n=("mean_diff", "size"), mean_diff=("mean_diff", "mean"), sd=("mean_diff", "std"),
-        ring_mean=("ring_mean", "mean"), nce_mean=("nce_mean", "mean"), positive=("positive", "sum"),
+        sampler_mean=("sampler_mean", "mean"), baseline_mean=("baseline_mean", "mean"), positive=("positive", "sum"),
         nonzero=("nonzero", "sum"), seeds=("ckpt_seed", lambda s: sorted(s.tolist()))).reset_index()
     n, sd = over["n"].to_numpy(), over["sd"].to_numpy(float)
-    over["ci95_diff"] = 1.96 * sd / np.sqrt(n)
+    over["ci95_diff"] = t_half_width(sd, n)
     over["p_ttest"] = paired_t_p(over["mean_diff"].to_numpy(float), sd, n)
     over["p_sign"] = sign_test_p(over["positive"].to_numpy(), over["nonzero"].to_numpy())
     over["ckpt_seed"] = "all"
     records = over.to_dict("records")
-    over["ring_model"] = [family_label(r | {"sampler": "ring"}, r["seeds"]) for r in records]
-    over["nce_model"] = [family_label(r | {"sampler": "nce"}, r["seeds"]) for r in records]
-    over["test"] = "over pretraining seeds (samples: per-seed paired differences); paired t-test; exact sign test"
+    over["sampler_model"] = [family_label(r, r["seeds"]) for r in records]
+    over["baseline_model"] = [family_label(r, r["seeds"], r["baseline"]) for r in records]
+    over["test"] = "over pretraining seeds (samples: per-seed paired differences); " + PAIRED_TEST
     return over.reindex(columns=list(paired.columns))
 
 
 def with_pretraining_seed_rows(paired: pd.DataFrame, hooks: Any) -> pd.DataFrame:
-    """The paired table plus its rows over pretraining seeds, each row naming what its interval covers."""
+    """The paired table plus its rows over pretraining seeds, each row naming what its interval covers,
+    and p_holm: Holm's correction over every comparison in the table."""
     sample_unit, seed_unit = suite_units(hooks)
     if paired.empty:
         return paired.assign(interval=pd.Series(dtype=str))
@@ -617,7 +653,7 @@ def with_pretraining_seed_rows(paired: pd.DataFrame, hooks: Any) -> pd.DataFrame
         paired = pd.concat([paired, over], ignore_index=True)
     interval = np.where(paired["ckpt_seed"].astype(str) == "all", "pretraining seeds",
                         np.where(paired["seed"].astype(str) == "all", seed_unit, sample_unit))
-    return paired.assign(interval=interval)
+    return paired.assign(interval=interval, p_holm=holm(paired["p_ttest"].to_numpy(float)))
 
 
 def markdown_table(ranked: pd.DataFrame) -> str:
@@ -645,7 +681,8 @@ def markdown_table(ranked: pd.DataFrame) -> str:
                 cells.append("missing")
                 continue
             r = mine[column]
-            text = f"{r['mean']:.2f} ± {r['ci95']:.2f} ({r['rank']:g})"
+            interval = f"± {r['ci95']:.2f}" if np.isfinite(r["ci95"]) else "(n = 1: no interval)"
+            text = f"{r['mean']:.2f} {interval} ({r['rank']:g})"
             if r["rank"] == best[(r["dataset"], r["setting"], column)]:
                 text = f"**{text}**"
             cells.append(text + (" †" if r["deterministic"] else ""))
@@ -655,6 +692,98 @@ def markdown_table(ranked: pd.DataFrame) -> str:
     if ranked["deterministic"].any():
         lines += ["", DETERMINISTIC_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def interval_text(ci95: float) -> str:
+    """`± x.xx`, or the words for a value without an interval (n = 1)."""
+    return NO_INTERVAL if not np.isfinite(ci95) else f"± {ci95:.2f}"
+
+
+def p_text(p: float) -> str:
+    return "-" if not np.isfinite(p) else f"{p:.3g}"
+
+
+def not_tabulated(scan: Scan) -> list[str]:
+    """The Markdown lines naming failed, corrupt and pending cells."""
+    lines = [f"- failed {failure['cell_id']}: {' '.join(failure['message'])}"
+             for failure in sorted(scan.failed, key=lambda f: f["cell_id"])]
+    lines += [f"- corrupt: {message}" for message in scan.corrupt]
+    if scan.pending:
+        lines.append(f"- {len(scan.pending)} cell(s) without a result yet")
+    return lines
+
+
+def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, families: pd.DataFrame,
+                   curves: pd.DataFrame, hooks: Any, notes: list[str]) -> str:
+    """<suite>.md from the tables written beside it."""
+    from bench import figures
+
+    headline = figures.headline_rows(ranked).copy()
+    if not headline.empty:
+        headline["avg_rank"] = headline.groupby(["suite", "entry"], dropna=False)["rank"].transform("mean")
+    covered = sorted(set(ranked["interval"]) - {NO_INTERVAL}) if not ranked.empty else []
+    md = [f"# {suite}\n", "Mean ± 95% CI (rank) of the headline metrics (every metric: "
+          f"`{suite}.csv`). Models whose difference from the best is within the 95% "
+          "interval of the difference tie and share the average rank; `avg rank` is the mean over the "
+          "columns shown. `missing`: no stored result (failed or not run), never zero.\n"]
+    if covered:
+        md.append(f"Intervals cover the variance over: {'; '.join(covered)} (one checkpoint, one pretraining "
+                  "seed each: they say nothing about another pretraining run, see below).\n")
+    md.append(interval_rule(hooks) + "\n")
+    markdown_hook = getattr(hooks, "leaderboard_markdown", None)
+    custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
+    md.append(custom_table if custom_table is not None else markdown_table(headline))
+    if not curves.empty:
+        md.append(f"\nOver the course of pretraining: `{suite}_curves.csv` and `{suite}_curves.png` "
+                  f"({curves['model'].nunique()} model(s), epochs {curves['epoch'].min()}-{curves['epoch'].max()}).\n")
+    if not families.empty:
+        md.append("\n## Over pretraining seeds\n")
+        md.append("Each pretraining seed's checkpoint gives one sample (its mean above); the interval is "
+                  "t(0.975, seeds − 1) · sd / √seeds over pretraining seeds.\n")
+        md.append("| model | task | metric | seeds | mean | 95% CI (pretraining seeds) |")
+        md.append("|---|---|---|---|---|---|")
+        for _, r in figures.headline_rows(families).iterrows():
+            md.append(f"| {r['model']} | {r['task']} | {r['metric']} | {r['n']} | {r['mean']:.2f} | "
+                      f"{interval_text(r['ci95'])} |")
+        md.append("")
+    paired_md = figures.headline_rows(paired)
+    if not paired_md.empty:
+        md.append("\n## Hard-negative samplers vs their NCE twins (paired, same samples)\n")
+        md.append("Twins share method, data, epochs, arch and pretraining seed; `pretraining seed` all: "
+                  "each seed's paired difference is one sample. `interval over` names what the 95% CI covers. "
+                  "The 95% CI is the paired t-test's own (t(0.975, n − 1) · sd / √n): it excludes 0 exactly when "
+                  f"p (t) < 0.05. {holm_sentence(suite, int(paired['p_holm'].notna().sum()))}\n")
+        md.append("| task | metric | dataset | setting | method | seed | pretraining seed | n | pair | means "
+                  "| difference | 95% CI | interval over | p (t) | p (Holm) | p (sign) |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in paired_md.to_dict("records"):
+            md.append(f"| {r['task']} | {r['metric']} | {r['dataset'] or '-'} | {r['setting'] or 'default'} | "
+                      f"{r['method']} | {r['seed']} | {r['ckpt_seed']} | {r['n']} | {r['sampler']} − {r['baseline']} | "
+                      f"{r['sampler_mean']:.2f} vs {r['baseline_mean']:.2f} | {r['mean_diff']:+.2f} | "
+                      f"{interval_text(r['ci95_diff'])} | {r['interval']} | {p_text(r['p_ttest'])} | "
+                      f"{p_text(r['p_holm'])} | {p_text(r['p_sign'])} |")
+        md.append("")
+    if notes:
+        md += ["\n## Not tabulated\n", *notes, ""]
+    return "\n".join(md)
+
+
+def holm_sentence(suite: str, tests: int) -> str:
+    if tests == 0:
+        return "No row has a test (one value each: n = 1)."
+    return (f"p (Holm) corrects p (t) for the {tests} comparisons of `{suite}_paired.csv` read together; "
+            "read a single comparison chosen in advance by p (t).")
+
+
+def interval_rule(hooks: Any) -> str:
+    """One sentence: which quantile the intervals of this table use."""
+    if getattr(hooks, "sample_interval", STUDENT_T) == STUDENT_T:
+        return ("Every interval is Student's t: t(0.975, n − 1) · sd / √n over the n values averaged "
+                "(docs/statistics.md); a single value has no interval.")
+    sample_unit, _ = suite_units(hooks)
+    return (f"Intervals over {sample_unit} follow the Meta-Dataset convention, 1.96 · population sd / √n "
+            "(n = 600 episodes: within a fraction of a percent of Student's t); every interval over seeds "
+            "is Student's t, t(0.975, n − 1) · sd / √n (docs/statistics.md).")
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -738,57 +867,10 @@ def _write_suite_tables(root: Path, suite: str, plot: bool, stream, scan: Scan |
         written.append(seeds_path)
     elif seeds_path.exists():
         seeds_path.unlink()  # no longer two pretraining seeds of anything: no stale table
-    headline = figures.headline_rows(ranked).copy()
-    if not headline.empty:
-        headline["avg_rank"] = headline.groupby(["suite", "entry"], dropna=False)["rank"].transform("mean")
-    covered = sorted(set(ranked["interval"])) if not ranked.empty else []
-    md = [f"# {suite}\n", "Mean ± 95% CI (rank) of the headline metrics (every metric: "
-          f"`{suite}.csv`). Models whose difference from the best is within the 95% "
-          "interval of the difference tie and share the average rank; `avg rank` is the mean over the "
-          "columns shown. `missing`: no stored result (failed or not run), never zero.\n"]
-    if covered:
-        md.append(f"Intervals cover the variance over: {'; '.join(covered)} (one checkpoint, one pretraining "
-                  "seed each: they say nothing about another pretraining run, see below).\n")
-    markdown_hook = getattr(hooks, "leaderboard_markdown", None)
-    custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
-    md.append(custom_table if custom_table is not None else markdown_table(headline))
-    if not curves.empty:
-        md.append(f"\nOver the course of pretraining: `{suite}_curves.csv` and `{suite}_curves.png` "
-                  f"({curves['model'].nunique()} model(s), epochs {curves['epoch'].min()}-{curves['epoch'].max()}).\n")
-    if not families.empty:
-        md.append("\n## Over pretraining seeds\n")
-        md.append("Each pretraining seed's checkpoint gives one sample (its mean above); the interval is "
-                  "1.96 · sd / √seeds over pretraining seeds (few seeds: a rough guide).\n")
-        md.append("| model | task | metric | seeds | mean | 95% CI (pretraining seeds) |")
-        md.append("|---|---|---|---|---|---|")
-        for _, r in figures.headline_rows(families).iterrows():
-            md.append(f"| {r['model']} | {r['task']} | {r['metric']} | {r['n']} | {r['mean']:.2f} | ±{r['ci95']:.2f} |")
-        md.append("")
-    paired_md = figures.headline_rows(paired)
-    if not paired_md.empty:
-        md.append("\n## Ring vs NCE twins (paired, same samples)\n")
-        md.append("Twins share method, data, epochs, arch and pretraining seed; `pretraining seed` all: "
-                  "each seed's paired difference is one sample. `interval over` names what the 95% CI covers.\n")
-        md.append("| task | metric | dataset | setting | method | seed | pretraining seed | n | ring | nce | ring − nce "
-                  "| 95% CI | interval over | p (t) | p (sign) |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in paired_md.to_dict("records"):
-            md.append(f"| {r['task']} | {r['metric']} | {r['dataset'] or '-'} | {r['setting'] or 'default'} | "
-                      f"{r['method']} | {r['seed']} | {r['ckpt_seed']} | {r['n']} | {r['ring_mean']:.2f} | "
-                      f"{r['nce_mean']:.2f} | {r['mean_diff']:+.2f} | ±{r['ci95_diff']:.2f} | {r['interval']} | "
-                      f"{r['p_ttest']:.3g} | {r['p_sign']:.3g} |")
-        md.append("")
-    if scan.failed or scan.corrupt or scan.pending:
-        md.append("\n## Not tabulated\n")
-        for failure in sorted(scan.failed, key=lambda f: f["cell_id"]):
-            md.append(f"- failed {failure['cell_id']}: {' '.join(failure['message'])}")
-        for message in scan.corrupt:
-            md.append(f"- corrupt: {message}")
-        if scan.pending:
-            md.append(f"- {len(scan.pending)} cell(s) without a result yet")
-        md.append("")
+    notes = not_tabulated(scan)
+    markdown = suite_markdown(suite, ranked, paired, families, curves, hooks, notes)
     md_path = root / f"{suite}.md"
-    _atomic_text(md_path, "\n".join(md))
+    _atomic_text(md_path, markdown)
     written.append(md_path)
     return written  # the figures' paths come from drawer.finish()
 

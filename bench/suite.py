@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.intervals import STUDENT_T, half_width_from_population_std
 from pretrain.overrides import comma_list as comma_list  # re-exported for the suites
 
 
@@ -139,9 +140,12 @@ class Metric:
 
     @classmethod
     def from_samples(
-        cls, samples: Sequence[float], sample_ids: Sequence[str] | None = None, higher_is_better: bool = True
+        cls, samples: Sequence[float], sample_ids: Sequence[str] | None = None, higher_is_better: bool = True,
+        interval: str = STUDENT_T,
     ) -> Metric:
-        """Mean and 1.96 * population std / sqrt(n), as Meta-Dataset papers report."""
+        """Mean, population std and the 95% half-width: Student's t (t(0.975, n - 1) * sd / sqrt(n), sd with
+        ddof = 1), or with interval=EPISODE_CONVENTION 1.96 * population std / sqrt(n), as Meta-Dataset
+        papers report over episodes. One sample has no interval (NaN)."""
         values = np.asarray(samples, dtype=np.float64)
         if values.size == 0:
             raise ValueError("a metric needs at least one sample")
@@ -150,7 +154,7 @@ class Metric:
             mean=float(values.mean()),
             std=std,
             n=int(values.size),
-            ci95=1.96 * std / math.sqrt(values.size),
+            ci95=float(half_width_from_population_std(std, values.size, interval)),
             samples=[float(v) for v in values],
             sample_ids=None if sample_ids is None else [str(s) for s in sample_ids],
             higher_is_better=higher_is_better,
@@ -165,7 +169,7 @@ class Metric:
             "mean": self.mean,
             "std": self.std,
             "n": self.n,
-            "ci95": self.ci95,
+            "ci95": self.ci95 if math.isfinite(self.ci95) else None,  # one sample: no interval
             "samples": self.samples,
             "sample_ids": self.sample_ids,
             "higher_is_better": self.higher_is_better,
@@ -201,6 +205,9 @@ class Suite(ABC):
     # What a metric's per-sample values are and what its seeds vary, for saying what an interval covers
     sample_unit: ClassVar[str] = "samples"
     seed_unit: ClassVar[str] = "evaluation seeds"
+    # The quantile of an interval over one cell's samples (bench.intervals): Student's t unless a field's
+    # convention says otherwise (Meta-Dataset's episodes)
+    sample_interval: ClassVar[str] = STUDENT_T
     produces_checkpoints: ClassVar[bool] = False  # True: cells write encoders that `--then` suites evaluate
 
     def parse_options(self, options: Mapping[str, Any], data_root: Path | None = None) -> Any:

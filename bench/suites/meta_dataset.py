@@ -3,7 +3,8 @@
 Tasks are sources (`<records>/<source>/dataset_spec.json`; default the embedded digits source).
 Episodes are drawn once per suite from `episode_seed` and stored as index lists in the shared
 folder, so every checkpoint sees the very same episodes (paired comparisons). Metrics are query
-accuracies in %, mean +- 1.96 * population std / sqrt(episodes), with per-episode samples.
+accuracies in %, mean +- 1.96 * population std / sqrt(episodes) (the field's convention; every
+interval over seeds is Student's t), with per-episode samples.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.intervals import EPISODE_CONVENTION
 from bench.suite import (
     VIEW_OPTIONS,
     Cell,
@@ -201,6 +203,7 @@ class MetaDatasetSuite(Suite):
     protocol_version = "1"
     sample_unit = "episodes (images in mode=linear)"
     seed_unit = "evaluation seeds (same episodes)"
+    sample_interval = EPISODE_CONVENTION
     options = {
         "records": "",  # folder of converted sources; empty: --data-root, else the embedded digits source
         "sources": "all",  # comma list of source folder names
@@ -354,7 +357,7 @@ class MetaDatasetSuite(Suite):
                      "train_images": len(train.images), "test_images": len(test.images),
                      "classes": len({c for c, _ in test.images}),
                      "feature_seconds": round(train.seconds + test.seconds, 3)}
-            metrics = {"acc/linear": Metric.from_samples(correct * 100.0, ids)}
+            metrics = {"acc/linear": Metric.from_samples(correct * 100.0, ids, interval=self.sample_interval)}
         else:
             shots = cell.task.params["shots"]
             path = episodes_file(cell.shared_dir, source, opts, shots, fingerprint)
@@ -364,7 +367,8 @@ class MetaDatasetSuite(Suite):
             table = evaluate.source_features(encoder, spec, episode_set.used_images(), size, cache, device, opts.batch_size)
             accuracies, probe_seconds = evaluate.run_episodes(table, episode_set, opts.probes, opts.distance, device, cell.seed)
             ids = episode_set.episode_ids()
-            metrics = {f"acc/{probe}": Metric.from_samples(acc * 100.0, ids) for probe, acc in accuracies.items()}
+            metrics = {f"acc/{probe}": Metric.from_samples(acc * 100.0, ids, interval=self.sample_interval)
+                       for probe, acc in accuracies.items()}
             episodes = episode_set.episodes
             info |= {
                 "split": opts.split,

@@ -29,6 +29,7 @@ class NegativeSampler:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     needs_queue: ClassVar[bool] = False  # draws on a queue of past keys (only methods with a queue can host it)
+    baseline: ClassVar[str | None] = "nce"  # the sampler a leaderboard pairs it with (its twin); None: a baseline
 
     def __init__(self, params: Any = None, epochs: int = 1):
         """`epochs`: the run's length, for samplers whose schedule is a fraction of it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from bench.figures import curve_table, forest_rows, headline_metrics, is_snapshot, plot_curves, plot_paired
 from bench.leaderboard import long_table, scan_suite, write_suite_tables
@@ -54,7 +55,7 @@ def test_curves_hold_one_row_per_model_task_metric_and_epoch(tmp_path):
     # two evaluation seeds: their mean, and the interval from their spread
     both = long[(long["sampler"] == "ring") & (long["epoch"] == 2) & (long["metric"] == "acc/k20")]["mean"]
     assert ring.loc[2, "mean"] == pytest.approx(both.mean())
-    assert ring.loc[2, "ci95"] == pytest.approx(1.96 * both.std(ddof=0) / np.sqrt(2))
+    assert ring.loc[2, "ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * both.std(ddof=1) / np.sqrt(2))
     assert list(is_snapshot(long)) == list(long["epoch"] < RUN_EPOCHS)
 
 
@@ -92,8 +93,8 @@ def test_headline_metrics_and_their_fallback():
 
 
 def test_the_forest_plot_uses_the_comparison_over_seeds_and_sorts_by_effect(tmp_path):
-    base = {"suite": "coco_det", "ring_model": "r", "nce_model": "n", "method": "moco", "pretrain_dataset": "d",
-            "epochs": 4, "ckpt_seed": 0, "arch": "resnet18", "ring_mean": 0.0, "nce_mean": 0.0, "p_ttest": 1.0,
+    base = {"suite": "coco_det", "sampler": "ring", "baseline": "nce", "sampler_model": "r", "baseline_model": "n", "method": "moco", "pretrain_dataset": "d",
+            "epochs": 4, "ckpt_seed": 0, "arch": "resnet18", "sampler_mean": 0.0, "baseline_mean": 0.0, "p_ttest": 1.0,
             "p_sign": 1.0, "test": "t"}
     rows = [base | {"task": "mask", "metric": "bbox/AP", "seed": s, "n": 10, "mean_diff": d, "ci95_diff": 1.0}
             for s, d in (("0", 1.0), ("1", 3.0), ("all", 2.0))]

@@ -1,4 +1,4 @@
-"""Leaderboard maths: CI-aware tied ranks, seed aggregation, paired Ring-vs-NCE statistics."""
+"""Leaderboard maths: CI-aware tied ranks, seed aggregation, paired sampler-vs-NCE statistics."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_paired_statistics_match_scipy_and_use_only_shared_samples(tmp_path):
     diff = ring[:45] - nce[:45]
     assert row["n"] == 45
     assert row["mean_diff"] == pytest.approx(diff.mean())
-    assert row["ci95_diff"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(45))
+    assert row["ci95_diff"] == pytest.approx(stats.t.ppf(0.975, 44) * diff.std(ddof=1) / np.sqrt(45))
     assert row["p_ttest"] == pytest.approx(stats.ttest_rel(ring[:45], nce[:45]).pvalue)
     assert row["p_sign"] == pytest.approx(stats.binomtest(int((diff > 0).sum()), 45).pvalue)
 
@@ -82,9 +82,10 @@ def test_twins_under_several_seeds_are_also_compared_over_seeds(tmp_path):
     row = over.iloc[0]
     diff = np.array(ring_means) - np.array(nce_means)
     assert (row["task"], row["n"]) == ("t", 3)
-    assert (row["ring_mean"], row["nce_mean"]) == (pytest.approx(np.mean(ring_means)), pytest.approx(np.mean(nce_means)))
+    assert (row["sampler"], row["baseline"]) == ("ring", "nce")
+    assert (row["sampler_mean"], row["baseline_mean"]) == (pytest.approx(np.mean(ring_means)), pytest.approx(np.mean(nce_means)))
     assert row["mean_diff"] == pytest.approx(diff.mean())
-    assert row["ci95_diff"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(3))
+    assert row["ci95_diff"] == pytest.approx(stats.t.ppf(0.975, 2) * diff.std(ddof=1) / np.sqrt(3))
     assert row["p_ttest"] == pytest.approx(stats.ttest_rel(ring_means, nce_means).pvalue)
     assert row["p_sign"] == pytest.approx(stats.binomtest(2, 3).pvalue)
 
@@ -99,9 +100,11 @@ def test_twins_must_share_method_and_several_seeds_are_averaged(tmp_path):
     agg = aggregate(long)
     nce = agg[agg["sampler"] == "nce"].iloc[0]
     assert (nce["mean"], nce["n_seeds"], nce["n"]) == (65.0, 2, 2)
-    assert nce["ci95"] == pytest.approx(1.96 * 10.0 / np.sqrt(2))
-    ranked = rank_table(agg)
-    assert ranked.set_index("sampler").loc["nce", "rank"] == 1.0
+    # two seeds (55, 75): sd 14.14 (ddof=1), and the t quantile with one degree of freedom, 12.71
+    assert nce["ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * np.std([55.0, 75.0], ddof=1) / np.sqrt(2))
+    ranked = rank_table(agg).set_index("sampler")
+    # 65 against 1.5 is a tie: two seeds that differ by 20 leave the mean uncertain by +-127
+    assert ranked.loc["nce", "rank"] == ranked.loc["ring", "rank"] == 1.5
 
 
 def test_leaderboard_reads_only_valid_files(tmp_path):

@@ -46,16 +46,16 @@ def test_twins_are_paired_per_pretraining_seed_and_over_pretraining_seeds(tmp_pa
     diffs = per_seed.sort_values("ckpt_seed")["mean_diff"].to_numpy()
     assert row["n"] == 3 and row["interval"] == "pretraining seeds"
     assert row["mean_diff"] == pytest.approx(diffs.mean())
-    assert row["ci95_diff"] == pytest.approx(1.96 * diffs.std(ddof=1) / np.sqrt(3))
+    assert row["ci95_diff"] == pytest.approx(stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3))
     assert row["p_ttest"] == pytest.approx(stats.ttest_1samp(diffs, 0).pvalue)
-    assert "(pretraining seeds 0,1,2)" in row["ring_model"]
+    assert "(pretraining seeds 0,1,2)" in row["sampler_model"]
 
     families = pd.read_csv(tmp_path / "meta_dataset_pretraining_seeds.csv")
     assert sorted(families["sampler"]) == ["nce", "ring"]
     nce = families[families["sampler"] == "nce"].iloc[0]
     means = np.array([np.mean(base + nce_shift[s]) for s in (0, 1, 2)])
     assert nce["n"] == 3 and nce["mean"] == pytest.approx(means.mean())
-    assert nce["ci95"] == pytest.approx(1.96 * means.std(ddof=1) / np.sqrt(3))
+    assert nce["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * means.std(ddof=1) / np.sqrt(3))
 
     ranked = pd.read_csv(tmp_path / "meta_dataset.csv")
     assert set(ranked["interval"]) == {"episodes (images in mode=linear)"}

@@ -78,12 +78,20 @@ def test_batched_logreg_matches_sklearn_on_each_episode():
     assert np.allclose(forward, backward, atol=0.02)
 
 
-def test_ci95_is_196_population_std_over_sqrt_n():
+def test_episode_ci95_keeps_the_meta_dataset_convention_and_other_means_get_student_t():
+    from scipy import stats
+
+    from bench.suites.meta_dataset import MetaDatasetSuite
+
     values = [0.5, 0.75, 1.0, 0.25, 0.5]
-    metric = Metric.from_samples(values, [f"e{i}" for i in range(5)])
+    ids = [f"e{i}" for i in range(5)]
+    episodes = Metric.from_samples(values, ids, interval=MetaDatasetSuite.sample_interval)
     std = math.sqrt(sum((v - 0.6) ** 2 for v in values) / 5)  # ddof = 0
-    assert metric.mean == pytest.approx(0.6) and metric.std == pytest.approx(std)
-    assert metric.ci95 == pytest.approx(1.96 * std / math.sqrt(5))
+    assert episodes.mean == pytest.approx(0.6) and episodes.std == pytest.approx(std)
+    assert episodes.ci95 == pytest.approx(1.96 * std / math.sqrt(5))
+    other = Metric.from_samples(values, ids)  # any other suite: Student's t, same mean and std
+    assert (other.mean, other.std) == (episodes.mean, episodes.std)
+    assert other.ci95 == pytest.approx(stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / math.sqrt(5))
 
 
 @pytest.mark.slow
