@@ -35,10 +35,9 @@ DEFAULT_PRETRAIN_SEEDS = (0,)
 # Extra config overrides for every encoder (empty in normal use; tests shrink the runs with it).
 EMBEDDED_OVERRIDES: dict = {}
 EMBEDDED_THREADS = 1
-# CPU time of one encoder trained with one thread (20 epochs, 440 SGD steps, the kNN monitor once), measured
-# on a 2-core AMD EPYC (Zen 4) VM: 214 s (NCE and Ring alike), i.e. its wall time on an idle core. Used only
-# for the "about N min" estimate printed before training.
-EMBEDDED_SECONDS_PER_ENCODER = 215.0
+# Steps timed before the first estimate. A process's first step pays for allocations and kernel
+# selection, so the estimate uses the steps after it.
+ESTIMATE_AFTER_STEPS = 3
 
 
 def cache_root() -> Path:
@@ -91,29 +90,39 @@ def parallel_trainings(count: int) -> int:
     return max(1, min(count, (os.cpu_count() or 1) // EMBEDDED_THREADS))
 
 
-def estimated_seconds(count: int) -> float:
-    """Rough wall time to train `count` embedded encoders here (from the measured single-encoder figure)."""
-    if count <= 0:
-        return 0.0
-    return math.ceil(count / parallel_trainings(count)) * EMBEDDED_SECONDS_PER_ENCODER
+def epochs_per_encoder() -> int:
+    from pretrain.recipes import recipe_config
+
+    return recipe_config(EMBEDDED_RECIPES[0], dict(EMBEDDED_OVERRIDES)).optim.epochs
 
 
 def describe_training(count: int) -> str:
-    minutes = max(1, round(estimated_seconds(count) / 60))
-    return (f"about {minutes} min: {count} encoder(s), {parallel_trainings(count)} at a time with "
-            f"{EMBEDDED_THREADS} thread each, {EMBEDDED_SECONDS_PER_ENCODER / 60:.1f} min of CPU per encoder "
-            "as measured on a 2-core CPU; longer on a busy machine")
+    """What training `count` embedded encoders involves; its time is measured when it starts, not guessed."""
+    return (f"{count} encoder(s), {epochs_per_encoder()} epoch(s) each: {parallel_trainings(count)} at a time with "
+            f"{EMBEDDED_THREADS} thread each, the time estimated from the first steps on this machine")
+
+
+_progress_queue = None  # in each training worker: where it reports its steps
+
+
+def _set_progress_queue(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
 
 
 def _train_one(recipe: str, seed: int, overrides: dict, out_dir: str, threads: int) -> str:
-    """One embedded encoder, in a worker process with a fixed thread count."""
+    """One embedded encoder, in a worker process with a fixed thread count; reports every step."""
     import torch
 
     torch.set_num_threads(threads)
     from pretrain.train import train_recipe
 
+    def report(epoch: int, step: int, steps: int) -> None:
+        if _progress_queue is not None:
+            _progress_queue.put((recipe, seed, epoch, step, steps, time.monotonic()))
+
     path = train_recipe(recipe, dict(overrides) | {"seed": int(seed)}, out_dir, show_progress=False,
-                        allow_distributed=False)
+                        allow_distributed=False, on_step=report)
     return str(path)
 
 
@@ -135,19 +144,89 @@ def default_encoders(pretrain_seeds: Sequence[int] | None = None, stream: TextIO
     return paths
 
 
+class TrainingProgress:
+    """One bar over the steps of every embedded training (live on a terminal, a line every 30 s in a log)
+    with each encoder's epoch and step, and a first estimate from steps timed on this machine."""
+
+    def __init__(self, runs: list[tuple[str, int]], stream: TextIO, workers: int):
+        from pretrain.progress import progress_bar
+
+        self.stream, self.workers, self.epochs = stream, workers, epochs_per_encoder()
+        self.steps = 0  # per encoder: known from the first step reported
+        self.position = {run: "starting" for run in runs}
+        self.done = {run: 0 for run in runs}
+        self.timing: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+        self.estimated = False
+        self.started = time.monotonic()
+        self.bar = progress_bar(total=None, desc="embedded encoders", unit="step", file=stream)
+
+    @staticmethod
+    def label(run: tuple[str, int]) -> str:
+        recipe, seed = run
+        return f"{recipe.rsplit('_', 1)[-1]} (seed {seed})"
+
+    def report(self, recipe: str, seed: int, epoch: int, step: int, steps: int, at: float) -> None:
+        run = (recipe, seed)
+        if not self.steps:
+            self.steps = self.epochs * steps
+            self.bar.total = self.steps * len(self.done)
+        done = epoch * steps + step
+        self.position[run] = f"epoch {epoch + 1}/{self.epochs} step {step}/{steps}"
+        self.bar.update(done - self.done[run])
+        self.done[run] = done
+        if len(self.timing[run]) <= ESTIMATE_AFTER_STEPS:
+            self.timing[run].append(at)
+        timed = [run for run, t in self.timing.items() if len(t) > ESTIMATE_AFTER_STEPS]
+        if not self.estimated and len(timed) >= min(self.workers, len(self.timing)):
+            self.say_estimate(timed)
+        self.bar.set_postfix_str("; ".join(f"{self.label(r)} {p}" for r, p in self.position.items()))
+
+    def say_estimate(self, timed: list[tuple[str, int]]) -> None:
+        """The steps left over all trainings, `workers` at a time, at the slowest timed pace (the steps after
+        each training's first, timed here)."""
+        self.estimated = True
+        per_step = max((self.timing[run][-1] - self.timing[run][0]) / ESTIMATE_AFTER_STEPS for run in timed)
+        left = sum(self.steps - done for done in self.done.values())
+        total = time.monotonic() - self.started + per_step * left / self.workers
+        self.bar.write(f"embedded encoders: about {total / 60:.1f} min in all on this machine "
+                       f"({per_step:.2f} s per step over steps 2-{ESTIMATE_AFTER_STEPS + 1}, {self.workers} "
+                       f"side by side, {self.steps} steps each)", file=self.stream)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _train_missing(missing: list[tuple[str, int]], stream: TextIO) -> None:
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import queue as queues
+    from concurrent.futures import ProcessPoolExecutor, wait
 
     started = time.perf_counter()
     overrides = dict(EMBEDDED_OVERRIDES)
-    workers = parallel_trainings(len(missing))
     # spawn: a fresh interpreter per worker, so no thread pool or lock of this process is inherited
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_one, recipe, seed, overrides, str(_run_dir(recipe, seed)), EMBEDDED_THREADS):
-                   (recipe, seed) for recipe, seed in missing}
-        for future in as_completed(futures):
-            recipe, seed = futures[future]
-            future.result()  # a failed training raises here, naming its error
-            print(f"embedded encoders: trained {recipe} (pretraining seed {seed}) "
-                  f"after {time.perf_counter() - started:.0f} s", file=stream, flush=True)
+    context = multiprocessing.get_context("spawn")
+    steps = context.Queue()
+    workers = parallel_trainings(len(missing))
+    progress = TrainingProgress(missing, stream, workers)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                 initializer=_set_progress_queue, initargs=(steps,)) as pool:
+            futures = {pool.submit(_train_one, recipe, seed, overrides, str(_run_dir(recipe, seed)),
+                                   EMBEDDED_THREADS): (recipe, seed) for recipe, seed in missing}
+            pending = set(futures)
+            while pending:
+                try:
+                    while True:
+                        progress.report(*steps.get(timeout=0.5))
+                except queues.Empty:
+                    pass
+                finished, pending = wait(pending, timeout=0)
+                for future in finished:
+                    recipe, seed = futures[future]
+                    future.result()  # a failed training raises here, naming its error
+                    progress.bar.write(f"embedded encoders: trained {recipe} (pretraining seed {seed}) "
+                                       f"after {time.perf_counter() - started:.0f} s", file=stream)
+            while not steps.empty():  # the last steps reported just before their training ended
+                progress.report(*steps.get())
+    finally:
+        progress.close()

@@ -167,8 +167,11 @@ class Trainer:
     """One training run in `out_dir`, single process or one rank of a DDP job."""
 
     def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
-                 show_progress: bool = True, allow_distributed: bool = True):
+                 show_progress: bool = True, allow_distributed: bool = True, on_step=None):
         self.config = config.validate()
+        # on_step(epoch, step, steps_per_epoch), after every optimizer step: progress for a caller that
+        # trains in another process (the embedded pair) and shows one bar for all its trainings
+        self.on_step = on_step
         self.out_dir = Path(out_dir)
         self.device = resolve_device(config.device)
         if allow_distributed:
@@ -377,6 +380,8 @@ class Trainer:
             count += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
+            if self.on_step is not None:
+                self.on_step(epoch, step + 1, steps)
         progress.close()
         seconds = time.perf_counter() - started
         return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, **self.sampler.epoch_record(),
@@ -498,9 +503,9 @@ class _Subset:
 
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True,
-          allow_distributed: bool = True) -> Path | None:
+          allow_distributed: bool = True, on_step=None) -> Path | None:
     return Trainer(config, out_dir, resume=resume, show_progress=show_progress,
-                   allow_distributed=allow_distributed).fit()
+                   allow_distributed=allow_distributed, on_step=on_step).fit()
 
 
 def check_recipe(recipe_name: str, overrides: dict | None = None) -> TrainConfig:
@@ -516,7 +521,7 @@ def check_recipe(recipe_name: str, overrides: dict | None = None) -> TrainConfig
 
 
 def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.PathLike,
-                 show_progress: bool = True, allow_distributed: bool = True) -> Path:
+                 show_progress: bool = True, allow_distributed: bool = True, on_step=None) -> Path:
     """Train a recipe into `out_dir` and return its encoder path; resumes from the folder's state if
     present (so a requeued job continues), and returns at once if the run already finished."""
     config = recipe_config(recipe_name, overrides or {})
@@ -527,7 +532,8 @@ def train_recipe(recipe_name: str, overrides: dict | None, out_dir: str | os.Pat
         state = read_state(state_path)
         if state["epoch"] >= config.optim.epochs and not config_differences(state["config"], config):
             return encoder_path
-    path = train(config, out_dir, resume=resume, show_progress=show_progress, allow_distributed=allow_distributed)
+    path = train(config, out_dir, resume=resume, show_progress=show_progress, allow_distributed=allow_distributed,
+                 on_step=on_step)
     if path is None:  # a non-zero rank of a DDP job
         return encoder_path
     return path

@@ -47,7 +47,10 @@ def test_a_dry_run_with_an_empty_cache_trains_nothing_and_lists_the_cells_after_
     assert out.returncode == 0, out.stderr
     assert _encoder_files(tmp_path / "cache") == []
     assert "embedded encoders not trained yet (4)" in out.stdout
-    assert out.stdout.count("submit after training the embedded encoders (about ") == 4
+    from pretrain.embedded import epochs_per_encoder
+
+    assert out.stdout.count(f"submit after training the embedded encoders (4 encoder(s), {epochs_per_encoder()} "
+                            "epoch(s) each) ") == 4
     for seed in (0, 1):
         for sampler in ("nce", "ring"):
             assert f"simclr/{sampler} pretraining seed {seed} digits seed=0" in out.stdout
@@ -72,14 +75,24 @@ def test_a_real_run_announces_the_training_then_plans_one_pair_per_pretraining_s
     from pretrain.checkpoint import load_encoder
 
     monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(embedded, "EMBEDDED_OVERRIDES", dict(TINY))
+    monkeypatch.setattr(embedded, "EMBEDDED_OVERRIDES", dict(TINY, max_steps_per_epoch=5))
+    monkeypatch.setenv("RINGBENCH_PROGRESS_INTERVAL", "0")  # a log line per step
     stream = io.StringIO()
     plan = build_plan("knn", load_suite("knn"), results_root=tmp_path / "results", pretrain_seeds=[0, 1],
                       stream=stream)
     said = stream.getvalue()
     announced = said.index("knn: training the embedded NCE and Ring encoders first")
-    assert "about " in said[announced:].splitlines()[0]
-    assert said.index("embedded encoders: trained") > announced  # the announcement comes first
+    assert "4 encoder(s), 1 epoch(s) each" in said[announced:].splitlines()[0]
+    # the estimate is timed here, from the steps after each training's first, before any training ends
+    estimate = said.index("embedded encoders: about ")
+    assert announced < estimate < said.index("embedded encoders: trained")
+    assert "s per step over steps 2-4" in said[estimate:].splitlines()[0]
+    # plain progress lines in a log: the encoder, its epoch and step, and the time left
+    lines = [line for line in said.splitlines() if line.startswith("embedded encoders: ") and "step" in line
+             and "/20 [" in line]
+    assert lines and all("<" in line for line in lines)  # tqdm's elapsed<remaining
+    assert any("nce (seed 0) epoch 1/1 step 5/5" in line for line in lines)
+    assert lines[-1].split(":")[1].strip().startswith("20/20")
     assert len(plan.checkpoints) == 4 and not plan.untrained
     assert len(plan.cells) == 4 and all(p.cell_id for p in plan.cells)
     seen = [(load_encoder(p).metadata["seed"], load_encoder(p).metadata["sampler"]) for p in plan.checkpoints]
