@@ -1,9 +1,9 @@
 """Re-derive the intervals, ranks and tests of leaderboard tables already written, from their own columns.
 
     from bench.rederive import rederive_suite_tables
-    rederive_suite_tables(Path("results"), "coco_det")   # rewrites <suite>.csv, _paired.csv, _curves.csv, .md, PNGs
+    rederive_suite_tables(Path("docs/results"), "coco_det")   # rewrites <suite>.csv, _paired.csv, _curves.csv, .md, PNGs
 
-For tables whose cell results are gone (the committed examples under results/), written when every
+For tables whose cell results are gone (the committed examples under docs/results/), written when every
 interval used the normal quantile 1.96. Means, std and n stay as written; what changes is what
 bench.intervals now says:
 - <suite>.csv: ci95 from std and n (Student's t; the suite's episode convention for one cell's

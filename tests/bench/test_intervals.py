@@ -1,6 +1,6 @@
 """Intervals and tests of the leaderboards: Student's t over few runs, one verdict per paired
 comparison, Holm, no interval for one value, pairing by the sampler registry, and the committed
-example tables under results/ checked against those rules."""
+example tables under docs/results/ checked against those rules."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from bench.suite import Metric
 from bench.suites import load_suite
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "results"
+RESULTS = REPO / "docs" / "results"
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 10])
