@@ -57,6 +57,7 @@ class Scan:
     corrupt: list[str] = field(default_factory=list)  # messages naming file and problem
     failed: list[dict[str, Any]] = field(default_factory=list)  # cells with an error and no result
     pending: list[str] = field(default_factory=list)
+    fingerprint_modes: dict[str, str] = field(default_factory=dict)  # dataset label -> how it was fingerprinted
 
 
 def model_label(checkpoint: dict[str, Any] | None) -> str:
@@ -226,6 +227,8 @@ def scan_suite(root: Path, suite: str) -> Scan:
                                   result.get("dataset")])
         setting_columns = per_setting.get(setting_key)
         if setting_columns is None:
+            if result.get("dataset"):  # results stored before modes existed were fingerprinted by sizes
+                scan.fingerprint_modes[result["dataset"].get("label") or ""] = result["dataset"].get("mode", "sizes")
             setting_columns = per_setting[setting_key] = {
                 "dataset": (result.get("dataset") or {}).get("label") or "",
                 "setting": setting_of(result.get("options"), defaults),
@@ -749,6 +752,12 @@ def _write_suite_tables(root: Path, suite: str, plot: bool, stream, scan: Scan |
     if covered:
         md.append(f"Intervals cover the variance over: {'; '.join(covered)} (one checkpoint, one pretraining "
                   "seed each: they say nothing about another pretraining run, see below).\n")
+    if scan.fingerprint_modes:
+        from bench.fingerprint import FINGERPRINT_MODES
+
+        md.append("Dataset fingerprints: " + "; ".join(
+            f"`{label}` {mode} ({FINGERPRINT_MODES.get(mode, 'unknown mode')})"
+            for label, mode in sorted(scan.fingerprint_modes.items())) + ".\n")
     markdown_hook = getattr(hooks, "leaderboard_markdown", None)
     custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
     md.append(custom_table if custom_table is not None else markdown_table(headline))

@@ -35,14 +35,37 @@ IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrai
                  "image_size", "code_version", "epoch", "w_out")  # epoch, w_out: where a snapshot sits on its run
 
 
+# A key=value option of every suite: how the data's fingerprint is taken (bench.fingerprint), not a suite option
+FINGERPRINT_OPTION = "fingerprint"
+
+
+def fingerprint_mode_of(pairs: Iterable[str]) -> str:
+    """The `fingerprint=sizes|content` among key=value pairs (default sizes); a bad value is an InputError."""
+    from bench.fingerprint import FINGERPRINT_MODES, SIZES
+
+    mode = SIZES
+    for pair in pairs:
+        if "=" in pair and split_pair(pair)[0] == FINGERPRINT_OPTION:
+            mode = split_pair(pair)[1].strip().lower()
+            if mode not in FINGERPRINT_MODES:
+                raise InputError(f"option fingerprint={split_pair(pair)[1]!r}: expected one of "
+                                 + ", ".join(f"{name} ({what})" for name, what in FINGERPRINT_MODES.items()))
+    return mode
+
+
 def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
-    """The suite's defaults with `key=value` pairs applied, each typed like its default."""
+    """The suite's defaults with `key=value` pairs applied, each typed like its default (`fingerprint=`
+    is checked here and read by `fingerprint_mode_of`)."""
     options = dict(suite.options)
     valid = ", ".join(sorted(suite.options)) or "(none)"
+    pairs = list(pairs)
+    fingerprint_mode_of(pairs)
     for pair in pairs:
         if "=" not in pair:
             raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: {valid}")
         key, text = split_pair(pair)
+        if key == FINGERPRINT_OPTION and key not in suite.options:
+            continue
         if key not in suite.options:
             close = difflib.get_close_matches(key, list(suite.options), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -87,8 +110,8 @@ def _info_cache_path() -> Path:
 
 
 def resolve_checkpoint(path: Path) -> CheckpointInfo:
-    """The checkpoint's CheckpointInfo (path, sha256, metadata), loaded and validated only when the file is
-    new or changed (cached by path, size and mtime), so planning a known checkpoint needs no torch."""
+    """The checkpoint's CheckpointInfo (path, sha256, metadata), loaded and validated only when its content
+    is new (cached by sha256), so planning a known checkpoint needs no torch."""
     from pretrain.checkpoint import checkpoint_info
 
     return checkpoint_info(path, _info_cache_path())
@@ -230,7 +253,10 @@ def build_plan(
             suite.check_checkpoints(settings, [known[path] for path in untrained])
             resolved = [known[path] for path in checkpoints]
             untrained = []
-    fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
+    from bench.fingerprint import fingerprint_mode
+
+    with fingerprint_mode(fingerprint_mode_of(option_pairs)):
+        fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
     identity_options = suite.identity_options(options)
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
