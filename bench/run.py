@@ -20,6 +20,16 @@ from slurm.executors import EXECUTORS
 EXIT_USER_ERROR = 2
 
 
+class GivenOnce(argparse.Action):
+    """A flag that holds one value: repeated with another value it is an error, not "the last one wins"."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None and previous != values:
+            parser.error(f"{option_string} given twice ({previous} and {values}); give it once")
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -31,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints", action="append", default=[], metavar="PATHS|GLOB",
                         help="encoder files: paths, comma lists, globs or folders; repeatable "
                              "(default: the embedded NCE and Ring pair)")
-    parser.add_argument("--data-root", type=Path, default=None, dest="data_root",
+    parser.add_argument("--data-root", type=Path, default=None, dest="data_root", action=GivenOnce,
                         help="dataset folder for suites that read one")
-    parser.add_argument("--records", type=Path, default=None, dest="records",
+    parser.add_argument("--records", type=Path, default=None, dest="records", action=GivenOnce,
                         help="the same as --data-root, named for Meta-Dataset records")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="auto: SLURM when a controller answers, else local; debug runs in-process")
@@ -41,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="recompute cells that already have a result")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="cells running at once (SLURM: slurm_array_parallelism; local: processes)")
-    parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
-    parser.add_argument("--tasks", default=None, metavar="NAMES",
+    parser.add_argument("--results", type=Path, default=None, action=GivenOnce, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
+    parser.add_argument("--tasks", default=None, metavar="NAMES", action=GivenOnce,
                         help="comma list: run only these tasks of the suite (default: all)")
-    parser.add_argument("--seeds", default=None, help="comma list of evaluation seeds (default: the suite's, e.g. 0,1,2 "
+    parser.add_argument("--seeds", default=None, action=GivenOnce, help="comma list of evaluation seeds (default: the suite's, e.g. 0,1,2 "
                         "for coco_det on the embedded set, else 0); for --suite pretrain without --pretrain-seeds, "
                         "the pretraining seeds")
-    parser.add_argument("--pretrain-seeds", default=None, metavar="SEEDS",
+    parser.add_argument("--pretrain-seeds", default=None, metavar="SEEDS", action=GivenOnce,
                         help="comma list of pretraining seeds: without --checkpoints, the embedded NCE/Ring pair is "
                              "trained (once, cached) and evaluated per seed (default 0); with --suite pretrain, the "
                              "seeds each recipe is trained with (--seeds then goes to the --then suites)")
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = sys.stderr
     try:
         from bench.execute import parse_then, plan_suite, run_plan
-        from bench.plan import parse_suite_options
+        from bench.plan import check_device_here, parse_suite_options
         from bench.store import results_root_default
         from bench.suites import load_suite, load_suite_class, suite_names
         from slurm.executors import resolve_executor
@@ -111,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             later = load_suite(name)
             if not later.uses_checkpoints:
                 raise InputError(f"--then {name}: that suite evaluates no checkpoint")
-            parse_suite_options(later, pairs)  # a bad option fails now, before anything is submitted
+            later_options = parse_suite_options(later, pairs)  # a bad option fails now, before anything is submitted
+            if executor in ("local", "debug"):
+                check_device_here(later_options, f"--then {name}")
         if args.records is not None and args.data_root is not None:
             raise InputError("--records and --data-root name the same folder; give one of them")
         data_root, data_root_flag = (args.records, "--records") if args.records is not None else (args.data_root, "--data-root")
-        seeds, then_seeds = parse_seeds(args.seeds), parse_seeds(args.seeds)
-        pretrain_seeds = parse_seeds(args.pretrain_seeds, "--pretrain-seeds")
+        seeds = then_seeds = parse_seeds(args.seeds, stream=stream)
+        pretrain_seeds = parse_seeds(args.pretrain_seeds, "--pretrain-seeds", stream=stream)
         if pretrain_seeds and suite.produces_checkpoints:  # the pretrain suite's cell seeds are pretraining seeds
             seeds, pretrain_seeds = pretrain_seeds, None
         plan_start = time.time()
@@ -124,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                           checkpoint_specs=args.checkpoints, data_root=data_root, seeds=seeds,
                           task_names=list(comma_list(args.tasks or "")) or None, prepare=not args.dry_run,
                           pretrain_seeds=pretrain_seeds, train_embedded=not args.dry_run,
-                          data_root_flag=data_root_flag, stream=stream)
+                          data_root_flag=data_root_flag, stream=stream, devices_here=executor in ("local", "debug"))
         plan_seconds = time.time() - plan_start
         if args.dry_run:
             from bench.runner import describe_plan
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             pretraining = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
                                  progress=not args.no_progress, stream=stream)
             summary, _ = follow_pretraining(plan, pretraining.run, then, executor, profiles, in_background=True,
-                                            seeds=parse_seeds(args.seeds), max_parallel=args.max_parallel,
+                                            seeds=then_seeds, max_parallel=args.max_parallel,
                                             force=args.force, stream=stream, poll_s=2.0,
                                             option_pairs=dict(then_chain))
             run = SuiteRun(plan, summary, pretraining)
