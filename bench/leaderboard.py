@@ -846,7 +846,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no stored cells for suite(s) {', '.join(unknown)} under {root}; "
               f"suites with results: {', '.join(suites_in(root)) or '(none)'}", file=sys.stderr)
         return 2
-    for path in write_all(root, names, plot=not args.no_plot):
+    from pretrain.atomic_files import check_writable, describe_os_error
+
+    try:  # a read-only or full results folder: one line, exit 2, the stored results untouched
+        check_writable(root, "results folder")
+        written = write_all(root, names, plot=not args.no_plot)
+    except OSError as error:
+        print(f"error: the leaderboard was not written: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0
 

@@ -84,6 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output_folders(results_root: Path, suites: list[str]) -> None:
+    """Before planning: the results folder (each suite's own too) and the cache can be written."""
+    from pretrain.atomic_files import check_writable
+    from pretrain.embedded import cache_root
+
+    check_writable(results_root, "results folder")
+    for name in suites:
+        check_writable(Path(results_root) / name, "results folder")
+    check_writable(cache_root(), "cache folder (RINGBENCH_CACHE)")
+
+
+def disk_full_failures(plans: list) -> list[str]:
+    """The messages of the cells that failed because the disk was full (bench.store error.json)."""
+    messages = []
+    for plan in plans:
+        for planned in plan.cells:
+            error = plan.store.cell(planned.cell_id).error() if planned.cell_id else None
+            if error and error.get("type") == "DiskFullError":
+                messages.append(str(error.get("message", "")))
+    return messages
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """ValueError covers InputError, CheckpointError and DatasetError (all ValueError subclasses)."""
     return (ValueError, FileNotFoundError, NotADirectoryError)
@@ -110,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         then_chain = parse_then([token for group in args.then for token in group])
         then = [name for name, _ in then_chain]
         suite = load_suite(args.suite)
+        check_output_folders(results_root, [suite.name, *(load_suite(name).name for name in then)])
         if args.follow:
             from bench.follow import follow_command
 
@@ -150,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
+    except OSError as error:  # a read-only or full results folder or cache: one line, nothing half-written
+        if os.environ.get("RINGBENCH_TRACEBACK"):
+            raise
+        from pretrain.atomic_files import describe_os_error
+
+        print(f"error: {describe_os_error(error)}", file=stream)
+        return EXIT_USER_ERROR
 
     chain_on_slurm = bool(then) and executor == "slurm"
     try:
@@ -171,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.no_progress, stream=stream)
     except user_error_types() as error:  # a bad partition, or sbatch refusing the request
         print(f"error: {error}", file=stream)
+        return EXIT_USER_ERROR
+    except OSError as error:  # the results folder turned read-only or full during the run
+        from pretrain.atomic_files import describe_os_error
+
+        print(f"error: {describe_os_error(error)}", file=stream)
         return EXIT_USER_ERROR
     summary, runner = run.summary, run.runner
     print(f"{plan.suite.name}: {summary.total} cells: kept {summary.skipped_done}, submitted {summary.submitted}, "
@@ -199,10 +234,20 @@ def main(argv: list[str] | None = None) -> int:
           file=stream)
     if not args.no_leaderboard:
         from bench.leaderboard import write_suite_tables
+        from pretrain.atomic_files import describe_os_error
 
-        for done_plan in plans:
-            for path in write_suite_tables(done_plan.store.root, done_plan.suite.name):
-                print(f"wrote {path}", file=stream)
+        try:
+            for done_plan in plans:
+                for path in write_suite_tables(done_plan.store.root, done_plan.suite.name):
+                    print(f"wrote {path}", file=stream)
+        except OSError as error:
+            print(f"error: the leaderboard was not written: {describe_os_error(error)}", file=stream)
+            code = EXIT_USER_ERROR
+    full = disk_full_failures(plans)
+    if full:  # not a failed evaluation: the same cells complete once there is space
+        print(f"error: {len(full)} cell(s) failed for lack of disk space: {full[0].removeprefix('DiskFullError: ')}",
+              file=stream)
+        return EXIT_USER_ERROR
     return max(code, 1 if summary.failed else 0)
 
 
