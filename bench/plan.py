@@ -254,6 +254,9 @@ def build_plan(
                                  "same data; give one of them")
     if devices_here:
         check_device_here(options, suite.name)
+    elif str(options.get("device") or "").strip() not in ("", "cpu"):
+        print(f"note: {suite.name} device={options['device']} is checked on the node where each job runs "
+              "(this executor does not run the jobs here)", file=stream)
     store = ResultStore(results_root, suite.name)
     untrained: list[Path] = []
     if suite.uses_checkpoints:

@@ -95,8 +95,11 @@ def test_a_device_this_machine_lacks_is_refused_before_training(tmp_path, monkey
 
 
 def test_a_device_is_not_checked_here_when_the_jobs_run_elsewhere(tmp_path, encoders):
-    plan = _plan(tmp_path, encoders["moco"], f"device={_missing_cuda_device()}", devices_here=False)
-    assert len(plan.cells) == 1  # SLURM: the node the job lands on checks it
+    notes = io.StringIO()
+    device = _missing_cuda_device()
+    plan = _plan(tmp_path, encoders["moco"], f"device={device}", devices_here=False, stream=notes)
+    assert len(plan.cells) == 1  # SLURM: the node the job lands on checks it, and the plan says so
+    assert f"note: knn device={device} is checked on the node where each job runs" in notes.getvalue()
 
 
 def test_the_cli_checks_the_device_for_the_local_executor(tmp_path, bench_env, encoders):
