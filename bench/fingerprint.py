@@ -15,8 +15,14 @@ Fingerprints are cached in $RINGBENCH_CACHE/dataset_fingerprints.json, keyed by 
 size) of the files and folders they were computed from: adding, removing or renaming a file
 changes its folder's mtime and so refreshes the fingerprint, while a huge folder (1.28M ImageNet
 files) is listed once, not on every run. An image rewritten in place under the same name is not
-seen by the cache (nor, if its size is kept, by the fingerprint): delete the cache file after such
-an edit.
+seen by the cache (nor, if its size is kept, by the fingerprint).
+
+`fingerprint=content` (a key=value option of every suite, bench.plan) hashes every byte instead: the
+sha256 of each image and record file replaces its size, and nothing is taken from the cache, so an
+edit in place is always seen, at the cost of reading the whole dataset at every plan. Each fingerprint
+records its mode ("sizes" or "content"; embedded data is always hashed, so "content"), and the
+leaderboard says which mode each dataset got. The two modes give different fingerprints, hence
+different cells.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,25 @@ from pretrain.atomic_files import file_sha256
 
 CACHE_FILE = "dataset_fingerprints.json"
 FINGERPRINT_VERSION = 1  # bump when a recipe below changes: every cached and stored fingerprint moves
+SIZES, CONTENT = "sizes", "content"
+FINGERPRINT_MODES = {SIZES: "file names and sizes (cached by mtime)", CONTENT: "sha256 of every file"}
+_MODE: ContextVar[str] = ContextVar("fingerprint_mode", default=SIZES)
+
+
+@contextmanager
+def fingerprint_mode(mode: str) -> Iterator[None]:
+    """Fingerprints taken inside use `mode` (SIZES or CONTENT)."""
+    if mode not in FINGERPRINT_MODES:
+        raise ValueError(f"fingerprint={mode!r}: expected one of {', '.join(FINGERPRINT_MODES)}")
+    token = _MODE.set(mode)
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def _hashing() -> bool:
+    return _MODE.get() == CONTENT
 
 
 @dataclass(frozen=True)
@@ -42,6 +69,7 @@ class DatasetFingerprint:
     name: str
     sha256: str
     files: int = 0
+    mode: str = SIZES  # SIZES or CONTENT: what of each file entered the hash
 
     @property
     def label(self) -> str:
@@ -49,7 +77,12 @@ class DatasetFingerprint:
         return f"{self.name}:{self.sha256[:8]}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256, "files": self.files, "label": self.label}
+        return {"name": self.name, "sha256": self.sha256, "files": self.files, "label": self.label, "mode": self.mode}
+
+
+def _kind(kind: str) -> str:
+    """The recipe's name in the digest: CONTENT-mode fingerprints never equal SIZES-mode ones."""
+    return f"{kind}:content" if _hashing() else kind
 
 
 def _digest(name: str, parts: Iterable[Any]) -> str:
@@ -83,8 +116,12 @@ _MEMORY: dict[str, dict[str, Any]] = {}  # one plan asks for the same folder onc
 
 def cached(kind: str, watched: Sequence[Path], compute: Callable[[], DatasetFingerprint]) -> DatasetFingerprint:
     """`compute()` unless a fingerprint of `kind` was stored for the same (path, mtime, size) of every
-    watched file and folder. A read-only or broken cache only costs a recomputation."""
+    watched file and folder. A read-only or broken cache only costs a recomputation. In CONTENT mode
+    the cache is not read: file times and sizes are what that mode does not trust."""
     from bench.store import atomic_write_json, read_json
+
+    if _hashing():
+        return compute()
 
     key = f"v{FINGERPRINT_VERSION}|{kind}|" + "|".join(_stat_key(Path(p).absolute()) for p in watched)
     key = hashlib.sha256(key.encode()).hexdigest()
@@ -97,11 +134,12 @@ def cached(kind: str, watched: Sequence[Path], compute: Callable[[], DatasetFing
         store = {}
     store = store if isinstance(store, dict) else {}
     entry = store.get(key)
-    if isinstance(entry, dict) and {"name", "sha256", "files"} <= set(entry):
-        _MEMORY[key] = {k: entry[k] for k in ("name", "sha256", "files")}
+    fields = ("name", "sha256", "files", "mode")
+    if isinstance(entry, dict) and set(fields[:3]) <= set(entry):
+        _MEMORY[key] = {k: entry[k] for k in fields if k in entry}
         return DatasetFingerprint(**_MEMORY[key])
     fingerprint = compute()
-    _MEMORY[key] = {"name": fingerprint.name, "sha256": fingerprint.sha256, "files": fingerprint.files}
+    _MEMORY[key] = {k: getattr(fingerprint, k) for k in fields}
     try:  # read again just before writing so concurrent planners lose at most their own entry
         latest = read_json(path)
         store = latest if isinstance(latest, dict) else store
@@ -135,9 +173,15 @@ def _folders_under(root: Path, depth: int) -> list[Path]:
 # ---------------------------------------------------------------- recipes
 
 
-def _files_with_sizes(root: Path) -> list[tuple[str, int]]:
-    """Every regular file under `root` (following symlinks) as (POSIX path relative to root, size), sorted."""
-    out: list[tuple[str, int]] = []
+def _size_or_hash(path: Path | str, size: int) -> int | str:
+    """What of a file enters a fingerprint: its size, or in CONTENT mode its sha256."""
+    return file_sha256(path) if _hashing() else size
+
+
+def _files_with_sizes(root: Path) -> list[tuple[str, int | str]]:
+    """Every regular file under `root` (following symlinks) as (POSIX path relative to root, size), sorted;
+    in CONTENT mode the file's sha256 stands in place of its size."""
+    out: list[tuple[str, int | str]] = []
     stack = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
@@ -147,7 +191,7 @@ def _files_with_sizes(root: Path) -> list[tuple[str, int]]:
                 if entry.is_dir(follow_symlinks=True):
                     stack.append((Path(entry.path), name + "/"))
                 elif entry.is_file(follow_symlinks=True):
-                    out.append((name, entry.stat(follow_symlinks=True).st_size))
+                    out.append((name, _size_or_hash(entry.path, entry.stat(follow_symlinks=True).st_size)))
     out.sort()
     return out
 
@@ -163,7 +207,7 @@ def image_folder_fingerprint(name: str, root: Path, splits: Sequence[str] = ("tr
             files = _files_with_sizes(root / split) if (root / split).is_dir() else []
             parts.append([split, files])
             count += len(files)
-        return DatasetFingerprint(name, _digest(f"imagefolder:{name}", parts), count)
+        return DatasetFingerprint(name, _digest(_kind(f"imagefolder:{name}"), parts), count, _MODE.get())
 
     watched = [folder for split in splits for folder in _folders_under(root / split, 1)]
     return cached(f"imagefolder:{name}:{','.join(splits)}", [root, *watched], compute)
@@ -179,8 +223,10 @@ def hashed_files_fingerprint(name: str, root: Path, hashed: Sequence[str] | None
 
     def compute() -> DatasetFingerprint:
         parts = [["sha256", rel, file_sha256(root / rel) if (root / rel).is_file() else None] for rel in hashed]
-        parts += [["size", rel, (root / rel).stat().st_size if (root / rel).is_file() else None] for rel in sized]
-        return DatasetFingerprint(name, _digest(f"files:{name}", parts), len(hashed) + len(sized))
+        parts += [["size", rel, _size_or_hash(root / rel, (root / rel).stat().st_size) if (root / rel).is_file()
+                   else None] for rel in sized]
+        return DatasetFingerprint(name, _digest(_kind(f"files:{name}"), parts), len(hashed) + len(sized),
+                                  _MODE.get())
 
     return cached(f"files:{name}:{','.join(hashed)}:{','.join(sized)}", [root, *(root / r for r in hashed + sized)],
                   compute)
@@ -210,12 +256,13 @@ def coco_fingerprint(name: str, splits: Sequence[tuple[Path, Path]]) -> DatasetF
             sizes = []
             for file_name in names:
                 try:
-                    sizes.append([file_name, (image_root / file_name).stat().st_size])
+                    sizes.append([file_name, _size_or_hash(image_root / file_name,
+                                                           (image_root / file_name).stat().st_size)])
                 except OSError:
                     sizes.append([file_name, -1])
             parts.append([json_file.name, hashlib.sha256(data).hexdigest(), image_root.name, sizes])
             count += 1 + len(names)
-        return DatasetFingerprint(name, _digest(f"coco:{name}", parts), count)
+        return DatasetFingerprint(name, _digest(_kind(f"coco:{name}"), parts), count, _MODE.get())
 
     watched = [p for j, i in splits for p in (j, i)]
     return cached(f"coco:{name}", watched, compute)
@@ -228,7 +275,7 @@ def meta_dataset_source_fingerprint(source_dir: Path, spec_file: str = "dataset_
     def compute() -> DatasetFingerprint:
         files = [(rel, size) for rel, size in _files_with_sizes(source_dir) if rel != spec_file]
         parts = [file_sha256(source_dir / spec_file), files]
-        return DatasetFingerprint(source_dir.name, _digest("meta_dataset", parts), len(files) + 1)
+        return DatasetFingerprint(source_dir.name, _digest(_kind("meta_dataset"), parts), len(files) + 1, _MODE.get())
 
     return cached("meta_dataset", [source_dir, source_dir / spec_file], compute)
 
@@ -245,9 +292,11 @@ def embedded_fingerprint(name: str, builder: dict[str, Any] | None = None) -> Da
     source = digits_file()
 
     def compute() -> DatasetFingerprint:
-        return DatasetFingerprint(name, _digest(f"embedded:{name}", [file_sha256(source), builder or {}]), 1)
+        # always the whole file's hash: the same fingerprint in both modes, so its cells are shared
+        return DatasetFingerprint(name, _digest(f"embedded:{name}", [file_sha256(source), builder or {}]), 1, CONTENT)
 
-    return cached(f"embedded:{name}:{json.dumps(builder or {}, sort_keys=True)}", [source], compute)
+    fingerprint = cached(f"embedded:{name}:{json.dumps(builder or {}, sort_keys=True)}", [source], compute)
+    return replace(fingerprint, mode=CONTENT)  # entries cached before modes existed hold none
 
 
 # ---------------------------------------------------------------- the standard linear datasets

@@ -70,6 +70,7 @@ class Scan:
     failed: list[dict[str, Any]] = field(default_factory=list)  # cells with an error and no result
     pending: list[str] = field(default_factory=list)
     sample_interval: str = STUDENT_T  # the suite's quantile for a mean over one cell's samples
+    fingerprint_modes: dict[str, str] = field(default_factory=dict)  # dataset label -> how it was fingerprinted
 
 
 def model_label(checkpoint: dict[str, Any] | None) -> str:
@@ -242,6 +243,8 @@ def scan_suite(root: Path, suite: str) -> Scan:
                                   result.get("dataset")])
         setting_columns = per_setting.get(setting_key)
         if setting_columns is None:
+            if result.get("dataset"):  # results stored before modes existed were fingerprinted by sizes
+                scan.fingerprint_modes[result["dataset"].get("label") or ""] = result["dataset"].get("mode", "sizes")
             setting_columns = per_setting[setting_key] = {
                 "dataset": (result.get("dataset") or {}).get("label") or "",
                 "setting": setting_of(result.get("options"), defaults),
@@ -714,8 +717,10 @@ def not_tabulated(scan: Scan) -> list[str]:
 
 
 def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, families: pd.DataFrame,
-                   curves: pd.DataFrame, hooks: Any, notes: list[str]) -> str:
-    """<suite>.md from the tables written beside it."""
+                   curves: pd.DataFrame, hooks: Any, notes: list[str],
+                   fingerprint_modes: dict[str, str] | None = None) -> str:
+    """<suite>.md from the tables written beside it; `fingerprint_modes`: dataset label -> how it was
+    fingerprinted (said in one line)."""
     from bench import figures
 
     headline = figures.headline_rows(ranked).copy()
@@ -730,6 +735,12 @@ def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, famil
         md.append(f"Intervals cover the variance over: {'; '.join(covered)} (one checkpoint, one pretraining "
                   "seed each: they say nothing about another pretraining run, see below).\n")
     md.append(interval_rule(hooks) + "\n")
+    if fingerprint_modes:
+        from bench.fingerprint import FINGERPRINT_MODES
+
+        md.append("Dataset fingerprints: " + "; ".join(
+            f"`{label}` {mode} ({FINGERPRINT_MODES.get(mode, 'unknown mode')})"
+            for label, mode in sorted(fingerprint_modes.items())) + ".\n")
     markdown_hook = getattr(hooks, "leaderboard_markdown", None)
     custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
     md.append(custom_table if custom_table is not None else markdown_table(headline))
@@ -868,7 +879,7 @@ def _write_suite_tables(root: Path, suite: str, plot: bool, stream, scan: Scan |
     elif seeds_path.exists():
         seeds_path.unlink()  # no longer two pretraining seeds of anything: no stale table
     notes = not_tabulated(scan)
-    markdown = suite_markdown(suite, ranked, paired, families, curves, hooks, notes)
+    markdown = suite_markdown(suite, ranked, paired, families, curves, hooks, notes, scan.fingerprint_modes)
     md_path = root / f"{suite}.md"
     _atomic_text(md_path, markdown)
     written.append(md_path)
@@ -919,7 +930,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no stored cells for suite(s) {', '.join(unknown)} under {root}; "
               f"suites with results: {', '.join(suites_in(root)) or '(none)'}", file=sys.stderr)
         return 2
-    for path in write_all(root, names, plot=not args.no_plot):
+    from pretrain.atomic_files import check_writable, describe_os_error
+
+    try:  # a read-only or full results folder: one line, exit 2, the stored results untouched
+        check_writable(root, "results folder")
+        written = write_all(root, names, plot=not args.no_plot)
+    except OSError as error:
+        print(f"error: the leaderboard was not written: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0
 

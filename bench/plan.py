@@ -18,18 +18,69 @@ from pretrain.overrides import OverrideError, comma_list, kind_of, parse_text, s
 if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo
 
+
+def parse_seeds(text: str | None, flag: str = "--seeds", stream: TextIO | None = None) -> list[int] | None:
+    """A comma list of seeds (None: the flag was not given, so the default applies). An empty list is an
+    error, not the default; a repeated seed runs once, with a notice on `stream` (default stderr)."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in comma_list(text)]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise InputError(f"{flag} {text!r}: expected a comma list of integers, e.g. 0,1,2 (leave {flag} out for "
+                         "the default)")
+    if flag == "--pretrain-seeds" and any(seed < 0 for seed in seeds):
+        raise InputError(f"{flag} {text!r}: expected integers >= 0")
+    unique = list(dict.fromkeys(seeds))
+    if len(unique) < len(seeds):
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        print(f"note: {flag} {text} repeats seed(s) {', '.join(map(str, repeated))}; each seed runs once: "
+              f"{','.join(map(str, unique))}", file=stream or sys.stderr)
+    return unique
+
+
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
                  "image_size", "code_version", "epoch", "w_out")  # epoch, w_out: where a snapshot sits on its run
 
 
+# A key=value option of every suite: how the data's fingerprint is taken (bench.fingerprint), not a suite option
+FINGERPRINT_OPTION = "fingerprint"
+
+
+def fingerprint_mode_of(pairs: Iterable[str]) -> str:
+    """The `fingerprint=sizes|content` among key=value pairs (default sizes); a bad value is an InputError."""
+    from bench.fingerprint import FINGERPRINT_MODES, SIZES
+
+    mode = SIZES
+    for pair in pairs:
+        if "=" in pair and split_pair(pair)[0] == FINGERPRINT_OPTION:
+            mode = split_pair(pair)[1].strip().lower()
+            if mode not in FINGERPRINT_MODES:
+                raise InputError(f"option fingerprint={split_pair(pair)[1]!r}: expected one of "
+                                 + ", ".join(f"{name} ({what})" for name, what in FINGERPRINT_MODES.items()))
+    return mode
+
+
 def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
-    """The suite's defaults with `key=value` pairs applied, each typed like its default."""
+    """The suite's defaults with `key=value` pairs applied, each typed like its default (`fingerprint=`
+    is checked here and read by `fingerprint_mode_of`)."""
     options = dict(suite.options)
     valid = ", ".join(sorted(suite.options)) or "(none)"
+    pairs = list(pairs)
+    fingerprint_mode_of(pairs)
+    given: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
             raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: {valid}")
         key, text = split_pair(pair)
+        if key in given and given[key].strip() != text.strip():  # not "the last one wins"
+            raise InputError(f"option {key} given twice for suite {suite.name} ({key}={given[key]} and "
+                             f"{key}={text}); give it once")
+        given[key] = text
+        if key == FINGERPRINT_OPTION and key not in suite.options:
+            continue
         if key not in suite.options:
             close = difflib.get_close_matches(key, list(suite.options), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -74,8 +125,8 @@ def _info_cache_path() -> Path:
 
 
 def resolve_checkpoint(path: Path) -> CheckpointInfo:
-    """The checkpoint's CheckpointInfo (path, sha256, metadata), loaded and validated only when the file is
-    new or changed (cached by path, size and mtime), so planning a known checkpoint needs no torch."""
+    """The checkpoint's CheckpointInfo (path, sha256, metadata), loaded and validated only when its content
+    is new (cached by sha256), so planning a known checkpoint needs no torch."""
     from pretrain.checkpoint import checkpoint_info
 
     return checkpoint_info(path, _info_cache_path())
@@ -84,6 +135,37 @@ def resolve_checkpoint(path: Path) -> CheckpointInfo:
 def checkpoint_identity(info: CheckpointInfo) -> dict[str, Any]:
     """The part of a checkpoint's metadata that identifies it in results and leaderboards."""
     return {"path": str(info.path), "sha256": info.sha256} | {name: info.metadata.get(name) for name in IDENTITY_KEYS}
+
+
+def options_for_checkpoint(suite: Suite, options: dict[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` with the view options that cannot change this checkpoint's features put back to their defaults:
+    `cmc_features` on a file that is not CMC, `force_rgb_input` on a non-CMC file already fed RGB. Such a
+    file's cells are then the same work, under the same id and setting, whatever those options say."""
+    from bench.suite import VIEW_OPTIONS
+
+    cmc = metadata.get("method") == "cmc"
+    inert = {"cmc_features": not cmc, "force_rgb_input": not cmc and metadata.get("input_view") in (None, "rgb")}
+    return options | {key: suite.options[key] for key in VIEW_OPTIONS
+                      if key in options and key in suite.options and inert[key] and options[key] != suite.options[key]}
+
+
+def check_device_here(options: Mapping[str, Any], where: str) -> None:
+    """The `device` option names a device this machine has (the local and debug executors run jobs here)."""
+    device = str(options.get("device") or "").strip()
+    if not device or device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            have = f"CUDA devices cuda:0 to cuda:{count - 1}" if count else "no CUDA device"
+            raise InputError(f"{where} device={device}: this machine has {have}, and the local and debug executors "
+                             "run the jobs here; choose another device (cpu, or empty for CUDA when available)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{where} device=mps: MPS is not available on this machine, where the local and debug "
+                         "executors run the jobs; choose cpu (or empty for CUDA when available)")
 
 
 @dataclass
@@ -144,12 +226,15 @@ def build_plan(
     train_embedded: bool = True,
     data_root_flag: str = "--data-root",
     stream: TextIO | None = None,
+    devices_here: bool = False,
 ) -> Plan:
     """Validate everything that can be checked up front and expand checkpoint x task x seed.
 
     Every check of the user's input (options, data, given checkpoints) runs before the embedded encoders
     are trained. With train_embedded=False (a dry run) nothing is trained: cells of embedded encoders not
-    cached yet are listed without an id. `pretrain_seeds` picks the embedded pair's pretraining seeds."""
+    cached yet are listed without an id. `pretrain_seeds` picks the embedded pair's pretraining seeds.
+    `devices_here`: the jobs run on this machine (local, debug), so the `device` option must exist here;
+    otherwise (SLURM) the node checks it when the job starts."""
     from pretrain import embedded
 
     stream = stream or sys.stderr
@@ -164,6 +249,14 @@ def build_plan(
     for key in suite.path_options:
         if isinstance(options.get(key), str) and options[key].strip():
             options[key] = os.path.abspath(os.path.expanduser(options[key].strip()))
+            if data_root is not None and os.path.realpath(options[key]) != os.path.realpath(data_root):
+                raise InputError(f"{key}={options[key]} and {data_root_flag} {data_root} name two folders for the "
+                                 "same data; give one of them")
+    if devices_here:
+        check_device_here(options, suite.name)
+    elif str(options.get("device") or "").strip() not in ("", "cpu"):
+        print(f"note: {suite.name} device={options['device']} is checked on the node where each job runs "
+              "(this executor does not run the jobs here)", file=stream)
     store = ResultStore(results_root, suite.name)
     untrained: list[Path] = []
     if suite.uses_checkpoints:
@@ -217,15 +310,26 @@ def build_plan(
             suite.check_checkpoints(settings, [known[path] for path in untrained])
             resolved = [known[path] for path in checkpoints]
             untrained = []
-    fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
-    identity_options = suite.identity_options(options)
+    from bench.fingerprint import fingerprint_mode
+
+    with fingerprint_mode(fingerprint_mode_of(option_pairs)):
+        fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
         runs = dict(zip(embedded.embedded_paths(pretrain_seeds), embedded.embedded_runs(pretrain_seeds)))
         sources = [(path, _untrained_identity(path, *runs[path]) if path in untrained
                     else checkpoint_identity(known[path])) for path in checkpoints]
     cells = []
+    inert: dict[str, list[str]] = {}  # view option -> the checkpoints it cannot affect
     for path, identity in sources:
+        cell_options = options
+        if identity is not None:
+            metadata = identity if path in untrained else known[path].metadata
+            cell_options = options_for_checkpoint(suite, options, metadata)
+            for key in cell_options:
+                if cell_options[key] != options[key]:
+                    inert.setdefault(key, []).append(f"{identity.get('method')}/{identity.get('sampler')}")
+        identity_options = suite.identity_options(cell_options)
         for task in tasks:
             fingerprint = fingerprints.get(task.name)
             for seed in seeds:
@@ -239,9 +343,16 @@ def build_plan(
                     options=identity_options,
                     dataset_sha256=fingerprint.sha256 if fingerprint is not None else None,
                 )
-                cell = Cell(suite=suite.name, task=task, checkpoint=path, seed=seed, options=options,
+                cell = Cell(suite=suite.name, task=task, checkpoint=path, seed=seed, options=cell_options,
                             data_root=data_root, shared_dir=store.shared_dir, settings=settings)
                 cells.append(PlannedCell(cell, cid, identity,
                                          dataset=fingerprint.to_json() if fingerprint is not None else None))
+    def shown(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    for key, who in inert.items():
+        print(f"note: {key}={shown(options[key])} cannot change the features of {len(who)} checkpoint(s) "
+              f"({', '.join(sorted(set(who)))}): they are evaluated and identified as with the default "
+              f"{key}={shown(suite.options[key])}", file=stream)
     return Plan(suite_name, suite, options, data_root, [info.path for info in resolved] + untrained or checkpoints,
                 seeds, store, cells, settings, untrained, note)

@@ -13,10 +13,21 @@ import sys
 import time
 from pathlib import Path
 
+from bench.plan import parse_seeds
 from bench.suite import InputError, comma_list
 from slurm.executors import EXECUTORS
 
 EXIT_USER_ERROR = 2
+
+
+class GivenOnce(argparse.Action):
+    """A flag that holds one value: repeated with another value it is an error, not "the last one wins"."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None and previous != values:
+            parser.error(f"{option_string} given twice ({previous} and {values}); give it once")
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints", action="append", default=[], metavar="PATHS|GLOB",
                         help="encoder files: paths, comma lists, globs or folders; repeatable "
                              "(default: the embedded NCE and Ring pair)")
-    parser.add_argument("--data-root", type=Path, default=None, dest="data_root",
+    parser.add_argument("--data-root", type=Path, default=None, dest="data_root", action=GivenOnce,
                         help="dataset folder for suites that read one")
-    parser.add_argument("--records", type=Path, default=None, dest="records",
+    parser.add_argument("--records", type=Path, default=None, dest="records", action=GivenOnce,
                         help="the same as --data-root, named for Meta-Dataset records")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="auto: SLURM when a controller answers, else local; debug runs in-process")
@@ -40,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="recompute cells that already have a result")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="cells running at once (SLURM: slurm_array_parallelism; local: processes)")
-    parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
-    parser.add_argument("--tasks", default=None, metavar="NAMES",
+    parser.add_argument("--results", type=Path, default=None, action=GivenOnce, help="results folder (default: results/ or $RINGBENCH_RESULTS)")
+    parser.add_argument("--tasks", default=None, metavar="NAMES", action=GivenOnce,
                         help="comma list: run only these tasks of the suite (default: all)")
-    parser.add_argument("--seeds", default=None, help="comma list of evaluation seeds (default: the suite's, e.g. 0,1,2 "
+    parser.add_argument("--seeds", default=None, action=GivenOnce, help="comma list of evaluation seeds (default: the suite's, e.g. 0,1,2 "
                         "for coco_det on the embedded set, else 0); for --suite pretrain without --pretrain-seeds, "
                         "the pretraining seeds")
-    parser.add_argument("--pretrain-seeds", default=None, metavar="SEEDS",
+    parser.add_argument("--pretrain-seeds", default=None, metavar="SEEDS", action=GivenOnce,
                         help="comma list of pretraining seeds: without --checkpoints, the embedded NCE/Ring pair is "
                              "trained (once, cached) and evaluated per seed (default 0); with --suite pretrain, the "
                              "seeds each recipe is trained with (--seeds then goes to the --then suites)")
@@ -73,16 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
-    if not text:
-        return None
-    try:
-        seeds = [int(s) for s in comma_list(text)]
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
-    if flag == "--pretrain-seeds" and any(seed < 0 for seed in seeds):
-        raise InputError(f"{flag} {text!r}: expected integers >= 0")
-    return seeds or None
+def check_output_folders(results_root: Path, suites: list[str]) -> None:
+    """Before planning: the results folder (each suite's own too) and the cache can be written."""
+    from pretrain.atomic_files import check_writable
+    from pretrain.embedded import cache_root
+
+    check_writable(results_root, "results folder")
+    for name in suites:
+        check_writable(Path(results_root) / name, "results folder")
+    check_writable(cache_root(), "cache folder (RINGBENCH_CACHE)")
+
+
+def disk_full_failures(plans: list) -> list[str]:
+    """The messages of the cells that failed because the disk was full (bench.store error.json)."""
+    messages = []
+    for plan in plans:
+        for planned in plan.cells:
+            error = plan.store.cell(planned.cell_id).error() if planned.cell_id else None
+            if error and error.get("type") == "DiskFullError":
+                messages.append(str(error.get("message", "")))
+    return messages
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -95,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = sys.stderr
     try:
         from bench.execute import parse_then, plan_suite, run_plan
-        from bench.plan import parse_suite_options
+        from bench.plan import check_device_here, parse_suite_options
         from bench.store import results_root_default
         from bench.suites import load_suite, load_suite_class, suite_names
         from slurm.executors import resolve_executor
@@ -111,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         then_chain = parse_then([token for group in args.then for token in group])
         then = [name for name, _ in then_chain]
         suite = load_suite(args.suite)
+        check_output_folders(results_root, [suite.name, *(load_suite(name).name for name in then)])
         if args.follow:
             from bench.follow import follow_command
 
@@ -122,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             later = load_suite(name)
             if not later.uses_checkpoints:
                 raise InputError(f"--then {name}: that suite evaluates no checkpoint")
-            parse_suite_options(later, pairs)  # a bad option fails now, before anything is submitted
+            later_options = parse_suite_options(later, pairs)  # a bad option fails now, before anything is submitted
+            if executor in ("local", "debug"):
+                check_device_here(later_options, f"--then {name}")
         if args.records is not None and args.data_root is not None:
             raise InputError("--records and --data-root name the same folder; give one of them")
         data_root, data_root_flag = (args.records, "--records") if args.records is not None else (args.data_root, "--data-root")
-        seeds, then_seeds = parse_seeds(args.seeds), parse_seeds(args.seeds)
-        pretrain_seeds = parse_seeds(args.pretrain_seeds, "--pretrain-seeds")
+        seeds = then_seeds = parse_seeds(args.seeds, stream=stream)
+        pretrain_seeds = parse_seeds(args.pretrain_seeds, "--pretrain-seeds", stream=stream)
         if pretrain_seeds and suite.produces_checkpoints:  # the pretrain suite's cell seeds are pretraining seeds
             seeds, pretrain_seeds = pretrain_seeds, None
         plan_start = time.time()
@@ -135,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                           checkpoint_specs=args.checkpoints, data_root=data_root, seeds=seeds,
                           task_names=list(comma_list(args.tasks or "")) or None, prepare=not args.dry_run,
                           pretrain_seeds=pretrain_seeds, train_embedded=not args.dry_run,
-                          data_root_flag=data_root_flag, stream=stream)
+                          data_root_flag=data_root_flag, stream=stream, devices_here=executor in ("local", "debug"))
         plan_seconds = time.time() - plan_start
         if args.dry_run:
             from bench.runner import describe_plan
@@ -149,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
+    except OSError as error:  # a read-only or full results folder or cache: one line, nothing half-written
+        if os.environ.get("RINGBENCH_TRACEBACK"):
+            raise
+        from pretrain.atomic_files import describe_os_error
+
+        print(f"error: {describe_os_error(error)}", file=stream)
+        return EXIT_USER_ERROR
 
     chain_on_slurm = bool(then) and executor == "slurm"
     try:
@@ -160,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             pretraining = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
                                  progress=not args.no_progress, stream=stream)
             summary, _ = follow_pretraining(plan, pretraining.run, then, executor, profiles, in_background=True,
-                                            seeds=parse_seeds(args.seeds), max_parallel=args.max_parallel,
+                                            seeds=then_seeds, max_parallel=args.max_parallel,
                                             force=args.force, stream=stream, poll_s=2.0,
                                             option_pairs=dict(then_chain))
             run = SuiteRun(plan, summary, pretraining)
@@ -170,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.no_progress, stream=stream)
     except user_error_types() as error:  # a bad partition, or sbatch refusing the request
         print(f"error: {error}", file=stream)
+        return EXIT_USER_ERROR
+    except OSError as error:  # the results folder turned read-only or full during the run
+        from pretrain.atomic_files import describe_os_error
+
+        print(f"error: {describe_os_error(error)}", file=stream)
         return EXIT_USER_ERROR
     summary, runner = run.summary, run.runner
     print(f"{plan.suite.name}: {summary.total} cells: kept {summary.skipped_done}, submitted {summary.submitted}, "
@@ -198,10 +234,20 @@ def main(argv: list[str] | None = None) -> int:
           file=stream)
     if not args.no_leaderboard:
         from bench.leaderboard import write_suite_tables
+        from pretrain.atomic_files import describe_os_error
 
-        for done_plan in plans:
-            for path in write_suite_tables(done_plan.store.root, done_plan.suite.name):
-                print(f"wrote {path}", file=stream)
+        try:
+            for done_plan in plans:
+                for path in write_suite_tables(done_plan.store.root, done_plan.suite.name):
+                    print(f"wrote {path}", file=stream)
+        except OSError as error:
+            print(f"error: the leaderboard was not written: {describe_os_error(error)}", file=stream)
+            code = EXIT_USER_ERROR
+    full = disk_full_failures(plans)
+    if full:  # not a failed evaluation: the same cells complete once there is space
+        print(f"error: {len(full)} cell(s) failed for lack of disk space: {full[0].removeprefix('DiskFullError: ')}",
+              file=stream)
+        return EXIT_USER_ERROR
     return max(code, 1 if summary.failed else 0)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic_files import create_temporary
+from pretrain.atomic_files import create_temporary, disk_full
 
 SCHEMA_VERSION = 1
 RESULT = "result.json"
@@ -91,12 +91,22 @@ def cell_id(
 
 
 def _write_temporary(path: Path, text: str, fsync: bool = True) -> Path:
-    fd, tmp = create_temporary(path)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        if fsync:
-            handle.flush()
-            os.fsync(handle.fileno())
+    """`text` in a new temporary beside `path`; on a full disk the partial file is removed and a
+    DiskFullError names `path` and the free space."""
+    try:
+        fd, tmp = create_temporary(path)
+    except OSError as error:
+        raise disk_full(error, path) or error from None
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException as error:
+        full = disk_full(error, path)
+        tmp.unlink(missing_ok=True)
+        raise full or error from None
     return tmp
 
 
@@ -165,9 +175,11 @@ def append_event(folder: Path, event: str, **fields: Any) -> None:
     record = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **fields}
     line = (json.dumps(record, default=str) + "\n").encode()
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(folder / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask
     try:
         os.write(fd, line)
+    except OSError as error:
+        raise disk_full(error, folder / EVENTS) or error from None
     finally:
         os.close(fd)
 

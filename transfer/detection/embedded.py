@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pretrain.atomic_files import create_temporary_folder
 
 EMBEDDED_VERSION = 2
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -236,7 +237,7 @@ def build_embedded_coco(root: str | os.PathLike, **overrides: Any) -> Path:
         except json.JSONDecodeError:
             pass
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    staging = create_temporary_folder(root)  # umask-following, unlike mkdtemp's 0700
     try:
         digits = load_digits()
         order = np.random.default_rng(params["seed"]).permutation(len(digits.target))

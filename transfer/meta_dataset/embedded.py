@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pretrain.atomic_files import create_temporary_folder
 from transfer.meta_dataset.spec import write_spec
 
 EMBEDDED_SOURCE = "digits"
@@ -73,7 +73,7 @@ def embedded_records() -> Path:
     if (root / EMBEDDED_SOURCE / "dataset_spec.json").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".records-", dir=root.parent))
+    staging = create_temporary_folder(root)  # umask-following, unlike mkdtemp's 0700
     try:
         write_digits_source(staging / EMBEDDED_SOURCE)
         try:
