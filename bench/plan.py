@@ -18,6 +18,19 @@ from pretrain.overrides import OverrideError, comma_list, kind_of, parse_text, s
 if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo
 
+
+def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
+    if not text:
+        return None
+    try:
+        seeds = [int(s) for s in comma_list(text)]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+    if flag == "--pretrain-seeds" and any(seed < 0 for seed in seeds):
+        raise InputError(f"{flag} {text!r}: expected integers >= 0")
+    return seeds or None
+
+
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
                  "image_size", "code_version", "epoch", "w_out")  # epoch, w_out: where a snapshot sits on its run
 

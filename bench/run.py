@@ -73,18 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
-    if not text:
-        return None
-    try:
-        seeds = [int(s) for s in comma_list(text)]
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
-    if flag == "--pretrain-seeds" and any(seed < 0 for seed in seeds):
-        raise InputError(f"{flag} {text!r}: expected integers >= 0")
-    return seeds or None
-
-
 def user_error_types() -> tuple[type[BaseException], ...]:
     """ValueError covers InputError, CheckpointError and DatasetError (all ValueError subclasses)."""
     return (ValueError, FileNotFoundError, NotADirectoryError)
