@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.plan import parse_seeds
 from bench.suite import InputError, comma_list
-from slurm.executors import AUTO, EXECUTIONS, EXECUTOR_CHOICES
+from slurm.executors import AUTO, EXECUTIONS, EXECUTOR_CHOICES, Driving
 
 EXIT_USER_ERROR = 2
 
@@ -141,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
-
-    from slurm.executors import Driving
 
     # a scheduler with dependencies takes the --then suites at once (afterok); jobs that run beside the
     # runner let it evaluate the snapshots while pretraining runs; in-process jobs evaluate afterwards
