@@ -1,13 +1,14 @@
 """`--suite pretrain --then SUITES`: evaluate the encoders a checkpoint-producing suite writes.
 
 Every encoder a producing cell publishes counts: its `snapshot_every` snapshots and its final encoder.
-The local executor evaluates the snapshots while pretraining runs (bench.follow); the debug executor
-runs the evaluation suites after the producing cells finish.
-On SLURM both are submitted at once: the producing cells as an array, and a small follow-up job
-with an `afterok` dependency on them that plans the evaluation suites on the trained encoders and
-submits their arrays; while waiting, the runner also submits each snapshot's cells as it appears.
-If any producing cell fails, SLURM never starts the follow-up
-(DependencyNeverSatisfied) and the runner cancels it and says so.
+An executor whose jobs run beside the runner (local) evaluates the snapshots while pretraining runs
+(bench.follow); one that runs jobs in process (debug) runs the evaluation suites after the producing
+cells finish.
+An executor with dependencies (SLURM) submits both at once: the producing cells as an array, and a small
+follow-up job with an `afterok` dependency on them that plans the evaluation suites on the trained
+encoders and submits their arrays; while waiting, the runner also submits each snapshot's cells as it
+appears. If any producing cell fails, SLURM never starts the follow-up (DependencyNeverSatisfied) and
+the runner cancels it and says so.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from bench.execute import plan_suite, run_plan, run_suite
 from bench.plan import Plan
 from bench.store import CorruptResult, ResultStore
 from bench.suite import Suite
-from slurm.jobs import cancel_jobs, queue_state
-from slurm.profiles import ResourceProfile
+from slurm.executors import Execution
+from slurm.profiles import ResourceProfile, get_profile
 
 
 def trained_encoders(producer: Suite, results_root: Path, cell_ids: list[str]) -> tuple[list[Path], list[str]]:
@@ -46,12 +47,13 @@ def trained_encoders(producer: Suite, results_root: Path, cell_ids: list[str]) -
 
 @dataclass
 class FollowUpJob:
-    """Runs inside SLURM once the producing array succeeded: plan and submit the evaluation suites."""
+    """Runs inside the scheduler once the producing array succeeded: plan and submit the evaluation suites."""
 
     then: list[str]
     results_root: str
     producer_cell_ids: list[str]
     profiles: dict[str, ResourceProfile]
+    execution: Execution  # where the evaluation suites go: the producing cells' execution
     max_parallel: int | None = None
     data_root: str | None = None
     seeds: list[int] | None = None
@@ -66,7 +68,7 @@ class FollowUpJob:
             raise RuntimeError(f"{self.producer} cells without an encoder: {', '.join(missing)}")
         submitted = {}
         for name in self.then:
-            run = run_suite(name, results_root=Path(self.results_root), executor="slurm", profiles=self.profiles,
+            run = run_suite(name, results_root=Path(self.results_root), execution=self.execution, profiles=self.profiles,
                             option_pairs=self.option_pairs.get(name, []), checkpoint_specs=[str(e) for e in encoders],
                             data_root=Path(self.data_root) if self.data_root else None, seeds=self.seeds,
                             max_parallel=self.max_parallel, wait=False, progress=False, stream=sys.stdout)
@@ -75,49 +77,45 @@ class FollowUpJob:
         return submitted
 
 
-def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, ResourceProfile], *,
+def run_then(plan: Plan, then: list[str], execution: Execution, profiles: dict[str, ResourceProfile], *,
              pretrain_job_ids: list[str], max_parallel: int | None, wait: bool, force: bool,
              progress: bool, stream: TextIO, seeds: list[int] | None,
              option_pairs: dict[str, list[str]] | None = None) -> tuple[int, list[Plan]]:
     """Run (or, on SLURM, submit with afterok) the evaluation suites on the encoders `plan`'s cells produce;
     `option_pairs` holds each evaluation suite's key=value options."""
-    from bench.runner import Runner
-
     option_pairs = option_pairs or {}
     cell_ids = [p.cell_id for p in plan.cells]
     root = plan.store.root
-    if executor == "slurm" and pretrain_job_ids:
-        from slurm.executors import fit_profile, make_executor
-        from slurm.profiles import get_profile
-
+    if execution.supports_dependencies and pretrain_job_ids:
         notes: list[str] = []
         arrays = sorted({j.split("_")[0] for j in pretrain_job_ids})
-        follow = FollowUpJob(then, str(root.resolve()), cell_ids, profiles, max_parallel,
-                             str(plan.data_root) if plan.data_root else None, seeds, dict(option_pairs),
-                             producer=plan.suite.name)
-        executor_obj = make_executor("slurm", plan.store.jobs_dir, fit_profile(get_profile(profiles, "cpu"), "slurm", notes),
-                                     name="rb-then", dependency="afterok:" + ":".join(arrays))
-        job = executor_obj.submit(follow)
+        follow = FollowUpJob(then, str(root.resolve()), cell_ids, profiles, execution, max_parallel=max_parallel,
+                             data_root=str(plan.data_root) if plan.data_root else None, seeds=seeds,
+                             option_pairs=dict(option_pairs), producer=plan.suite.name)
+        executor = execution.make_executor(plan.store.jobs_dir, execution.fit_profile(get_profile(profiles, "cpu"), notes),
+                                           name="rb-then", dependency="afterok:" + ":".join(arrays))
+        job = execution.submit(executor, follow)
         print(f"then: job {job.job_id} plans {', '.join(then)} once {plan.suite.name} job(s) "
               f"{', '.join(arrays)} succeed (afterok)", file=stream)
         if not wait:
             return 0, []
         from bench.follow import follow_pretraining
-        from bench.runner import Runner
 
         # watch the pretraining cells (adopting them) while their snapshots are evaluated as they appear
-        watch, _ = follow_pretraining(plan, Runner(plan, "slurm", profiles, progress=progress, stream=stream).run,
-                                      then, "slurm", profiles, in_background=True, evaluate_final=False, seeds=seeds,
-                                      max_parallel=max_parallel, force=force, stream=stream, poll_s=2.0,
-                                      option_pairs=dict(option_pairs))
+        watched, _ = follow_pretraining(plan, lambda: run_plan(plan, execution=execution, profiles=profiles,
+                                                               progress=progress, stream=stream),
+                                        then, execution, profiles, in_background=True, evaluate_final=False,
+                                        seeds=seeds, max_parallel=max_parallel, force=force, stream=stream,
+                                        poll_s=2.0, option_pairs=dict(option_pairs))
+        watch = watched.summary
         if watch.failed:
             print(f"then: {watch.failed} {plan.suite.name} cell(s) failed", file=stream)
         while True:
-            state = queue_state(str(job.job_id))
+            state = execution.queue_state(str(job.job_id))
             if state is None:
                 break
             if "DependencyNeverSatisfied" in state:
-                cancel_jobs([str(job.job_id)])
+                execution.cancel([str(job.job_id)])
                 print(f"then: a {plan.suite.name} cell failed, so {', '.join(then)} was not run "
                       f"(follow-up job {job.job_id} cancelled)", file=stream)
                 return 1, []
@@ -142,7 +140,7 @@ def run_then(plan: Plan, then: list[str], executor: str, profiles: dict[str, Res
             print(f"then: {name}: {error}", file=stream)
             code = 2
             continue
-        summary = run_plan(later, executor=executor, profiles=profiles, max_parallel=max_parallel, force=force,
+        summary = run_plan(later, execution=execution, profiles=profiles, max_parallel=max_parallel, force=force,
                            wait=wait, progress=progress, stream=stream).summary
         print(f"then: {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.states.items())), file=stream)
         code = max(code, 1 if summary.failed else 0)

@@ -1,10 +1,11 @@
-"""`run_suite`: load, plan, prepare and run a suite through the runner.
+"""The one path from a plan to a run: plan -> claim -> submit -> watch -> tabulate.
 
-The one path from a suite name to stored results, used by `python -m bench.run`, by `--then` chains
-(locally and inside the SLURM follow-up job) and by the tests:
+`plan_suite` turns a suite name into a prepared plan; `run_plan` claims, submits and watches its cells
+through `build_runner`, the one place a `Runner` is built; `run_suite` is the two in a row. The CLI,
+`--then` chains (locally and inside the SLURM follow-up job), `--follow` and the tests all come here:
 
-    run = run_suite("knn", results_root=Path("results"), executor="local", profiles=PROFILES,
-                    option_pairs=["ks=5"], checkpoint_specs=["a.pt,b.pt"])
+    run = run_suite("knn", results_root=Path("results"), execution=execution_named("local"),
+                    profiles=PROFILES, option_pairs=["ks=5"], checkpoint_specs=["a.pt,b.pt"])
     run.summary.states   # Counter of cell states
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.plan import Plan, build_plan
+from slurm.executors import Execution
 from slurm.profiles import ResourceProfile
 
 
@@ -45,24 +47,29 @@ def plan_suite(suite_name: str, *, results_root: Path, option_pairs: Sequence[st
     return plan
 
 
-def run_plan(plan: Plan, *, executor: str, profiles: dict[str, ResourceProfile], max_parallel: int | None = None,
-             force: bool = False, wait: bool = True, progress: bool = True, stream: TextIO | None = None,
-             **runner_options: Any) -> SuiteRun:
-    """Submit a prepared plan's cells and (when `wait`) watch them to the end."""
+def build_runner(plan: Plan, *, execution: Execution, profiles: dict[str, ResourceProfile],
+                 max_parallel: int | None = None, force: bool = False, wait: bool = True, progress: bool = True,
+                 stream: TextIO | None = None, **runner_options: Any):
+    """The one place a `bench.runner.Runner` is built; `runner_options` are its own (poll_s, dependency)."""
     from bench.runner import Runner
 
-    runner = Runner(plan, executor, profiles, max_parallel=max_parallel, force=force, wait=wait, progress=progress,
-                    stream=stream if stream is not None else sys.stderr, **runner_options)
+    return Runner(plan, execution, profiles, max_parallel=max_parallel, force=force, wait=wait, progress=progress,
+                  stream=stream if stream is not None else sys.stderr, **runner_options)
+
+
+def run_plan(plan: Plan, **runner_options: Any) -> SuiteRun:
+    """Claim, submit and (when `wait`) watch a prepared plan's cells; `runner_options` are build_runner's."""
+    runner = build_runner(plan, **runner_options)
     return SuiteRun(plan, runner.run(), runner)
 
 
-def run_suite(suite_name: str, *, results_root: Path, executor: str, profiles: dict[str, ResourceProfile],
+def run_suite(suite_name: str, *, results_root: Path, execution: Execution, profiles: dict[str, ResourceProfile],
               option_pairs: Sequence[str] = (), checkpoint_specs: Sequence[str] = (), data_root: Path | None = None,
               seeds: list[int] | None = None, task_names: list[str] | None = None, **run_options: Any) -> SuiteRun:
     """`plan_suite` then `run_plan`; `run_options` are run_plan's (max_parallel, force, wait, progress, stream, ...)."""
     plan = plan_suite(suite_name, results_root=results_root, option_pairs=option_pairs,
                       checkpoint_specs=checkpoint_specs, data_root=data_root, seeds=seeds, task_names=task_names)
-    return run_plan(plan, executor=executor, profiles=profiles, **run_options)
+    return run_plan(plan, execution=execution, profiles=profiles, **run_options)
 
 
 def parse_then(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -84,4 +91,4 @@ def parse_then(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
     return chain
 
 
-__all__ = ["SuiteRun", "parse_then", "plan_suite", "run_plan", "run_suite"]
+__all__ = ["SuiteRun", "build_runner", "parse_then", "plan_suite", "run_plan", "run_suite"]

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from bench.plan import Plan, build_plan, parse_suite_options
+from bench.execute import plan_suite, run_plan
+from bench.plan import Plan, parse_seeds, parse_suite_options
 from bench.store import CellFolder
 from bench.suite import InputError
+from slurm.executors import Execution
 from slurm.profiles import ResourceProfile
 
 # pretrain.train's file names (repeated here so the runner does not import torch to read them)
@@ -105,7 +107,7 @@ class FollowSummary:
 class Follower:
     """Plan and submit `suites` on each encoder the followed runs publish; see the module docstring."""
 
-    def __init__(self, suites: Sequence[str], runs: Sequence[FollowedRun], executor: str,
+    def __init__(self, suites: Sequence[str], runs: Sequence[FollowedRun], execution: Execution,
                  profiles: dict[str, ResourceProfile], *, results_root: Path, data_root: Path | None = None,
                  seeds: Sequence[int] | None = None, option_pairs: dict[str, Sequence[str]] | None = None,
                  max_parallel: int | None = None, force: bool = False, wait: bool = True, progress: bool = False,
@@ -118,7 +120,7 @@ class Follower:
                 raise InputError(f"--follow: suite {name} evaluates no checkpoint")
             parse_suite_options(suite, (option_pairs or {}).get(name, ()))  # a bad key=value fails before anything runs
         self.runs = list(runs)
-        self.executor, self.profiles = executor, profiles
+        self.execution, self.profiles = execution, profiles
         self.results_root, self.data_root = Path(results_root), data_root
         self.seeds = list(seeds) if seeds else None
         self.option_pairs = {name: list((option_pairs or {}).get(name, ())) for name in suites}
@@ -132,23 +134,22 @@ class Follower:
         print(message, file=self.stream, flush=True)
 
     def plan_for(self, name: str, encoders: Sequence[Path]) -> Plan:
-        suite = self.suites[name]
-        plan = build_plan(name, suite, results_root=self.results_root, option_pairs=self.option_pairs[name],
-                          checkpoint_specs=[str(p) for p in encoders], data_root=self.data_root, seeds=self.seeds)
-        if name not in self._prepared:
-            suite.prepare(plan.settings, plan.data_root, plan.store.shared_dir)
-            self._prepared.add(name)
+        """The suite's plan on these encoders; its shared inputs are prepared on the first plan only."""
+        plan = plan_suite(name, results_root=self.results_root, option_pairs=self.option_pairs[name],
+                          checkpoint_specs=[str(p) for p in encoders], data_root=self.data_root, seeds=self.seeds,
+                          prepare=name not in self._prepared)
+        self._prepared.add(name)
         return plan
 
     def evaluate(self, encoder: Path) -> None:
-        """One submission per suite for this encoder; local and debug wait for its cells, SLURM does not."""
-        from bench.runner import Runner
-
+        """One submission per suite for this encoder; executors whose jobs live with the runner (local, debug)
+        wait for its cells, a scheduler's (SLURM) does not."""
         self.summary.encoders += 1
         for name in self.suites:
             plan = self.plan_for(name, [encoder])
-            summary = Runner(plan, self.executor, self.profiles, max_parallel=self.max_parallel, force=self.force,
-                             wait=self.executor != "slurm", progress=self.progress, stream=self.stream).run()
+            summary = run_plan(plan, execution=self.execution, profiles=self.profiles, max_parallel=self.max_parallel,
+                               force=self.force, wait=not self.execution.jobs_outlive_runner, progress=self.progress,
+                               stream=self.stream).summary
             self._encoders[name].append(encoder)
             self.summary.submitted += summary.submitted
             self.summary.kept += summary.skipped_done
@@ -195,26 +196,24 @@ class Follower:
         return self.summary
 
     def _finish(self) -> None:
-        """Collect the final states; on SLURM, watch the cells still in flight when waiting."""
-        from bench.runner import Runner
-
+        """Collect the final states; with a scheduler (SLURM), watch the cells still in flight when waiting."""
         for name, encoders in self._encoders.items():
             if not encoders:
                 continue
             plan = self.plan_for(name, encoders)
             self.summary.plans.append(plan)
-            if self.executor == "slurm" and self.wait:
+            if self.execution.jobs_outlive_runner and self.wait:
                 watch = dataclasses.replace(plan, cells=[c for c in plan.cells  # failures were reported once
                                                          if plan.store.cell(c.cell_id).state().state != "failed"])
-                Runner(watch, "slurm", self.profiles, max_parallel=self.max_parallel, wait=True,
-                       progress=self.progress, stream=self.stream).run()
+                run_plan(watch, execution=self.execution, profiles=self.profiles, max_parallel=self.max_parallel,
+                         wait=True, progress=self.progress, stream=self.stream)
             self.summary.states.update(plan.store.cell(c.cell_id).state().state for c in plan.cells)
 
 
 def pretrain_cell_stopped(folder: CellFolder, still_running: Callable[[], bool] | None = None) -> Callable[[], str | None]:
     """For a pretraining cell's train/ folder: why it will publish nothing more, or None while it may."""
-    from bench.runner import owner_alive
-    from slurm.executors import slurm_live_jobs
+    from bench.runner import owner_alive, recorded_jobs
+    from slurm.executors import LiveJobs
 
     def stopped() -> str | None:
         state = folder.state()
@@ -226,15 +225,15 @@ def pretrain_cell_stopped(folder: CellFolder, still_running: Callable[[], bool] 
             return f"pretraining of cell {folder.cell_id} ended without {FINAL_ENCODER}"
         owner = folder.submitted()
         if state.state in ("submitted", "running") and owner:
-            live = slurm_live_jobs([str(owner.get("job_id"))]) if owner.get("executor") == "slurm" else set()
-            if not owner_alive(owner, live):
+            if not owner_alive(owner, LiveJobs.query(recorded_jobs([owner]))):
                 return f"the job of pretraining cell {folder.cell_id} ended without a result"
         return None
 
     return stopped
 
 
-def follow_pretraining(pretrain_plan: Plan, run_pretraining: Callable[[], object], then: Sequence[str], executor: str,
+def follow_pretraining(pretrain_plan: Plan, run_pretraining: Callable[[], object], then: Sequence[str],
+                       execution: Execution,
                        profiles: dict[str, ResourceProfile], *, in_background: bool, evaluate_final: bool = True,
                        **follower_kwargs):
     """`--suite pretrain --then SUITES`: evaluate each cell's snapshots while it trains.
@@ -259,7 +258,7 @@ def follow_pretraining(pretrain_plan: Plan, run_pretraining: Callable[[], object
         cell = pretrain_plan.store.cell(planned.cell_id)
         runs.append(FollowedRun(cell.path / "train", idle_limit=False, evaluate_final=evaluate_final,
                                 stopped=pretrain_cell_stopped(cell, thread.is_alive if in_background else None)))
-    follower = Follower(then, runs, executor, profiles, results_root=pretrain_plan.store.root,
+    follower = Follower(then, runs, execution, profiles, results_root=pretrain_plan.store.root,
                         data_root=pretrain_plan.data_root, **follower_kwargs)
     summary = follower.run()
     if in_background:
@@ -269,7 +268,7 @@ def follow_pretraining(pretrain_plan: Plan, run_pretraining: Callable[[], object
     return outcome.get("value"), summary
 
 
-def follow_command(args, executor: str, profiles: dict[str, ResourceProfile], results_root: Path,
+def follow_command(args, execution: Execution, profiles: dict[str, ResourceProfile], results_root: Path,
                    stream: TextIO) -> int:
     """`python -m bench.run --suite S --follow DIR ...`: exit 0 when every followed run reached its final
     encoder and every cell is done, 1 otherwise, 2 for bad input."""
@@ -282,8 +281,6 @@ def follow_command(args, executor: str, profiles: dict[str, ResourceProfile], re
     if args.follow_poll <= 0 or args.follow_idle_min <= 0:
         raise InputError("--follow-poll and --follow-idle-min: expected positive numbers")
     runs = [FollowedRun(check_run_folder(Path(folder))) for folder in args.follow]
-    from bench.run import parse_seeds
-
     seeds = parse_seeds(args.seeds)
     if args.dry_run:
         for run in runs:
@@ -291,7 +288,7 @@ def follow_command(args, executor: str, profiles: dict[str, ResourceProfile], re
             print(f"{run.folder}: {len(found)} encoder(s) published so far" +
                   "".join(f"\n  {p.name}" for p in found), file=stream)
         return 0
-    follower = Follower([args.suite], runs, executor, profiles, results_root=results_root, data_root=args.data_root,
+    follower = Follower([args.suite], runs, execution, profiles, results_root=results_root, data_root=args.data_root,
                         seeds=seeds, option_pairs={args.suite: args.overrides}, max_parallel=args.max_parallel,
                         force=args.force, wait=not args.no_wait, progress=not args.no_progress, stream=stream,
                         poll_s=args.follow_poll, idle_s=args.follow_idle_min * 60.0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.plan import parse_seeds
 from bench.suite import InputError, comma_list
-from slurm.executors import EXECUTORS
+from slurm.executors import AUTO, EXECUTIONS, EXECUTOR_CHOICES, Driving
 
 EXIT_USER_ERROR = 2
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset folder for suites that read one")
     parser.add_argument("--records", type=Path, default=None, dest="records", action=GivenOnce,
                         help="the same as --data-root, named for Meta-Dataset records")
-    parser.add_argument("--executor", choices=EXECUTORS, default="auto",
+    parser.add_argument("--executor", choices=EXECUTOR_CHOICES, default=AUTO,
                         help="auto: SLURM when a controller answers, else local; debug runs in-process")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, resources, executor) and exit")
     parser.add_argument("--force", action="store_true", help="recompute cells that already have a result")
@@ -119,16 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         from bench.plan import check_device_here, parse_suite_options
         from bench.store import results_root_default
         from bench.suites import load_suite, load_suite_class, suite_names
-        from slurm.executors import resolve_executor
+        from slurm.executors import resolve_execution
         from slurm.profiles import PROFILES, apply_resource_overrides
 
         if args.max_parallel is not None and args.max_parallel < 1:
             raise InputError(f"--max-parallel {args.max_parallel}: expected a positive integer")
         results_root = args.results or results_root_default()
         profiles = apply_resource_overrides(PROFILES, args.resource)
-        executor = resolve_executor(args.executor)
-        if args.no_wait and executor != "slurm":
-            raise InputError(f"--no-wait needs the slurm executor (local and debug jobs live with the runner); got {executor}")
+        execution = resolve_execution(args.executor)
+        if args.no_wait and not execution.jobs_outlive_runner:
+            detached = [name for name, cls in EXECUTIONS.items() if cls.jobs_outlive_runner]
+            attached = [name for name, cls in EXECUTIONS.items() if not cls.jobs_outlive_runner]
+            raise InputError(f"--no-wait needs the {' or '.join(detached)} executor ({' and '.join(attached)} jobs "
+                             f"live with the runner); got {execution.name}")
         then_chain = parse_then([token for group in args.then for token in group])
         then = [name for name, _ in then_chain]
         suite = load_suite(args.suite)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.follow:
             from bench.follow import follow_command
 
-            return follow_command(args, executor, profiles, results_root, stream)
+            return follow_command(args, execution, profiles, results_root, stream)
         if then and not suite.produces_checkpoints:
             producers = [name for name in suite_names() if load_suite_class(name).produces_checkpoints]
             raise InputError(f"--then chains evaluation suites after --suite {' or '.join(producers)} only")
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             if not later.uses_checkpoints:
                 raise InputError(f"--then {name}: that suite evaluates no checkpoint")
             later_options = parse_suite_options(later, pairs)  # a bad option fails now, before anything is submitted
-            if executor in ("local", "debug"):
+            if execution.runs_here:
                 check_device_here(later_options, f"--then {name}")
         if args.records is not None and args.data_root is not None:
             raise InputError("--records and --data-root name the same folder; give one of them")
@@ -159,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                           checkpoint_specs=args.checkpoints, data_root=data_root, seeds=seeds,
                           task_names=list(comma_list(args.tasks or "")) or None, prepare=not args.dry_run,
                           pretrain_seeds=pretrain_seeds, train_embedded=not args.dry_run,
-                          data_root_flag=data_root_flag, stream=stream, devices_here=executor in ("local", "debug"))
+                          data_root_flag=data_root_flag, stream=stream, devices_here=execution.runs_here)
         plan_seconds = time.time() - plan_start
         if args.dry_run:
             from bench.runner import describe_plan
 
-            describe_plan(plan, executor, profiles, args.max_parallel, sys.stdout)
+            describe_plan(plan, execution, profiles, args.max_parallel, sys.stdout)
             if then:
                 print(f"then: {', '.join(then)} on the encoders these cells produce", file=sys.stdout)
             return 0
@@ -181,24 +184,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {describe_os_error(error)}", file=stream)
         return EXIT_USER_ERROR
 
-    chain_on_slurm = bool(then) and executor == "slurm"
+    # a scheduler with dependencies takes the --then suites at once (afterok); jobs that run beside the
+    # runner let it evaluate the snapshots while pretraining runs; in-process jobs evaluate afterwards
+    chain_by_dependency = bool(then) and execution.supports_dependencies
+    follow_while_training = bool(then) and not chain_by_dependency and execution.driving is not Driving.IN_PROCESS
+    run_options = dict(execution=execution, profiles=profiles, max_parallel=args.max_parallel, force=args.force,
+                       progress=not args.no_progress, stream=stream)
     try:
-        if then and executor == "local":  # the evaluation suites follow the snapshots while pretraining runs
-            from bench.execute import SuiteRun
+        if follow_while_training:
             from bench.follow import follow_pretraining
-            from bench.runner import Runner
 
-            pretraining = Runner(plan, executor, profiles, max_parallel=args.max_parallel, force=args.force,
-                                 progress=not args.no_progress, stream=stream)
-            summary, _ = follow_pretraining(plan, pretraining.run, then, executor, profiles, in_background=True,
-                                            seeds=then_seeds, max_parallel=args.max_parallel,
-                                            force=args.force, stream=stream, poll_s=2.0,
-                                            option_pairs=dict(then_chain))
-            run = SuiteRun(plan, summary, pretraining)
+            run, _ = follow_pretraining(plan, lambda: run_plan(plan, **run_options), then, execution, profiles,
+                                        in_background=True, seeds=then_seeds,
+                                        max_parallel=args.max_parallel, force=args.force, stream=stream, poll_s=2.0,
+                                        option_pairs=dict(then_chain))
         else:
-            run = run_plan(plan, executor=executor, profiles=profiles, max_parallel=args.max_parallel,
-                           force=args.force, wait=not args.no_wait and not chain_on_slurm,
-                           progress=not args.no_progress, stream=stream)
+            run = run_plan(plan, wait=not args.no_wait and not chain_by_dependency, **run_options)
     except user_error_types() as error:  # a bad partition, or sbatch refusing the request
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
@@ -217,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         from bench.chain import run_then
 
         live = list(summary.job_ids) + [str(t.owner.get("job_id")) for t in runner.adopted if t.owner]
-        then_code, then_plans = run_then(plan, then, executor, profiles, pretrain_job_ids=live,
+        then_code, then_plans = run_then(plan, then, execution, profiles, pretrain_job_ids=live,
                                          max_parallel=args.max_parallel, wait=not args.no_wait, force=args.force,
                                          progress=not args.no_progress, stream=stream,
                                          seeds=then_seeds, option_pairs=dict(then_chain))
         code = max(code, then_code)
         plans += then_plans
-        if chain_on_slurm and not args.no_wait:
+        if chain_by_dependency and not args.no_wait:
             from collections import Counter
 
             summary.states = Counter(plan.store.cell(p.cell_id).state().state for p in plan.cells)

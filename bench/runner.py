@@ -19,14 +19,16 @@ from bench.job import CellJob
 from bench.plan import Plan, PlannedCell
 from bench.progress import ProgressView
 from bench.store import CellFolder, CellState, append_event, atomic_write_json
-from slurm.executors import fit_profile, make_executor
-from slurm.jobs import job_alive, process_alive, slurm_live_jobs
+from slurm.executors import Driving, Execution, LiveJobs, RecordedJob, recorded_job
+from slurm.jobs import process_alive
 from slurm.profiles import ResourceProfile, get_profile
 
 TERMINAL = ("done", "failed")
 # A claim by a runner on another host cannot be checked with a pid: it holds this long, which covers
 # the seconds between claiming and submitting (SLURM submits every claimed cell at once).
 CLAIM_TTL_OTHER_HOST_S = 600.0
+# claim.json's "executor": not an executor, the runner that claimed the cell and has not submitted it yet
+CLAIM_OWNER = "runner"
 
 
 class SubmissionError(ValueError):
@@ -60,14 +62,28 @@ class RunSummary:
         return self.states.get("failed", 0)
 
 
-def owner_alive(owner: dict[str, Any], live_slurm: set[str] | None) -> bool:
-    """Is the job recorded in submitted.json still queued or running?"""
-    if owner.get("executor") == "runner":  # claimed by a runner that has not submitted it yet
+def is_claim(record: dict[str, Any]) -> bool:
+    """A claim.json record (a runner will submit the cell), rather than a submitted job's record."""
+    return record.get("executor") == CLAIM_OWNER
+
+
+def recorded_jobs(records: list[dict[str, Any]]) -> list[RecordedJob]:
+    """The submitted jobs these records name (claims and records without a job left out)."""
+    jobs = (recorded_job(record) for record in records if not is_claim(record))
+    return [job for job in jobs if job is not None]
+
+
+def owner_alive(owner: dict[str, Any], live: LiveJobs | None = None) -> bool:
+    """Is the job recorded in submitted.json (or the runner of a claim) still queued or running?"""
+    if is_claim(owner):
         alive = process_alive(owner.get("host"), owner.get("runner_pid"))
         return alive if alive is not None else time.time() - float(owner.get("time", 0)) < CLAIM_TTL_OTHER_HOST_S
-    alive = job_alive(owner.get("executor"), str(owner.get("job_id") or ""), owner.get("host"), live_slurm)
-    if alive is None:  # unknown SLURM state: assume alive rather than duplicate; another host's local job: not ours
-        return owner.get("executor") == "slurm"
+    job = recorded_job(owner)
+    if job is None:
+        return False
+    alive = job.alive(live or LiveJobs())
+    if alive is None:  # a scheduler's job of unknown state: assume alive rather than duplicate; another host's
+        return job.execution.jobs_outlive_runner  # local job: not ours
     return alive
 
 
@@ -75,7 +91,7 @@ class Runner:
     def __init__(
         self,
         plan: Plan,
-        executor: str,
+        execution: Execution,
         profiles: dict[str, ResourceProfile],
         *,
         max_parallel: int | None = None,
@@ -87,7 +103,7 @@ class Runner:
         poll_s: float = 0.5,
     ):
         self.plan = plan
-        self.executor = executor
+        self.execution = execution
         self.profiles = profiles
         self.max_parallel = max_parallel
         self.force = force
@@ -115,9 +131,8 @@ class Runner:
 
     def executor_for(self, profile_name: str):
         if profile_name not in self._executors:
-            profile = fit_profile(get_profile(self.profiles, profile_name), self.executor, self.notes)
-            self._executors[profile_name] = make_executor(
-                self.executor,
+            profile = self.execution.fit_profile(get_profile(self.profiles, profile_name), self.notes)
+            self._executors[profile_name] = self.execution.make_executor(
                 self.plan.store.jobs_dir,
                 profile,
                 name=f"rb-{self.plan.suite.name}-{profile_name}",
@@ -134,18 +149,18 @@ class Runner:
             results_root=str(self.plan.store.root.resolve()),
             protocol_version=self.plan.suite.protocol_version,
             checkpoint_identity=planned.checkpoint,
-            executor=self.executor,
+            executor=self.execution.name,
             dataset=planned.dataset,
         )
 
     def mark_submitted(self, tracked: Tracked, job_id: str) -> None:
         planned = tracked.planned
-        record = {"time": time.time(), "executor": self.executor, "job_id": job_id,
+        record = {"time": time.time(), "executor": self.execution.name, "job_id": job_id,
                   "host": socket.gethostname(), "runner_pid": os.getpid(), "task": planned.cell.task.name,
                   "seed": planned.cell.seed, "checkpoint": planned.checkpoint}
         atomic_write_json(tracked.folder.submitted_path, record, fsync=False)
         tracked.folder.claim_path.unlink(missing_ok=True)  # the submission supersedes the claim
-        append_event(tracked.folder.path, "submitted", executor=self.executor, job_id=job_id)
+        append_event(tracked.folder.path, "submitted", executor=self.execution.name, job_id=job_id)
         tracked.state = "submitted"
         self.summary.job_ids.append(job_id)
 
@@ -171,7 +186,7 @@ class Runner:
                 "checkpoint": planned.checkpoint, "dataset": planned.dataset, "options": dict(planned.cell.options),
             }, fsync=False)
         atomic_write_json(tracked.folder.claim_path, {
-            "time": claimed_at, "executor": "runner", "submits_with": self.executor, "runner_pid": os.getpid(),
+            "time": claimed_at, "executor": CLAIM_OWNER, "submits_with": self.execution.name, "runner_pid": os.getpid(),
             "host": socket.gethostname()}, fsync=False)
         tracked.claimed = True
 
@@ -186,7 +201,7 @@ class Runner:
     def _refresh_owner(self, tracked: Tracked) -> None:
         """A watched cell that another runner had only claimed: once it is submitted, watch its job."""
         owner = tracked.owner or {}
-        if owner.get("executor") == "runner":
+        if is_claim(owner):
             submitted = tracked.folder.submitted()
             if submitted and submitted.get("time", 0) >= owner.get("time", 0):
                 tracked.owner = submitted
@@ -217,12 +232,11 @@ class Runner:
                 candidates.append((tracked, folder.claim() or {}))
                 continue
             to_submit.append(tracked)
-        slurm_ids = [str(owner.get("job_id")) for _, owner in candidates if owner.get("executor") == "slurm"]
-        live = slurm_live_jobs(slurm_ids) if slurm_ids else set()
+        live = LiveJobs.query(recorded_jobs([owner for _, owner in candidates]))
         for tracked, owner in candidates:
             if not self.force and owner_alive(owner, live):
                 tracked.owner = owner
-                if owner.get("executor") == "runner":
+                if is_claim(owner):
                     tracked.state = "queued"
                 else:
                     tracked.state = "running" if tracked.folder.running() else "submitted"
@@ -243,14 +257,10 @@ class Runner:
         if in_flight:
             self.say(f"{len(in_flight)} cell(s) already owned by live jobs; watching them instead of resubmitting")
         self._open_bar(len(tracked_all), len(done))
+        drive = {Driving.IN_PROCESS: self._run_in_process, Driving.PROCESS_POOL: self._run_pool,
+                 Driving.BATCH_ARRAY: self._run_array}[self.execution.driving]
         try:
-            if self.executor == "debug":
-                self._run_debug(to_submit)
-                self._run_local([], in_flight)
-            elif self.executor == "local":
-                self._run_local(to_submit, in_flight)
-            else:
-                self._run_slurm(to_submit, in_flight)
+            drive(to_submit, in_flight)
         finally:
             self._release_claims(to_submit)
             self._close_bar()
@@ -260,7 +270,7 @@ class Runner:
         return self.summary
 
     def _open_bar(self, total: int, initial: int) -> None:
-        label = f"{self.plan.suite.name} [{self.executor}]"
+        label = f"{self.plan.suite.name} [{self.execution.name}]"
         self._view = ProgressView(label, total, initial, self.stream, enabled=self.progress)
 
     def _close_bar(self) -> None:
@@ -285,7 +295,7 @@ class Runner:
                 log = f"; log: {tracked.job.paths.stderr}"
             message = f"job ended without writing a result (state: {state.state}){log}"
             owner = tracked.owner or {}
-            if tracked.job is None and owner.get("executor") == "runner":
+            if tracked.job is None and is_claim(owner):
                 message = (f"the runner that claimed this cell (pid {owner.get('runner_pid')} on {owner.get('host')}) "
                            "ended before submitting it; run the command again to submit it")
             atomic_write_json(tracked.folder.error_path, {"time": time.time(), "type": "LostJob",
@@ -295,31 +305,23 @@ class Runner:
         self.say(f"FAILED {tracked.planned.label} [{tracked.planned.cell_id}]: {state.detail}")
 
     # ---------------------------------------------------------------- executors
-    def _run_debug(self, to_submit: list[Tracked]) -> None:
-        interactive = sys.stdin is not None and sys.stdin.isatty()
+    def _run_in_process(self, to_submit: list[Tracked], in_flight: list[Tracked]) -> None:
+        """One job at a time inside this process, then watch the cells earlier runners' jobs own."""
         for tracked in to_submit:
             executor = self.executor_for(tracked.planned.cell.task.profile)
-            job = executor.submit(self.cell_job(tracked.planned))
+            job = self.execution.submit(executor, self.cell_job(tracked.planned))
             tracked.job = job
             self.mark_submitted(tracked, str(job.job_id))
             self.summary.submitted += 1
             tracked.state = "running"
             self._update_bar(to_submit)
-            if interactive:
-                try:
-                    job.results()  # pdb post-mortem on failure, as submitit's debug executor does
-                except Exception:  # noqa: BLE001 - the cell's error.json records it
-                    pass
-            else:
-                os.environ["SUBMITIT_DEBUG_JOB_ID"] = str(job.job_id)
-                try:
-                    job.exception()
-                finally:
-                    os.environ.pop("SUBMITIT_DEBUG_JOB_ID", None)
+            self.execution.run_in_process(job)
             self._finish(tracked)
             self._update_bar(to_submit)
+        self._run_pool([], in_flight)
 
-    def _run_local(self, to_submit: list[Tracked], in_flight: list[Tracked]) -> None:
+    def _run_pool(self, to_submit: list[Tracked], in_flight: list[Tracked]) -> None:
+        """Up to max_parallel (default: the CPU count) jobs at once as processes of this machine."""
         limit = self.max_parallel or max(os.cpu_count() or 1, 1)
         queue = list(to_submit)
         active: list[Tracked] = list(in_flight)
@@ -329,7 +331,7 @@ class Runner:
                 tracked = queue.pop(0)
                 executor = self.executor_for(tracked.planned.cell.task.profile)
                 submit_start = time.time()
-                tracked.job = executor.submit(self.cell_job(tracked.planned))
+                tracked.job = self.execution.submit(executor, self.cell_job(tracked.planned))
                 self.mark_submitted(tracked, str(tracked.job.job_id))
                 self.summary.submit_seconds += time.time() - submit_start
                 self.summary.submitted += 1
@@ -351,22 +353,20 @@ class Runner:
             if queue or active:
                 time.sleep(self.poll_s)
 
-    _live_cache: tuple[float, set[str] | None] = (0.0, None)
+    _live_cache: tuple[float, LiveJobs] = (0.0, LiveJobs())
 
     def _adopted_alive(self, tracked: Tracked) -> bool:
+        """Is the job an earlier runner submitted for this cell still alive (the scheduler asked every 3 s)?"""
         self._refresh_owner(tracked)
         owner = tracked.owner or {}
-        if owner.get("executor") != "slurm":
-            return owner_alive(owner, set())
         checked_at, live = self._live_cache
         if time.time() - checked_at > 3.0:
-            ids = [str(t.owner.get("job_id")) for t in self.adopted
-                   if t.owner and t.owner.get("executor") == "slurm"]
-            live = slurm_live_jobs(ids)
+            live = LiveJobs.query(recorded_jobs([t.owner for t in self.adopted if t.owner]))
             self._live_cache = (time.time(), live)
         return owner_alive(owner, live)
 
-    def submit_slurm(self, to_submit: list[Tracked]) -> None:
+    def submit_array(self, to_submit: list[Tracked]) -> None:
+        """Every cell of a profile in one submission (a SLURM job array)."""
         groups: dict[str, list[Tracked]] = {}
         for tracked in to_submit:
             groups.setdefault(tracked.planned.cell.task.profile, []).append(tracked)
@@ -374,20 +374,20 @@ class Runner:
         for profile_name, members in groups.items():
             executor = self.executor_for(profile_name)
             try:
-                with executor.batch():
-                    for tracked in members:
-                        tracked.job = executor.submit(self.cell_job(tracked.planned))
+                jobs = self.execution.submit_array(executor, [self.cell_job(t.planned) for t in members])
             except RuntimeError as error:  # sbatch refused (FailedJobError / FailedSubmissionError)
                 raise SubmissionError(f"sbatch refused the {profile_name!r} array of {len(members)} cell(s) "
                                       f"({self.summary.submitted} cell(s) were submitted before): "
                                       f"{str(error).strip()}") from None
-            for tracked in members:
+            for tracked, job in zip(members, jobs):
+                tracked.job = job
                 self.mark_submitted(tracked, str(tracked.job.job_id))
             self.summary.submitted += len(members)
         self.summary.submit_seconds = time.time() - submit_start
 
-    def _run_slurm(self, to_submit: list[Tracked], in_flight: list[Tracked]) -> None:
-        self.submit_slurm(to_submit)
+    def _run_array(self, to_submit: list[Tracked], in_flight: list[Tracked]) -> None:
+        """Submit the arrays, then (when waiting) watch the cell files and the scheduler's queue."""
+        self.submit_array(to_submit)
         if not self.wait:
             return
         active = to_submit + in_flight
@@ -399,13 +399,13 @@ class Runner:
             live = None
             if check_queue:
                 ids = [self._job_id(t) for t in active]
-                live = slurm_live_jobs([i for i in ids if i])
+                live = self.execution.live_jobs([i for i in ids if i])
                 last_queue_check = time.time()
             still = []
             for tracked in active:
                 self._refresh_owner(tracked)
-                if (tracked.owner or {}).get("executor") == "runner":  # claimed by a runner that has not submitted yet
-                    if tracked.folder.result_path.exists() or not owner_alive(tracked.owner, None):
+                if is_claim(tracked.owner or {}):  # claimed by a runner that has not submitted yet
+                    if tracked.folder.result_path.exists() or not owner_alive(tracked.owner):
                         self._finish(tracked)
                     else:
                         still.append(tracked)
@@ -435,7 +435,7 @@ class Runner:
         return str((tracked.owner or {}).get("job_id") or "") or None
 
 
-def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile], max_parallel: int | None,
+def describe_plan(plan: Plan, execution: Execution, profiles: dict[str, ResourceProfile], max_parallel: int | None,
                   stream: TextIO) -> None:
     """The --dry-run view: every cell with its state and resources, then the totals."""
     notes: list[str] = []
@@ -443,9 +443,9 @@ def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile
     for planned in plan.cells:
         name = planned.cell.task.profile
         if name not in fitted:
-            fitted[name] = fit_profile(get_profile(profiles, name), executor, notes)
+            fitted[name] = execution.fit_profile(get_profile(profiles, name), notes)
     states = Counter()
-    print(f"suite {plan.suite.name} (protocol {plan.suite.protocol_version}) on executor {executor}", file=stream)
+    print(f"suite {plan.suite.name} (protocol {plan.suite.protocol_version}) on executor {execution.name}", file=stream)
     print(f"results: {plan.store.suite_dir}", file=stream)
     print(f"options: {plan.options}", file=stream)
     if plan.suite.uses_checkpoints:
@@ -479,10 +479,10 @@ def describe_plan(plan: Plan, executor: str, profiles: dict[str, ResourceProfile
         print(f"  {name}: {profile.describe()}", file=stream)
     for note in notes:
         print(f"  note: {note}", file=stream)
-    parallel = max_parallel or ("all at once (array)" if executor == "slurm" else os.cpu_count())
-    print(f"max parallel: {parallel}", file=stream)
+    print(f"max parallel: {execution.parallelism(max_parallel)}", file=stream)
     print("totals: " + ", ".join(f"{k}={v}" for k, v in sorted(states.items())), file=stream)
     print("dry run: nothing submitted", file=stream)
 
 
-__all__ = ["Runner", "RunSummary", "SubmissionError", "describe_plan"]
+__all__ = ["CLAIM_OWNER", "Runner", "RunSummary", "SubmissionError", "describe_plan", "is_claim", "owner_alive",
+           "recorded_jobs"]

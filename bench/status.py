@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.store import CellFolder, CellState, ResultStore, suites_in
-from slurm.jobs import job_alive, slurm_job_states
+from slurm.executors import Execution, RecordedJob, execution_named
 
 
 def _label(folder: CellFolder) -> str:
@@ -34,43 +34,56 @@ def live_states(folders: list[tuple[CellFolder, CellState]]) -> list[tuple[CellF
     """Correct the files' view with the scheduler's and the process table's: a SLURM job squeue lists
     as PENDING is submitted (even after an attempt ran: a requeue), one it lists as RUNNING is
     running, and a cell whose job or claiming runner no longer exists is lost."""
-    from bench.runner import owner_alive
+    from bench.runner import CLAIM_OWNER, owner_alive
 
-    slurm_ids = [s.job_id for _, s in folders if s.executor == "slurm" and s.state in ("submitted", "running")]
-    queue = slurm_job_states([j for j in slurm_ids if j]) if slurm_ids else {}
+    jobs = {folder.cell_id: RecordedJob(execution_named(state.executor), str(state.job_id or ""),
+                                        (folder.submitted() or {}).get("host"))
+            for folder, state in folders if state.state in ("submitted", "running") and state.executor}
+    ids: dict[Execution, list[str]] = {}
+    for job in jobs.values():
+        if job.job_id:
+            ids.setdefault(job.execution, []).append(job.job_id)
+    queues = {execution: execution.queue_states(job_ids) for execution, job_ids in ids.items()}
     out = []
     for folder, state in folders:
         if state.state in ("submitted", "running"):
-            owner = folder.submitted() or {}
-            live = None if queue is None else set(queue)
-            gone = job_alive(state.executor, str(state.job_id or ""), owner.get("host"), live) is False
-            if state.executor == "slurm" and queue and state.job_id in queue:
-                state = _scheduler_state(folder, state, *queue[state.job_id])
+            job = jobs.get(folder.cell_id)
+            gone = True  # no job recorded (running.json without submitted.json): nothing will finish it
+            if job is not None:
+                queue = queues.get(job.execution, {})
+                live = None if queue is None else set(queue)
+                gone = job.execution.job_alive(job.job_id, job.host, live) is False
+                if queue and job.job_id in queue:
+                    state = _scheduler_state(folder, state, job.execution, *queue[job.job_id])
             if gone and not folder.result_path.exists():
                 state = CellState("lost", f"job {state.job_id} ended without writing a result", state.job_id,
                                   state.executor)
         elif state.state == "queued":
             claim = folder.claim() or {}
-            if not owner_alive(claim, None) and not folder.result_path.exists():
+            if not owner_alive(claim) and not folder.result_path.exists():
                 state = CellState("lost", f"runner {claim.get('runner_pid')} on {claim.get('host')} claimed the cell "
-                                  "and ended before submitting it", None, "runner")
+                                  "and ended before submitting it", None, CLAIM_OWNER)
         out.append((folder, state))
     return out
 
 
-def _scheduler_state(folder: CellFolder, state: CellState, slurm_state: str, reason: str) -> CellState:
+def _scheduler_state(folder: CellFolder, state: CellState, execution: Execution, slurm_state: str,
+                     reason: str) -> CellState:
+    """The cell's state as the scheduler's queue tells it (SLURM's state names)."""
     running = folder.running() or {}
     attempt = running.get("attempt")
     if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"):
         before = f"; attempt {attempt} ran on {running.get('host')}" if state.state == "running" and attempt else ""
         why = f", reason {reason}" if reason and reason != "None" else ""
-        return CellState("submitted", f"{slurm_state.lower()} in the SLURM queue{why}{before}", state.job_id,
+        return CellState("submitted", f"{slurm_state.lower()} in the {execution.display_name} queue{why}{before}",
+                         state.job_id,
                          state.executor)
     if slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING"):
         detail = f"attempt {attempt} on {running.get('host')}" if state.state == "running" else "starting"
-        return CellState("running", f"{detail} (SLURM {slurm_state})", state.job_id, state.executor)
-    return CellState(state.state, f"SLURM {slurm_state}" + (f", reason {reason}" if reason else ""), state.job_id,
-                     state.executor)
+        return CellState("running", f"{detail} ({execution.display_name} {slurm_state})", state.job_id,
+                         state.executor)
+    return CellState(state.state, f"{execution.display_name} {slurm_state}" + (f", reason {reason}" if reason else ""),
+                     state.job_id, state.executor)
 
 
 def main(argv: list[str] | None = None) -> int:

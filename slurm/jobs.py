@@ -1,8 +1,8 @@
 """Job liveness and scheduler queries: the one place that asks SLURM (squeue, scancel) or the process
-table whether a job still lives. The runner, `bench.status` and `--then` chains ask here.
+table whether a job still lives. The execution classes in `slurm.executors` ask here.
 
     live = slurm_live_jobs(["123_0", "124"])          # ids still queued or running (None: squeue failed)
-    job_alive("local", "4711", "node1", live)         # True / False / None (cannot tell from here)
+    process_alive("node1", 4711)                      # True / False / None (another host: cannot tell)
 """
 
 from __future__ import annotations
@@ -58,16 +58,6 @@ def process_alive(host: str | None, pid: int | str | None) -> bool | None:
     if host != socket.gethostname():
         return None
     return str(pid).isdigit() and pid_alive(int(pid))
-
-
-def job_alive(executor: str | None, job_id: str, host: str | None, live_slurm: set[str] | None) -> bool | None:
-    """Is this job still queued or running? None when this machine cannot tell: a SLURM job while squeue
-    is unavailable (`live_slurm` None), a local job started on another host."""
-    if executor == "local":  # the job id of a local job is its process id
-        return process_alive(host, job_id)
-    if executor == "slurm":
-        return None if live_slurm is None else job_id in live_slurm
-    return False  # debug jobs run inside their runner and end with it
 
 
 def queue_state(job_id: str) -> str | None:

@@ -68,7 +68,7 @@ def test_preempted_local_job_requeues_and_resumes_from_its_folder(job_env):
     a fresh CellJob; the local controller restarts it and it continues from the step file in its folder."""
     from bench.plan import build_plan
     from bench.suites import load_suite
-    from slurm.executors import make_executor
+    from slurm.executors import execution_named
     from slurm.profiles import PROFILES
 
     results = job_env / "results"
@@ -76,7 +76,7 @@ def test_preempted_local_job_requeues_and_resumes_from_its_folder(job_env):
     plan = build_plan("selftest", suite, results_root=results, option_pairs=["n_tasks=1", "sleep_s=6"])
     planned = plan.cells[0]
     job = CellJob("selftest", planned.cell, planned.cell_id, str(results), "1", None, "local")
-    executor = make_executor("local", plan.store.jobs_dir, PROFILES["cpu"], name="requeue-test")
+    executor = execution_named("local").make_executor(plan.store.jobs_dir, PROFILES["cpu"], name="requeue-test")
     submitted = executor.submit(job)
     steps = plan.store.cell(planned.cell_id).path / "selftest_steps.json"
     deadline = time.time() + 60
@@ -103,13 +103,12 @@ def test_two_task_job_rendezvous_over_env_through_the_local_executor(job_env):
     profiles = apply_resource_overrides(PROFILES, ["cpu.tasks_per_node=2"])
     import io
 
-    from bench.plan import build_plan
-    from bench.runner import Runner
-    from bench.suites import load_suite
+    from bench.execute import run_suite
+    from slurm.executors import execution_named
 
-    suite = load_suite("selftest")
-    plan = build_plan("selftest", suite, results_root=results, option_pairs=["n_tasks=1"])
-    summary = Runner(plan, "local", profiles, stream=io.StringIO(), poll_s=0.2).run()
+    run = run_suite("selftest", results_root=results, execution=execution_named("local"), profiles=profiles,
+                    option_pairs=["n_tasks=1"], stream=io.StringIO(), poll_s=0.2)
+    plan, summary = run.plan, run.summary
     assert summary.states == {"done": 1}, (plan.store.jobs_dir, list(plan.store.jobs_dir.glob("*err")))
     info = plan.store.cell(plan.cells[0].cell_id).read_result()["info"]
     assert info["world_size"] == 2 and info["all_reduce_sum"] == 3.0

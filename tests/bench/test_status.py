@@ -6,11 +6,12 @@ import io
 import subprocess
 import sys
 
+from bench.execute import build_runner
 from bench.plan import build_plan
-from bench.runner import Runner
 from bench.status import main as status_main
 from bench.store import atomic_write_json
 from bench.suites import load_suite
+from slurm.executors import execution_named
 from slurm.profiles import PROFILES
 
 
@@ -24,7 +25,8 @@ def test_cells_claimed_but_never_submitted_are_named_and_their_owner_checked(tmp
     monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
     results = tmp_path / "results"
     plan = build_plan("selftest", load_suite("selftest"), results_root=results, option_pairs=["n_tasks=3"])
-    runner = Runner(plan, "local", PROFILES, progress=False, stream=io.StringIO())
+    runner = build_runner(plan, execution=execution_named("local"), profiles=PROFILES, progress=False,
+                          stream=io.StringIO())
     _, _, to_submit = runner.classify()
     assert len(to_submit) == 3
     lines = _status_lines(results, capsys)

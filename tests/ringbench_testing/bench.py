@@ -66,14 +66,16 @@ def job_env(tmp_path, monkeypatch):
 
 
 def plan_and_run(suite_name: str, results: Path, executor: str, overrides=(), checkpoints=(), **runner_kwargs):
-    """Plan a suite and run it through the real runner in this process; returns (plan, summary)."""
+    """Plan a suite and run it through the real runner in this process (the CLI's path: bench.execute.run_suite),
+    on the executor registered as `executor`; returns (plan, summary)."""
     import io
 
     from bench.execute import run_suite
+    from slurm.executors import execution_named
     from slurm.profiles import PROFILES
 
     stream = runner_kwargs.pop("stream", io.StringIO())
-    run = run_suite(suite_name, results_root=results, executor=executor, profiles=PROFILES,
+    run = run_suite(suite_name, results_root=results, execution=execution_named(executor), profiles=PROFILES,
                     option_pairs=list(overrides), checkpoint_specs=[str(c) for c in checkpoints], stream=stream,
                     poll_s=0.2, **runner_kwargs)
     return run.plan, run.summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.job import pin_device_for_local_rank
-from slurm.executors import fit_profile, make_executor
+from slurm.executors import execution_named
 from slurm.profiles import PROFILES, ProfileError, apply_resource_overrides
 
 
@@ -25,14 +25,17 @@ def test_one_parameter_set_serves_every_executor(tmp_path):
     params = profile.submitit_parameters()
     assert params["gpus_per_node"] == 1 and params["tasks_per_node"] == 1  # one task per GPU
     assert params["slurm_partition"] == "a100" and params["slurm_additional_parameters"] == {"account": "proj"}
-    for executor in ("local", "debug"):  # slurm_ parameters are accepted and ignored there
-        make_executor(executor, tmp_path / executor, fit_profile(profile, executor, []), name="x", max_parallel=4)
+    for name in ("local", "debug"):  # slurm_ parameters are accepted and ignored there
+        execution = execution_named(name)
+        execution.make_executor(tmp_path / name, execution.fit_profile(profile, []), name="x", max_parallel=4)
+        assert "nodes" not in execution.submitit_parameters(profile)  # these run on this one machine
+    assert execution_named("slurm").submitit_parameters(profile)["nodes"] == 1
 
 
 def test_a_gpu_request_is_shrunk_on_a_machine_without_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     notes: list[str] = []
-    fitted = fit_profile(PROFILES["pretrain"], "local", notes)
+    fitted = execution_named("local").fit_profile(PROFILES["pretrain"], notes)
     assert (fitted.gpus, fitted.tasks) == (0, 1) and "no node offers" in notes[0]
 
 

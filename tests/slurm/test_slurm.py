@@ -14,7 +14,7 @@ from bench.plan import build_plan
 from bench.store import read_events
 from bench.suites import load_suite
 from ringbench_testing.bench import plan_and_run, run_bench
-from slurm.executors import make_executor, slurm_live_jobs
+from slurm.executors import execution_named, slurm_live_jobs
 from slurm.profiles import PROFILES
 
 pytestmark = pytest.mark.slurm
@@ -70,13 +70,13 @@ def test_afterok_dependency_orders_jobs_and_blocks_after_a_failure(slurm_env):
     failing, _ = selftest_job(results, ["n_tasks=3", "sleep_s=0", "fail_tasks=2"], 2)
     blocked, blocked_folder = selftest_job(results, ["n_tasks=3", "sleep_s=0", "fail_tasks=2"], 0)
     jobs_dir = results / "jobs"
-    base = make_executor("slurm", jobs_dir, PROFILES["cpu"], name="chain-a")
+    base = execution_named("slurm").make_executor(jobs_dir, PROFILES["cpu"], name="chain-a")
     job_a = base.submit(first)
     job_f = base.submit(failing)
-    job_b = make_executor("slurm", jobs_dir, PROFILES["cpu"], name="chain-b",
-                          dependency=f"afterok:{job_a.job_id}").submit(second)
-    job_c = make_executor("slurm", jobs_dir, PROFILES["cpu"], name="chain-c",
-                          dependency=f"afterok:{job_f.job_id}").submit(blocked)
+    job_b = execution_named("slurm").make_executor(jobs_dir, PROFILES["cpu"], name="chain-b",
+                                                   dependency=f"afterok:{job_a.job_id}").submit(second)
+    job_c = execution_named("slurm").make_executor(jobs_dir, PROFILES["cpu"], name="chain-c",
+                                                   dependency=f"afterok:{job_f.job_id}").submit(blocked)
     wait_for(lambda: second_folder.result_path.exists(), 180, "the dependent job's result")
     a_done = first_folder.read_result()["timings"]["finished_at"]
     b_started = json.loads(second_folder.running_path.read_text())["time"]
@@ -95,7 +95,7 @@ def test_afterok_dependency_orders_jobs_and_blocks_after_a_failure(slurm_env):
 def test_scontrol_requeue_of_a_running_cell_resumes_and_writes_once(slurm_env):
     results = slurm_env / "results"
     job, folder = selftest_job(results, ["n_tasks=1", "sleep_s=6"])
-    submitted = make_executor("slurm", results / "jobs", PROFILES["cpu"], name="requeue").submit(job)
+    submitted = execution_named("slurm").make_executor(results / "jobs", PROFILES["cpu"], name="requeue").submit(job)
     steps = folder.path / "selftest_steps.json"
     wait_for(lambda: steps.exists() and json.loads(steps.read_text())["done"] >= 10, 120, "10 sleep steps")
     out = subprocess.run(["scontrol", "requeue", str(submitted.job_id)], capture_output=True, text=True)
@@ -119,10 +119,11 @@ def test_two_task_job_rendezvous_through_slurm(slurm_env):
     profiles = apply_resource_overrides(PROFILES, ["cpu.tasks_per_node=2", "cpu.cpus=1"])
     import io
 
-    from bench.runner import Runner
+    from bench.execute import run_plan
 
     plan = build_plan("selftest", load_suite("selftest"), results_root=results, option_pairs=["n_tasks=1"])
-    summary = Runner(plan, "slurm", profiles, stream=io.StringIO(), poll_s=0.3).run()
+    summary = run_plan(plan, execution=execution_named("slurm"), profiles=profiles, stream=io.StringIO(),
+                       poll_s=0.3).summary
     logs = "\n".join(p.read_text()[-2000:] for p in plan.store.jobs_dir.glob("*.err"))
     assert summary.states == {"done": 1}, logs
     info = plan.store.cell(plan.cells[0].cell_id).read_result()["info"]
@@ -155,12 +156,13 @@ def test_an_unknown_partition_is_refused_before_submission(tmp_path, bench_env):
 def test_status_asks_the_scheduler_so_a_requeued_pending_job_is_not_shown_running(slurm_env, capsys):
     import io
 
-    from bench.runner import Runner
+    from bench.execute import run_plan
     from bench.status import main as status_main
 
     results = slurm_env / "results"
     plan = build_plan("selftest", load_suite("selftest"), results_root=results, option_pairs=["n_tasks=1", "sleep_s=6"])
-    Runner(plan, "slurm", PROFILES, wait=False, progress=False, stream=io.StringIO()).run()
+    run_plan(plan, execution=execution_named("slurm"), profiles=PROFILES, wait=False, progress=False,
+             stream=io.StringIO())
     folder = plan.store.cell(plan.cells[0].cell_id)
     job_id = folder.submitted()["job_id"]
     try:
