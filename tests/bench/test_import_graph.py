@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("bench", "slurm")
 # the runner's modules (executors, chains, following, status): no cycle may pass through them
@@ -92,7 +90,5 @@ def test_no_import_cycle_passes_through_the_runner_modules():
     assert cycles == []
 
 
-@pytest.mark.xfail(strict=True, reason="bench.figures <-> bench.leaderboard (and figure_workers) still import each "
-                   "other; that cycle is broken by the leaderboard work of issue #23 part 4. Remove this marker then.")
 def test_bench_and_slurm_modules_import_each_other_in_no_cycle():
     assert all_cycles(import_graph()) == []
