@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -214,10 +215,11 @@ class DeviceDecoder:
     def _on_cpu(self, item: torch.Tensor, name: str, device, reason: str) -> torch.Tensor | None:
         try:
             image = rgb_bytes(item, name)
-        except UndecodableImage:
+        except UndecodableImage as error:
             if not self.skip_undecodable:
                 raise
             self.counts.skipped += 1
+            print(f"warning: skipped undecodable image: {error}", file=sys.stderr, flush=True)
             return None
         self.counts.note_fallback(name, reason)
         return image.to(device, non_blocking=True)

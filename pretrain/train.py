@@ -271,7 +271,7 @@ class Trainer:
         steps = len(self.loader) if config.optim.max_steps_per_epoch <= 0 else min(len(self.loader), config.optim.max_steps_per_epoch)
         self.compile_guard = None
         if resolve_switch(config.compile, self.device, config.optim.epochs * steps >= COMPILE_MIN_STEPS):
-            self.compile_guard = CompileGuard(strict=config.compile == "on")
+            self.compile_guard = CompileGuard()
             self.method.compile_encoders(self.compile_guard.wrap)
 
     @property
