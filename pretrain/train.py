@@ -301,14 +301,15 @@ class Trainer:
         record = {}
         if self.loader_kind == "gpu":
             counts = self.device_views.decoder.counts
-            record["decode_cpu_fallbacks"] = counts.cpu_fallbacks
-            if counts.cpu_fallbacks and self.rank == 0:
-                warn(f"epoch {epoch + 1}: {counts.cpu_fallbacks} of {counts.cpu_fallbacks + counts.device} files "
-                     f"decoded on the CPU instead of {self.device} (e.g. {'; '.join(counts.examples)})")
-            skipped = counts.skipped
+            fallbacks, decoded, skipped = (sum(values) for values in zip(*self._gather_objects(
+                (counts.cpu_fallbacks, counts.device, counts.skipped))))  # every rank's files
+            record["decode_cpu_fallbacks"] = fallbacks
+            if fallbacks and self.rank == 0:
+                warn(f"epoch {epoch + 1}: {fallbacks} of {fallbacks + decoded} files decoded on the CPU instead "
+                     f"of {self.device} (e.g. {'; '.join(counts.examples)})")
             counts.reset()
         else:
-            skipped = self.skips.take() if self.skips is not None else 0
+            skipped = sum(self._gather_objects(self.skips.take() if self.skips is not None else 0))
         if self.skips is not None or self.config.data.skip_undecodable:
             record["skipped_undecodable"] = skipped
             if skipped and self.rank == 0:
