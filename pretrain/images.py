@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # Start-of-frame markers (all but DHT C4, JPG C8, DAC CC): their segment carries the component count.
@@ -40,6 +40,12 @@ class UndecodableImage(ValueError):
     """An image file that no decoder reads (truncated, corrupt, or not an image); the message names it."""
 
 
+def _reason(error: BaseException) -> str:
+    if isinstance(error, UnidentifiedImageError):  # its text names a file object, not the file
+        return "not in an image format PIL reads"
+    return str(error)
+
+
 def read_rgb(path: str | os.PathLike) -> Image.Image:
     """The file's pixels as a decoded RGB PIL image (`Image.open(path).convert("RGB")`, no EXIF
     rotation), or `UndecodableImage` naming the path."""
@@ -47,7 +53,7 @@ def read_rgb(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UndecodableImage(f"{path}: not a decodable image ({error})") from None
+        raise UndecodableImage(f"{path}: not a decodable image ({_reason(error)})") from None
 
 
 def open_lazy(path: str | os.PathLike) -> Image.Image:
@@ -55,7 +61,7 @@ def open_lazy(path: str | os.PathLike) -> Image.Image:
     try:
         return Image.open(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UndecodableImage(f"{path}: not a decodable image ({error})") from None
+        raise UndecodableImage(f"{path}: not a decodable image ({_reason(error)})") from None
 
 
 def rgb_bytes(data: bytes | torch.Tensor, name: str) -> torch.Tensor:
@@ -65,7 +71,7 @@ def rgb_bytes(data: bytes | torch.Tensor, name: str) -> torch.Tensor:
         with Image.open(io.BytesIO(raw)) as image:
             array = np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UndecodableImage(f"{name}: not a decodable image ({error})") from None
+        raise UndecodableImage(f"{name}: not a decodable image ({_reason(error)})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -117,9 +117,8 @@ def test_run_with_bf16_on_a_device_without_it_uses_fp32(tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_run_with_loader_gpu_and_no_gpu_decoder_uses_the_cpu_loader(tmp_path, monkeypatch, capfd):
-    from ringbench_testing.odd_images import write_odd_images
-
     from pretrain import images
+    from ringbench_testing.odd_images import write_odd_images
 
     def no_nvjpeg(data, device):
         raise RuntimeError("torchvision.io.decode_jpeg: not compiled with nvjpeg support")

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from pretrain.augment import AugmentLaws, DeviceViewPipeline
+from pretrain.data import UInt8Views, open_dataset
+from pretrain.images import DeviceDecoder, UndecodableImage, jpeg_header, read_rgb, worker_error_message
 from ringbench_testing.odd_images import (
     DECODABLE,
     EXIF_ROTATE_90,
@@ -17,10 +21,6 @@ from ringbench_testing.odd_images import (
     reference_rgb,
     write_odd_images,
 )
-
-from pretrain.augment import AugmentLaws, DeviceViewPipeline
-from pretrain.data import UInt8Views, open_dataset
-from pretrain.images import DeviceDecoder, UndecodableImage, jpeg_header, read_rgb, worker_error_message
 
 # torchvision's bundled libjpeg-turbo and Pillow's agree exactly on these files (measured 0); a
 # different libjpeg build may round the IDCT or chroma upsampling differently by a level or two.

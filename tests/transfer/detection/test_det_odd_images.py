@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from ringbench_testing.odd_images import DECODABLE, max_difference, reference_rgb, write_odd_image
 
 from pretrain.images import UndecodableImage
+from ringbench_testing.odd_images import DECODABLE, max_difference, reference_rgb, write_odd_image
 from transfer.detection.coco_data import CocoDetectionDataset, coco_layout
 from transfer.detection.engines.detectron2_engine import read_image_as_stored
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ringbench_testing.odd_images import DECODABLE, JPEG_KINDS, UNDECODABLE, max_difference, reference_rgb, write_odd_images
 
+from ringbench_testing.odd_images import (
+    DECODABLE,
+    JPEG_KINDS,
+    UNDECODABLE,
+    max_difference,
+    reference_rgb,
+    write_odd_images,
+)
 from transfer.meta_dataset import records
 
 SIZE = 40  # the files are SIZE x SIZE, so the reader's squash to SIZE x SIZE (align_corners) is the identity
