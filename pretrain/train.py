@@ -310,7 +310,7 @@ class Trainer:
             counts.reset()
         else:
             skipped = sum(self._gather_objects(self.skips.take() if self.skips is not None else 0))
-        if self.skips is not None or self.config.data.skip_undecodable:
+        if self.config.data.skip_undecodable:
             record["skipped_undecodable"] = skipped
             if skipped and self.rank == 0:
                 warn(f"epoch {epoch + 1}: skipped {skipped} undecodable files (data.skip_undecodable=true)")
