@@ -365,23 +365,14 @@ def crop_flip_views(image: Image.Image, laws: AugmentLaws, num_views: int,
 # ---------------------------------------------------------------------------------------------- GPU path
 
 
-def decode_batch(items: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
-    """(3, H, W) uint8 images on `device`: 1-D byte tensors are JPEG files decoded in one batched call
-    (nvJPEG on CUDA); others are already decoded. Files nvJPEG refuses (PNG or CMYK data behind a
-    .JPEG name, as a few in ImageNet) are decoded one by one on the CPU."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+def decode_batch(items: Sequence[torch.Tensor], device: torch.device | str,
+                 names: Sequence[str] | None = None) -> list[torch.Tensor]:
+    """(3, H, W) uint8 images on `device`: 1-D byte tensors are files decoded in one batched call
+    (nvJPEG on CUDA), each file the device decoder cannot read decoded by PIL instead (see
+    `pretrain.images.DeviceDecoder`); others are already decoded and only moved."""
+    from pretrain.images import DeviceDecoder
 
-    images = list(items)
-    slots = [slot for slot, item in enumerate(items) if item.ndim == 1]
-    if slots:
-        data = [items[slot] for slot in slots]
-        try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
-            decoded = [decode_image(item, mode=ImageReadMode.RGB) for item in data]
-        for slot, image in zip(slots, decoded):
-            images[slot] = image
-    return [image.to(device, non_blocking=True) for image in images]
+    return DeviceDecoder()(items, device, names)
 
 
 class DeviceViewPipeline:
@@ -390,13 +381,37 @@ class DeviceViewPipeline:
     views' crops and flips, colour, grayscale, blur, normalisation). Parameters come from a CPU
     generator (torch's global one by default) with the recipe's laws."""
 
-    def __init__(self, laws: AugmentLaws, mean: Sequence[float], std: Sequence[float], num_views: int = 2):
+    def __init__(self, laws: AugmentLaws, mean: Sequence[float], std: Sequence[float], num_views: int = 2,
+                 decoder=None):
+        from pretrain.images import DeviceDecoder
+
         self.laws, self.num_views = laws, num_views
         self.colour = BatchColourAugment(laws, mean, std)
+        self.decoder = decoder or DeviceDecoder()  # its .counts: device decodes, CPU fallbacks, skips
 
     def __call__(self, items: Sequence[torch.Tensor], device: torch.device | str,
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        images = decode_batch(items, device)
+                 generator: torch.Generator | None = None, names: Sequence[str] | None = None) -> list[torch.Tensor]:
+        views, _ = self.views_and_index(items, torch.arange(len(items)), device, generator, names)
+        return views
+
+    def views_and_index(self, items: Sequence[torch.Tensor], index: torch.Tensor, device: torch.device | str,
+                        generator: torch.Generator | None = None, names: Sequence[str] | None = None
+                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The views and the dataset index of each row. A file skipped as undecodable (the decoder's
+        skip_undecodable) is replaced by the next decoded image of the batch, with that image's index."""
+        decoded = self.decoder(items, device, names)
+        kept = [slot for slot, image in enumerate(decoded) if image is not None]
+        if not kept:
+            from pretrain.images import UndecodableImage
+
+            raise UndecodableImage(f"no file of a batch of {len(items)} decodes (first: "
+                                   f"{names[0] if names else 'image 0'})")
+        if len(kept) < len(decoded):
+            stand_in = [slot if decoded[slot] is not None else next((k for k in kept if k > slot), kept[0])
+                        for slot in range(len(decoded))]
+            decoded = [decoded[slot] for slot in stand_in]
+            index = index[torch.tensor(stand_in)]
+        images = decoded
         count, views = len(images), self.num_views
         heights = torch.tensor([image.shape[-2] for image in images]).repeat(views)
         widths = torch.tensor([image.shape[-1] for image in images]).repeat(views)
@@ -405,4 +420,4 @@ class DeviceViewPipeline:
         padded = pad_batch(images)
         crops = resized_crops(padded, boxes, torch.arange(count).repeat(views), self.laws.image_size, flips)
         out = self.colour(crops.div_(255.0), generator)
-        return list(out.split(count))
+        return list(out.split(count)), index

@@ -88,6 +88,7 @@ class DataSection:
     hflip: bool = True
     augmentation: str = "auto"  # auto (the method's own: cmc for CMC, else mocov2) | mocov2 | cmc
     workers: int = 0
+    skip_undecodable: bool = False  # skip (and count in the metrics) image files that do not decode; else an error names them
 
 
 @dataclass

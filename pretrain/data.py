@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+
+from pretrain.images import UndecodableImage, open_lazy, read_rgb
 
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet")
 SPLITS = {
@@ -120,17 +124,17 @@ class LabelledImages(Dataset):
         """The image with its pixels not yet decoded when it is a file (so a JPEG can be drafted smaller)."""
         if self.files is None:
             return self._load(index)
-        try:
-            return Image.open(self.files[index])
-        except OSError as error:
-            raise DatasetError(f"{self.files[index]}: not a readable image ({error})") from None
+        return open_lazy(self.files[index])
 
     def encoded(self, index: int) -> torch.Tensor:
         """The image file's bytes as a 1-D uint8 tensor (files), else the decoded (3, H, W) uint8 image."""
         if self.files is None:
             return torch.from_numpy(np.asarray(self._load(index), dtype=np.uint8).copy()).permute(2, 0, 1)
-        with open(self.files[index], "rb") as handle:
-            return torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+        try:
+            with open(self.files[index], "rb") as handle:
+                return torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+        except OSError as error:
+            raise UndecodableImage(f"{self.files[index]}: not readable ({error})") from None
 
     def __getitem__(self, index: int):
         image = self._load(index)
@@ -288,7 +292,7 @@ def _open_imagenet(root, split: str) -> LabelledImages:
     images = ImageFolder(str(folder))
 
     def load(index: int) -> Image.Image:
-        return images.loader(images.samples[index][0]).convert("RGB")
+        return read_rgb(images.samples[index][0])  # PIL's convert("RGB"), as ImageFolder's loader
 
     return LabelledImages("imagenet", split, load, np.asarray(images.targets), images.classes,
                           files=[path for path, _ in images.samples])
@@ -366,17 +370,60 @@ def eval_transform_uint8(image_size: int) -> Callable:
     return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
 
 
-class MultiViewDataset(Dataset):
-    """Wraps a LabelledImages: item = (view_1, ..., view_n, index) with independent augmentations."""
+# A run of this many undecodable files in a row is not a few bad files but the wrong folder.
+MAX_CONSECUTIVE_UNDECODABLE = 32
 
-    def __init__(self, images: LabelledImages, transform: Callable, num_views: int = 2):
-        self.images, self.transform, self.num_views = images, transform, num_views
+
+class UndecodableSkips:
+    """Counts the files skipped as undecodable (`data.skip_undecodable`), across DataLoader worker
+    processes (a shared counter), and names each skipped file once on stderr."""
+
+    def __init__(self):
+        import multiprocessing
+
+        self._count = multiprocessing.Value("q", 0)
+
+    def add(self, error: UndecodableImage) -> None:
+        with self._count.get_lock():
+            self._count.value += 1
+        print(f"warning: skipped undecodable image: {error}", file=sys.stderr, flush=True)
+
+    def take(self) -> int:
+        """The count since the last call (the epoch's), reset to 0."""
+        with self._count.get_lock():
+            count, self._count.value = self._count.value, 0
+        return int(count)
+
+
+def decodable_item(read: Callable[[int], Any], index: int, length: int, skips: UndecodableSkips | None):
+    """(read(index), index); with `skips`, an undecodable file is counted and the next decodable file
+    (index + 1, ...) stands in, with its own index (a memory bank stays consistent)."""
+    for offset in range(MAX_CONSECUTIVE_UNDECODABLE):
+        candidate = (index + offset) % length
+        try:
+            return read(candidate), candidate
+        except UndecodableImage as error:
+            if skips is None:
+                raise
+            if offset == 0:  # a stand-in that fails is counted on its own turn
+                skips.add(error)
+    raise DatasetError(f"{MAX_CONSECUTIVE_UNDECODABLE} files in a row from dataset index {index} do not decode; "
+                       "is the data root an image dataset?")
+
+
+class MultiViewDataset(Dataset):
+    """Wraps a LabelledImages: item = (view_1, ..., view_n, index) with independent augmentations.
+    `skips`: skip undecodable files (counted there) instead of raising."""
+
+    def __init__(self, images: LabelledImages, transform: Callable, num_views: int = 2,
+                 skips: UndecodableSkips | None = None):
+        self.images, self.transform, self.num_views, self.skips = images, transform, num_views, skips
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        image = self.images.image(index)
+        image, index = decodable_item(self.images.image, index, len(self.images), self.skips)
         return (*(self.transform(image) for _ in range(self.num_views)), index)
 
 
@@ -384,16 +431,24 @@ class UInt8Views(Dataset):
     """The CPU half of the uint8 pipeline: item = ((num_views, 3, size, size) uint8 views, index), the
     views cropped, resized and flipped (`pretrain.augment.crop_flip_views`); colour runs on the device."""
 
-    def __init__(self, images: LabelledImages, laws, num_views: int = 2):
-        self.images, self.laws, self.num_views = images, laws, num_views
+    def __init__(self, images: LabelledImages, laws, num_views: int = 2, skips: UndecodableSkips | None = None):
+        self.images, self.laws, self.num_views, self.skips = images, laws, num_views, skips
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def _views(self, index: int) -> torch.Tensor:
         from pretrain.augment import crop_flip_views
 
-        return crop_flip_views(self.images.open_lazy(index), self.laws, self.num_views), index
+        image = self.images.open_lazy(index)
+        try:
+            return crop_flip_views(image, self.laws, self.num_views)
+        except (OSError, SyntaxError) as error:  # PIL decodes lazily: a truncated file fails here
+            name = self.images.files[index] if self.images.files is not None else f"image {index}"
+            raise UndecodableImage(f"{name}: not a decodable image ({error})") from None
+
+    def __getitem__(self, index: int):
+        return decodable_item(self._views, index, len(self.images), self.skips)
 
 
 class EncodedImages(Dataset):

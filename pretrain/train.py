@@ -38,12 +38,15 @@ from pretrain.data import (
     MultiViewDataset,
     TransformedImages,
     UInt8Views,
+    UndecodableSkips,
     collate_encoded,
     dataset_stats,
     eval_transform_uint8,
     open_dataset,
     pretrain_transform,
 )
+from pretrain.gpu_fallbacks import CompileGuard, autocast_for, resolve_precision, warn
+from pretrain.images import DeviceDecoder, UndecodableImage, device_decoder_works, worker_error_message
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method
 from pretrain.progress import progress_bar
@@ -180,7 +183,10 @@ class Trainer:
         if config.optim.batch_size % self.world:
             raise ConfigError(f"batch_size {config.optim.batch_size} is not divisible by {self.world} processes")
         self.show_progress = show_progress and self.rank == 0
-        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        self.precision, precision_fallback = resolve_precision(config.precision, self.device)
+        self.fallbacks: dict[str, str] = {}  # feature -> why it fell back (in every metrics record)
+        if precision_fallback is not None:
+            self._fall_back("precision", precision_fallback)
         self.state_path = self.out_dir / STATE_FILE
         self.encoder_path = self.out_dir / ENCODER_FILE
         self.metrics_path = self.out_dir / METRICS_FILE
@@ -236,19 +242,27 @@ class Trainer:
                 print(f"warning: state written by {len(rng)} processes, resuming with {self.world}: "
                       "data order and augmentations will differ from an uninterrupted run", file=sys.stderr)
         self.loader_kind = resolve_loader(config.loader, self.device, self.images)
+        if self.loader_kind == "gpu":
+            broken = device_decoder_works(self.device)
+            if broken is not None:
+                self.loader_kind = "cpu"
+                self._fall_back("loader", f"the GPU JPEG decoder does not work on {self.device} ({broken}); "
+                                          "using loader=cpu")
         laws = AugmentLaws.recipe(config.data.image_size, config.data.crop_min_scale, config.data.hflip,
                                   augmentation=config.resolved_augmentation())
         collate = None
+        self.skips = UndecodableSkips() if config.data.skip_undecodable else None
         if self.loader_kind == "pil":
             self.transform = pretrain_transform(config.data.image_size, self.mean, self.std, config.data.crop_min_scale,
                                                 config.data.hflip, augmentation=config.resolved_augmentation())
-            self.views = MultiViewDataset(self.images, self.transform, self.method.num_views)
+            self.views = MultiViewDataset(self.images, self.transform, self.method.num_views, skips=self.skips)
         elif self.loader_kind == "cpu":
-            self.views = UInt8Views(self.images, laws, self.method.num_views)
+            self.views = UInt8Views(self.images, laws, self.method.num_views, skips=self.skips)
             self.colour = BatchColourAugment(laws, self.mean, self.std)
         else:
             self.views = EncodedImages(self.images)
-            self.device_views = DeviceViewPipeline(laws, self.mean, self.std, self.method.num_views)
+            self.device_views = DeviceViewPipeline(laws, self.mean, self.std, self.method.num_views,
+                                                   decoder=DeviceDecoder(skip_undecodable=config.data.skip_undecodable))
             collate = collate_encoded
         self.data_sampler = DistributedSampler(self.views, num_replicas=self.world, rank=self.rank, shuffle=True,
                                                seed=config.seed, drop_last=True)
@@ -258,9 +272,52 @@ class Trainer:
         if len(self.loader) == 0:
             raise ConfigError(f"{len(self.images)} images give no full batch of {config.optim.batch_size // self.world}")
         steps = len(self.loader) if config.optim.max_steps_per_epoch <= 0 else min(len(self.loader), config.optim.max_steps_per_epoch)
-        self.compiled = resolve_switch(config.compile, self.device, config.optim.epochs * steps >= COMPILE_MIN_STEPS)
-        if self.compiled:
-            self.method.compile_encoders(torch.compile)
+        self.compile_guard = None
+        if resolve_switch(config.compile, self.device, config.optim.epochs * steps >= COMPILE_MIN_STEPS):
+            self.compile_guard = CompileGuard()
+            self.method.compile_encoders(self.compile_guard.wrap)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the encoders run compiled now (False after a fall back to eager)."""
+        return self.compile_guard is not None and self.compile_guard.failure is None
+
+    def _fall_back(self, feature: str, reason: str) -> None:
+        if feature not in self.fallbacks:
+            self.fallbacks[feature] = reason
+            if self.rank == 0:
+                warn(reason)
+
+    def execution_record(self) -> dict:
+        """How the run executed (in every metrics record): loader, precision, compilation, and why any
+        of them fell back from what the config asked."""
+        if self.compile_guard is not None and self.compile_guard.failure is not None:
+            self.fallbacks.setdefault("compile", f"torch.compile failed ({self.compile_guard.failure}); eager")
+        record = {"loader": self.loader_kind, "precision": self.precision,
+                  "compile": "on" if self.compiled else "off"}
+        if self.fallbacks:
+            record["fallbacks"] = dict(self.fallbacks)
+        return record
+
+    def _decode_record(self, epoch: int) -> dict:
+        """The epoch's decoding counts (GPU decoder fallbacks, skipped files), logged once per epoch."""
+        record = {}
+        if self.loader_kind == "gpu":
+            counts = self.device_views.decoder.counts
+            fallbacks, decoded, skipped = (sum(values) for values in zip(*self._gather_objects(
+                (counts.cpu_fallbacks, counts.device, counts.skipped))))  # every rank's files
+            record["decode_cpu_fallbacks"] = fallbacks
+            if fallbacks and self.rank == 0:
+                warn(f"epoch {epoch + 1}: {fallbacks} of {fallbacks + decoded} files decoded on the CPU instead "
+                     f"of {self.device} (e.g. {'; '.join(counts.examples)})")
+            counts.reset()
+        else:
+            skipped = sum(self._gather_objects(self.skips.take() if self.skips is not None else 0))
+        if self.config.data.skip_undecodable:
+            record["skipped_undecodable"] = skipped
+            if skipped and self.rank == 0:
+                warn(f"epoch {epoch + 1}: skipped {skipped} undecodable files (data.skip_undecodable=true)")
+        return record
 
     def batch_views(self, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
         """A loader batch -> (the views on the device, normalised float, in the model's memory format; index)."""
@@ -273,7 +330,8 @@ class Trainer:
             views = list(merged.split(stacked.shape[0]))
         else:
             items, index = batch
-            views = self.device_views(items, self.device)
+            names = [self.images.files[i] for i in index.tolist()] if self.images.files is not None else None
+            views, index = self.device_views.views_and_index(items, index, self.device, names=names)
         return to_device_views(views, self.device, self.channels_last), index.to(self.device)
 
     def _size_kw(self) -> dict:
@@ -310,8 +368,8 @@ class Trainer:
                             k=self.config.knn_k, temperature=self.config.knn_temperature)
 
     def _autocast(self):
-        if self.use_bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "bf16":
+            return autocast_for(self.precision, self.device)
         return nullcontext()
 
     # ------------------------------------------------------------------------------------------ state
@@ -360,7 +418,7 @@ class Trainer:
         progress = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{config.optim.epochs}",
                                 disable=not self.show_progress,
                         leave=False, dynamic_ncols=True)
-        for step, batch in enumerate(self.loader):
+        for step, batch in enumerate(_named_worker_errors(self.loader)):
             if step >= steps:
                 break
             views, index = self.batch_views(batch)
@@ -386,7 +444,8 @@ class Trainer:
         seconds = time.perf_counter() - started
         return {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, **self.sampler.epoch_record(),
                 "steps": count, "train_seconds": round(seconds, 3),
-                "images_per_s": round(count * config.optim.batch_size / seconds, 2) if seconds > 0 else None}
+                "images_per_s": round(count * config.optim.batch_size / seconds, 2) if seconds > 0 else None,
+                **self._decode_record(epoch), **self.execution_record()}
 
     def fit(self, until_epoch: int | None = None) -> Path | None:
         """Train the remaining epochs; returns the encoder path (rank 0) or None (other ranks).
@@ -486,6 +545,15 @@ class Trainer:
             epoch=epoch, w_out=w_out_at(epoch - 1) if w_out_at is not None else None,
         )
         return save_encoder(path or self.encoder_path, backbone, metadata, extra=dict(extra))
+
+
+def _named_worker_errors(loader):
+    """Iterate a DataLoader; an undecodable file found in a worker process is raised here with its
+    one-line message (the worker's traceback stays out of the error)."""
+    try:
+        yield from loader
+    except UndecodableImage as error:
+        raise UndecodableImage(worker_error_message(error)) from None
 
 
 class _Subset:

@@ -65,24 +65,38 @@ def extract_features(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     compile: bool | None = None,
+    execution: dict | None = None,
 ) -> np.ndarray:
     """Run `model` in eval mode over image batches (B, 3, H, W); return float32 (N, D).
 
     Batches are normalised floats, or uint8 pixels normalised on the device with `mean` / `std`.
-    On CUDA: bf16 autocast, channels_last, and `torch.compile` when `compile` is True (None: when
-    `total` >= COMPILE_MIN_BATCHES batches). On CPU: fp32, the model as it is.
+    On CUDA: bf16 autocast (fp32 on a GPU without bf16), channels_last, and `torch.compile` when
+    `compile` is True (None: when `total` >= COMPILE_MIN_BATCHES batches; a failing compile falls back
+    to eager, see `pretrain.gpu_fallbacks`). On CPU: fp32, the model as it is. `execution`, when given,
+    receives what ran: precision, compile, and the fallbacks' reasons.
     """
+    from pretrain.gpu_fallbacks import CompileGuard, autocast_for, resolve_precision, warn_once
+
     device = pick_device(str(device) if device is not None else None)
     model = fast_format(model.to(device).eval(), device)
     if compile is None:
         compile = device.type == "cuda" and total is not None and total >= COMPILE_MIN_BATCHES
-    forward = torch.compile(model) if compile else model
+    guard = CompileGuard(what="the feature encoder") if compile else None
+    forward = guard.wrap(model) if guard is not None else model
+    precision, precision_fallback = resolve_precision("auto", device)
+    if precision_fallback is not None:
+        warn_once(precision_fallback)
     chunks = []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with autocast:
+    with autocast_for(precision, device):
         for batch in progress_bar(batches, total=total, desc=desc, unit="batch", leave=False, disable=None):
             out = forward(device_images(batch, device, mean, std))
             chunks.append(out.float().cpu())
+    if execution is not None:
+        execution.update(precision=precision, compile="on" if guard is not None and guard.failure is None else "off")
+        reasons = {"precision": precision_fallback,
+                   "compile": guard.failure if guard is not None else None}
+        if any(reasons.values()):
+            execution["fallbacks"] = {key: value for key, value in reasons.items() if value}
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(chunks).numpy().astype(np.float32, copy=False)

@@ -357,12 +357,13 @@ class CocoDetectionDataset:
 
     def __getitem__(self, index: int):
         import torch
-        from PIL import Image
+
+        from pretrain.images import read_rgb
 
         image_id = self.image_ids[index]
         info = self.coco.loadImgs(image_id)[0]
-        with Image.open(self.split.image_root / info["file_name"]) as handle:
-            array = np.asarray(handle.convert("RGB"), dtype=np.float32) / 255.0
+        # PIL's convert("RGB") as stored, no EXIF rotation (COCO's boxes are drawn on the stored pixels)
+        array = np.asarray(read_rgb(self.split.image_root / info["file_name"]), dtype=np.float32) / 255.0
         annotations = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, iscrowd=False))]
         if self.with_keypoints:
             annotations = [a for a in annotations if a.get("num_keypoints", 0) > 0]

@@ -219,6 +219,38 @@ class _CellLogging:
         return False
 
 
+def read_image_as_stored(file_name: str, format: str | None = None):
+    """detectron2's `read_image` for RGB and BGR as every RingBench loader reads images: PIL's
+    convert("RGB") of the stored pixels, without detectron2's EXIF rotation (COCO's boxes are drawn on
+    the stored pixels), and an error naming the file when it does not decode. Other formats (masks)
+    go to detectron2's own reader."""
+    import numpy as np
+
+    from pretrain.images import read_rgb
+
+    if format not in ("RGB", "BGR"):
+        from detectron2.data.detection_utils import read_image
+
+        return read_image(file_name, format)
+    array = np.asarray(read_rgb(file_name))
+    return np.ascontiguousarray(array[:, :, ::-1]) if format == "BGR" else array
+
+
+class StoredPixelsMapper:
+    """A DatasetMapper whose images are read by `read_image_as_stored` (picklable for loader workers)."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict):
+        from unittest import mock
+
+        from detectron2.data import detection_utils
+
+        with mock.patch.object(detection_utils, "read_image", read_image_as_stored):
+            return self.mapper(dataset_dict)
+
+
 def _viewed_mapper(cfg, is_train: bool, view: str):
     """Detectron2's DatasetMapper with its usual augmentations followed by the encoder's input view."""
     import functools
@@ -236,7 +268,7 @@ def _viewed_mapper(cfg, is_train: bool, view: str):
         if cfg.INPUT.FORMAT != "RGB":
             raise ValueError(f"input view {view!r} needs INPUT.FORMAT RGB, the config has {cfg.INPUT.FORMAT}")
         augmentations.append(T.ColorTransform(functools.partial(view_pixels_uint8, view=view)))  # picklable for workers
-    return DatasetMapper(cfg, is_train, augmentations=augmentations)
+    return StoredPixelsMapper(DatasetMapper(cfg, is_train, augmentations=augmentations))
 
 
 def _trainer_class(job: DetectionJob):
