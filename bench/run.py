@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:
             print(f"error: the leaderboard was not written: {describe_os_error(error)}", file=stream)
             code = EXIT_USER_ERROR
+    for done_plan in plans:  # where this run's results are, whatever the working folder was
+        board = "" if args.no_leaderboard else (f" and the leaderboard "
+                                                 f"{done_plan.store.root.resolve() / done_plan.suite.name}.csv/.md/.png")
+        print(f"results: {done_plan.store.suite_dir.resolve()} (one folder per cell){board}", file=stream)
     full = disk_full_failures(plans)
     if full:  # not a failed evaluation: the same cells complete once there is space
         print(f"error: {len(full)} cell(s) failed for lack of disk space: {full[0].removeprefix('DiskFullError: ')}",
