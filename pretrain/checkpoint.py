@@ -10,6 +10,9 @@ An encoder file is a `torch.save`d dict:
                                       files, which are refused unless RGB input is forced
                       extra_encoders  {name: input view} of encoders stored beside the backbone
                                       (CMC: {"ab": "lab_ab"}; the backbone is the L encoder)
+                      imported        files made from a published checkpoint (pretrain.importers): the
+                                      source file and sha256, format, mapping version, what was dropped;
+                                      their epochs and seed may be "unknown" (nobody stated them)
     extra_state_dicts  {name: state_dict} for extra_encoders (absent when there are none)
 """
 

@@ -279,3 +279,20 @@ def test_cli_prints_the_report_and_refuses_in_one_line(sources, tmp_path):
                            str(tmp_path / "x.pt")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+
+
+def test_imported_moco_resnet50_converts_to_detectron2_with_no_unused_key(sources, tmp_path):
+    import numpy as np
+
+    from transfer.detection.convert import (
+        convert_checkpoint_to_detectron2,
+        expected_detectron2_keys,
+        read_detectron2_pickle,
+    )
+
+    import_checkpoint(sources["moco"][0], tmp_path / "moco.pt")
+    model = read_detectron2_pickle(convert_checkpoint_to_detectron2(tmp_path / "moco.pt", tmp_path / "moco.pkl"))["model"]
+    assert set(model) == set(expected_detectron2_keys("resnet50"))  # every key used by the R50 backbone, none left
+    backbone = sources["moco"][2]
+    assert np.array_equal(model["res2.0.conv1.weight"], backbone["layer1.0.conv1.weight"].numpy())
+    assert np.array_equal(model["stem.conv1.norm.running_var"], backbone["bn1.running_var"].numpy())
