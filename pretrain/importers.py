@@ -126,6 +126,8 @@ class CheckpointFormat:
     entries: ClassVar[dict[str, str]] = {}  # known top-level entries besides the weights
     allowed_globals: ClassVar[tuple[AllowedGlobal, ...]] = ()
     stems: ClassVar[tuple[str, ...]] = ("imagenet",)
+    mean: ClassVar[list[float]] = IMAGENET_MEAN  # the publisher's input normalisation (RGB, 0-1 pixels)
+    std: ClassVar[list[float]] = IMAGENET_STD
 
     def matches(self, payload: Any) -> bool:
         raise NotImplementedError
@@ -488,6 +490,25 @@ class TorchvisionFormat(CheckpointFormat):
         return None if key.startswith("fc.") else key
 
 
+@register
+class SimclrConvertedFormat(CheckpointFormat):
+    name = "simclr_converted"
+    repository = "tonylins/simclr-converter (SimCLR v1 TensorFlow checkpoints converted to PyTorch)"
+    anchor = "convert.py (torch.save({'state_dict': model.state_dict()})), eval.py (no input normalisation)"
+    releases = "resnet50-1x.pth (the 2x / 4x widths are not torchvision ResNets and are refused by shape)"
+    signature = "state_dict with plain conv1.weight, layer1.* and fc.* names"
+    heads = ((r"fc\.(weight|bias)", "supervised linear head (fc)"),)
+    mean = [0.0, 0.0, 0.0]  # SimCLR's TensorFlow models take 0-1 pixels unnormalised
+    std = [1.0, 1.0, 1.0]
+
+    def matches(self, payload):
+        weights = _nested(payload, "state_dict")
+        return isinstance(weights, Mapping) and "conv1.weight" in weights and _has_prefix(weights, "layer1.")
+
+    def backbone_name(self, key):
+        return None if key.startswith("fc.") else key
+
+
 # ----------------------------------------------------------------------------------------------------
 # Checking a mapped backbone against the architecture
 
@@ -679,7 +700,7 @@ def import_checkpoint(source: str | os.PathLike, out: str | os.PathLike, *, form
         "method": provenance["method"], "sampler": provenance["sampler"], "sampler_params": {},
         "arch": arch, "stem": stem, "pretrain_dataset": provenance["pretrain_dataset"],
         "epochs": provenance["epochs"], "image_size": IMAGE_SIZE_BY_STEM[stem],
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "config": {}, "seed": UNKNOWN,
+        "mean": list(fmt.mean), "std": list(fmt.std), "config": {}, "seed": UNKNOWN,
         "input_view": "rgb", "name": provenance["name"],
         "imported": {
             "source_file": source.name, "source_sha256": source_sha256, "format": fmt.name,

@@ -31,6 +31,7 @@ CASES = {
     "vissl": ({}, "_feature_blocks.layer3.5.bn3.weight", ("classy_state_dict", "base_model", "model", "trunk"),
               "resnet50", "imagenet"),
     "torchvision": ({}, "layer2.0.downsample.1.running_mean", (), "resnet18", "imagenet"),
+    "simclr_converted": ({}, "layer4.0.conv2.weight", ("state_dict",), "resnet50", "imagenet"),
 }
 
 
@@ -75,7 +76,9 @@ def test_import_reproduces_every_backbone_tensor(name, sources, tmp_path):
     assert meta["imported"]["format"] == name and meta["imported"]["mapping_version"] == importers.MAPPING_VERSION
     assert meta["imported"]["source_file"] == path.name and len(meta["imported"]["source_sha256"]) == 64
     assert all(meta[key] == UNKNOWN for key in ("method", "sampler", "pretrain_dataset", "epochs", "seed", "name"))
-    assert (meta["mean"], meta["std"], meta["input_view"]) == (importers.IMAGENET_MEAN, importers.IMAGENET_STD, "rgb")
+    normalisation = ([0.0] * 3, [1.0] * 3) if name == "simclr_converted" else (importers.IMAGENET_MEAN,
+                                                                                importers.IMAGENET_STD)
+    assert (meta["mean"], meta["std"], meta["input_view"]) == (*normalisation, "rgb")
     assert sum(report.heads.values()) > 0  # every format carries a head the import drops
     with torch.no_grad():  # the imported encoder computes what the source backbone computes
         images = torch.randn(2, 3, 32, 32)

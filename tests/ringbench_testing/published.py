@@ -240,6 +240,13 @@ def torchvision_supervised(arch: str = "resnet18"):
     return model.state_dict(), _backbone_of(model)
 
 
+def simclr_converted():
+    """tonylins/simclr-converter convert.py: {'state_dict': resnet50x1().state_dict()} with torchvision names
+    and the supervised head as fc."""
+    model = _resnet("resnet50", seed=15)
+    return {"state_dict": model.state_dict()}, _backbone_of(model)
+
+
 BUILDERS = {"moco": moco, "moco_v3": moco_v3, "lemniscate": lemniscate, "pycontrast": pycontrast,
             "swav": swav, "ring_official": ring_official, "solo_learn": solo_learn, "vissl": vissl,
-            "torchvision": torchvision_supervised}
+            "torchvision": torchvision_supervised, "simclr_converted": simclr_converted}
