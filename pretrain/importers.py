@@ -339,7 +339,7 @@ class CmcFormat(CheckpointFormat):
     anchor = "train_CMC.py (the saved state), models/resnet.py (ResNetV1/V2: l_to_ab, ab_to_l)"
     releases = "CMC ImageNet ResNet-50 v1/v2/v3 (refused, see the reason)"
     signature = "model with [module.]l_to_ab.* and [module.]ab_to_l.*"
-    entries = {"opt": "training options", "model": "", "optimizer": "optimizer state",
+    entries = {"opt": "training options", "optimizer": "optimizer state",
                "contrast": "NCE memory", "epoch": "epoch"}
     allowed_globals = (NAMESPACE,)
 
@@ -694,8 +694,10 @@ def import_checkpoint(source: str | os.PathLike, out: str | os.PathLike, *, form
         raise ImportRefused(f"{where}: backbone entries that are not tensors: {_first(bad)}")
     arch, stem, state_dict, filled = match_architecture(mapped.backbone, fmt.stems, where)
     source_sha256 = source_sha256 or file_sha256(source)
-    backbone = build_backbone(arch, stem)
-    backbone.load_state_dict(state_dict, strict=True)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the source
+        backbone = build_backbone(arch, stem)
+    backbone.load_state_dict({key: value.float() if value.is_floating_point() else value
+                              for key, value in state_dict.items()}, strict=True, assign=True)
     metadata = {
         "method": provenance["method"], "sampler": provenance["sampler"], "sampler_params": {},
         "arch": arch, "stem": stem, "pretrain_dataset": provenance["pretrain_dataset"],
