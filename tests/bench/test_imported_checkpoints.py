@@ -36,7 +36,7 @@ def test_two_foreign_files_side_by_side_then_reused(tmp_path, foreign_pair, benc
     results = tmp_path / "results"
     args = ["--suite", "knn", "--checkpoints", f"{moco},{ring}", "--executor", "local", "--results", str(results),
             "--no-progress", "ks=5"]
-    out = run_bench(args, bench_env, timeout=900)
+    out = run_bench(args, bench_env, timeout=2400)  # the MoCo file embeds the digits at its 224 px
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("imported moco_v2_200ep_pretrain.pth.tar") == 1
     assert out.stderr.count("imported ring_nce.ckpt") == 1 and "as ring_official" in out.stderr
