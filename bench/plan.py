@@ -43,6 +43,7 @@ def parse_seeds(text: str | None, flag: str = "--seeds", stream: TextIO | None =
 
 IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrain_dataset", "epochs", "seed",
                  "image_size", "code_version", "epoch", "w_out")  # epoch, w_out: where a snapshot sits on its run
+IMPORT_IDENTITY_KEYS = ("source_file", "source_sha256", "format", "mapping_version")
 
 
 # A key=value option of every suite: how the data's fingerprint is taken (bench.fingerprint), not a suite option
@@ -124,17 +125,39 @@ def _info_cache_path() -> Path:
     return cache_root() / "checkpoint_infos.json"
 
 
-def resolve_checkpoint(path: Path) -> CheckpointInfo:
+def resolve_checkpoint(path: Path, stream: TextIO | None = None) -> CheckpointInfo:
     """The checkpoint's CheckpointInfo (path, sha256, metadata), loaded and validated only when its content
-    is new (cached by sha256), so planning a known checkpoint needs no torch."""
-    from pretrain.checkpoint import checkpoint_info
+    is new (cached by sha256), so planning a known checkpoint needs no torch.
 
-    return checkpoint_info(path, _info_cache_path())
+    A published checkpoint (MoCo, SwAV, ...) is imported into the cache first (pretrain.importers; the
+    report goes to `stream` once) and the info is the imported encoder's; a refused file is an InputError."""
+    from pretrain.checkpoint import checkpoint_info
+    from pretrain.importers import ImportRefused, encoder_for
+
+    try:
+        encoder = encoder_for(path, stream=stream)
+    except ImportRefused as refused:
+        raise InputError(f"--checkpoints {refused}") from None
+    return checkpoint_info(encoder, _info_cache_path())
 
 
 def checkpoint_identity(info: CheckpointInfo) -> dict[str, Any]:
-    """The part of a checkpoint's metadata that identifies it in results and leaderboards."""
-    return {"path": str(info.path), "sha256": info.sha256} | {name: info.metadata.get(name) for name in IDENTITY_KEYS}
+    """The part of a checkpoint's metadata that identifies it in results and leaderboards; an imported
+    encoder adds its source (file, sha256, format, mapping version)."""
+    identity = {"path": str(info.path), "sha256": info.sha256} | {name: info.metadata.get(name) for name in IDENTITY_KEYS}
+    imported = info.metadata.get("imported")
+    if isinstance(imported, dict):
+        identity["imported"] = {key: imported.get(key) for key in IMPORT_IDENTITY_KEYS}
+    return identity
+
+
+def cell_checkpoint_sha256(identity: dict[str, Any]) -> str:
+    """The checkpoint part of a cell id: the encoder file's sha256, or for an imported encoder its source's
+    sha256 and mapping version (a changed file or mapping is never a reused result)."""
+    from pretrain.importers import import_identity
+
+    imported = identity.get("imported")
+    return import_identity({"imported": imported}) if isinstance(imported, dict) else identity["sha256"]
 
 
 def options_for_checkpoint(suite: Suite, options: dict[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,7 +307,7 @@ def build_plan(
     known = dict(infos or {})
     for path in checkpoints:  # each checkpoint resolved once per plan; suites read its metadata from here
         if path not in known and path not in untrained:
-            known[path] = resolve_checkpoint(path)
+            known[path] = resolve_checkpoint(path, stream)
     resolved = [known[path] for path in checkpoints if path not in untrained]
     settings = suite.parse_options(options, data_root)  # parsed once; check, tasks and the cells get the typed object
     suite.check(settings, data_root, resolved)  # every user input, before any training
@@ -317,8 +340,8 @@ def build_plan(
     sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
     if suite.uses_checkpoints:
         runs = dict(zip(embedded.embedded_paths(pretrain_seeds), embedded.embedded_runs(pretrain_seeds)))
-        sources = [(path, _untrained_identity(path, *runs[path]) if path in untrained
-                    else checkpoint_identity(known[path])) for path in checkpoints]
+        sources = [(path, _untrained_identity(path, *runs[path])) if path in untrained
+                   else (known[path].path, checkpoint_identity(known[path])) for path in checkpoints]
     cells = []
     inert: dict[str, list[str]] = {}  # view option -> the checkpoints it cannot affect
     for path, identity in sources:
@@ -339,7 +362,7 @@ def build_plan(
                     params=task.params,
                     seed=seed,
                     protocol_version=suite.protocol_version,
-                    checkpoint_sha256=identity["sha256"] if identity else None,
+                    checkpoint_sha256=cell_checkpoint_sha256(identity) if identity else None,
                     options=identity_options,
                     dataset_sha256=fingerprint.sha256 if fingerprint is not None else None,
                 )

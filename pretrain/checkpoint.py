@@ -10,6 +10,9 @@ An encoder file is a `torch.save`d dict:
                                       files, which are refused unless RGB input is forced
                       extra_encoders  {name: input view} of encoders stored beside the backbone
                                       (CMC: {"ab": "lab_ab"}; the backbone is the L encoder)
+                      imported        files made from a published checkpoint (pretrain.importers): the
+                                      source file and sha256, format, mapping version, what was dropped;
+                                      their epochs and seed may be "unknown" (nobody stated them)
     extra_state_dicts  {name: state_dict} for extra_encoders (absent when there are none)
 """
 
@@ -46,6 +49,9 @@ REQUIRED_METADATA = {
     "seed": int,
     "code_version": str,
 }
+# Provenance nobody stated (imported checkpoints): recorded as this word, never guessed.
+UNKNOWN = "unknown"
+MAY_BE_UNKNOWN = ("epochs", "seed")
 
 
 def encoder_metadata(*, method: str, sampler: str, arch: str, stem: str, pretrain_dataset: str, epochs: int,
@@ -157,6 +163,8 @@ def _check_metadata(metadata: dict, where: str) -> None:
     if missing:
         raise CheckpointError(f"{where}: metadata lacks {', '.join(missing)}")
     for key, kind in REQUIRED_METADATA.items():
+        if key in MAY_BE_UNKNOWN and metadata[key] == UNKNOWN:
+            continue
         if not isinstance(metadata[key], kind):
             raise CheckpointError(
                 f"{where}: metadata[{key!r}] is {type(metadata[key]).__name__}, expected {kind.__name__}"
@@ -370,3 +378,11 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     if cmc_features is not None:
         _select_features(loaded, extra, cmc_features, force_rgb_input)
     return loaded
+
+
+if __name__ == "__main__":  # python -m pretrain.checkpoint import SRC --out ENCODER (see pretrain.importers)
+    import sys
+
+    from pretrain.importers import main
+
+    sys.exit(main())
