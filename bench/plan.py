@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 import sys
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.store import CellState, ResultStore, cell_id
 from bench.suite import Cell, InputError, Suite
-from pretrain.overrides import OverrideError, comma_list, kind_of, parse_text, split_pair
+from pretrain.overrides import comma_list
 
 if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo
@@ -23,22 +22,9 @@ IDENTITY_KEYS = ("method", "sampler", "sampler_params", "arch", "stem", "pretrai
 
 
 def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
-    """The suite's defaults with `key=value` pairs applied, each typed like its default."""
-    options = dict(suite.options)
-    valid = ", ".join(sorted(suite.options)) or "(none)"
-    for pair in pairs:
-        if "=" not in pair:
-            raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: {valid}")
-        key, text = split_pair(pair)
-        if key not in suite.options:
-            close = difflib.get_close_matches(key, list(suite.options), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: {valid}{hint}")
-        try:
-            options[key] = parse_text(key, text, kind_of(suite.options[key]), label="option ")
-        except OverrideError as error:
-            raise InputError(f"{error} like the default {suite.options[key]!r}") from None
-    return options
+    """The suite's defaults with `key=value` pairs applied, typed by its `Options` declaration: the identity
+    mapping that cells carry and result.json stores."""
+    return suite.Options.from_pairs(pairs)
 
 
 def expand_checkpoints(specs: Sequence[str]) -> list[Path]:
@@ -114,7 +100,7 @@ class Plan:
     seeds: list[int]
     store: ResultStore
     cells: list[PlannedCell]
-    settings: Any = None  # the suite's typed options (Suite.parse_options), parsed once
+    settings: Any = None  # the suite's typed options (Suite.parse_options), parsed once; every cell carries them
     # embedded encoders still to be trained (only in a plan built with train_embedded=False, a dry run)
     untrained: list[Path] = field(default_factory=list)
     untrained_note: str = ""

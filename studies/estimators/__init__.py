@@ -6,7 +6,6 @@ and helpers that planning needs without torch, shared by the study and its suite
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -17,13 +16,6 @@ NOT_MI_ESTIMATORS = {
     "mochi": "synthetic mixed negatives are not draws from p(y) restricted to a set and change the "
     "partition size, so the value bounds nothing",
 }
-
-
-def band_bounds(pool: int, w_out: float, w_in: float) -> tuple[int, int]:
-    """Ranks [lower, upper) of the ring in a pool: pretrain.samplers.ring_bounds without its torch import
-    (a test keeps the two equal)."""
-    upper = math.floor(w_out * pool)
-    return math.floor(w_in * upper), upper
 
 
 def task_name(critic: str, mi: float, k: int) -> str:
