@@ -66,7 +66,7 @@ def whole_as_int(value: float) -> int | float:
 def at_least(minimum: float) -> Callable[[Any], Any]:
     def check(value):
         if not value >= minimum:
-            raise ValueError(f"expected a number >= {minimum:g}")
+            raise ValueError(f"expected {'an integer' if isinstance(value, int) else 'a number'} >= {minimum:g}")
         return value
     return check
 
@@ -179,7 +179,7 @@ class SuiteOptions:
     def from_pairs(cls, pairs: Iterable[str]) -> dict[str, Any]:
         """The identity mapping: the defaults with `key=value` pairs applied, each typed by its annotation."""
         options = cls.defaults()
-        kinds = cls.kinds()
+        kinds = dict(sorted(cls.kinds().items()))  # an unknown key's message lists them in order
         for pair in pairs:
             try:
                 key, value = parse_override(pair, kinds, what=f"{cls.where} option")
@@ -194,7 +194,7 @@ class SuiteOptions:
         fields, kinds = cls.fields(), cls.kinds()
         for key in options:
             if key not in fields:
-                raise InputError(str(unknown_key(key, list(fields), f"{cls.where} option")))
+                raise InputError(str(unknown_key(key, sorted(fields), f"{cls.where} option")))
         values = {}
         for key, value in options.items():
             try:
@@ -208,7 +208,7 @@ class SuiteOptions:
                 except InputError:  # a check that names the key itself
                     raise
                 except ValueError as error:
-                    raise InputError(f"{cls.where} option {key}={_shown(value)}: {error}") from None
+                    raise InputError(f"{cls.where} option {key}={_shown(value)!r}: {error}") from None
             values[key] = typed
         return cls(**values).validate(data_root)
 

@@ -296,11 +296,12 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
         arch="resnet50", stem="imagenet", image_size=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
     suite = CocoDetSuite()
     options = dict(suite.options) | {"tasks": "mask_rcnn", "max_iter": iterations}
-    suite.check(options, None, [encoder])
+    settings = suite.parse_options(options)
+    suite.check(settings, None, [encoder])
     shared = scratch / "shared"
-    suite.prepare(options, None, shared)
-    task = suite.tasks(options, None)[0]
-    cell = Cell(suite.name, Task(task.name, task.params, task.profile), encoder, 0, options, None, shared)
+    suite.prepare(settings, None, shared)
+    task = suite.tasks(settings, None)[0]
+    cell = Cell(suite.name, Task(task.name, task.params, task.profile), encoder, 0, options, None, shared, settings)
     started = time.perf_counter()
     output = suite.run(cell, scratch / "cell")
     info = output.info
