@@ -48,7 +48,8 @@ def _sampler_section() -> type:
                                 f"declares {fields[param.name]}")
     section = dataclasses.make_dataclass(
         "SamplerSection", [(key, kind, field(default=default)) for key, (kind, default) in fields.items()],
-        namespace={"__doc__": "Which negative sampler and its parameters (those of other samplers are unused).",
+        namespace={"__doc__": "Which negative sampler and its parameters (a parameter of another sampler is refused "
+                              "when given: apply_overrides).",
                    "build": _build_sampler, "__module__": __name__})
     return section
 
@@ -194,7 +195,7 @@ class TrainConfig:
         """From `to_dict()` output, or the flat dicts older versions stored (their keys are aliases)."""
         values = dict(values)
         recipe = values.pop("recipe", "")
-        config = apply_overrides(cls(), _flatten(values), notice=False)
+        config = apply_overrides(cls(), _flatten(values), notice=False, check_sampler=False)
         config.recipe = recipe
         return config
 
@@ -245,11 +246,35 @@ def config_keys() -> list[str]:
     return list(field_kinds(TrainConfig))
 
 
-def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bool = True) -> TrainConfig:
+def _given_keys(overrides: dict | list[str]) -> list[str]:
+    """The dotted keys an override set names (aliases resolved)."""
+    keys = list(overrides) if isinstance(overrides, dict) else [item.partition("=")[0].strip() for item in overrides]
+    known = set(config_keys())
+    return [key if key in known else ALIASES.get(key, key) for key in keys]
+
+
+def refuse_foreign_sampler_parameters(name: str, keys: list[str]) -> None:
+    """A `sampler.X` the chosen sampler does not have is an error naming the sampler's own parameters (the
+    section holds every sampler's parameters, so it would otherwise be accepted and silently unused)."""
+    try:
+        own = sampler_parameters(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    foreign = [key.partition(".")[2] for key in keys
+               if key.startswith("sampler.") and key != "sampler.name" and key.partition(".")[2] not in own]
+    if foreign:
+        raise ConfigError(f"sampler {name!r} has no parameter {', '.join(foreign)}; "
+                          f"its parameters: {', '.join(own) or 'none'}")
+
+
+def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bool = True,
+                    check_sampler: bool = True) -> TrainConfig:
     """Apply `key=value` strings or a {key: value} dict (dotted keys; flat aliases with a notice).
 
     Values are typed by the dataclass and checked by OmegaConf's structured config; an unknown key
-    gets close matches and the list of valid keys."""
+    gets close matches and the list of valid keys. A sampler parameter given here must belong to the
+    sampler the config names afterwards (`check_sampler=False` reads back a stored config, which holds
+    every sampler's parameters)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -259,6 +284,8 @@ def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bo
                                    on_alias=_notice if notice else None, what="config key")
     except OverrideError as error:
         raise ConfigError(str(error)) from None
+    if check_sampler:
+        refuse_foreign_sampler_parameters(changed.sampler.name, _given_keys(overrides))
     try:
         typed = OmegaConf.to_object(OmegaConf.structured(changed))
     except OmegaConfBaseException as error:

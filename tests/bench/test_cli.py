@@ -54,7 +54,7 @@ def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, encoder_pair, ben
     (["--suite", "knn", "batch_size=0"], "knn option batch_size='0': expected an integer >= 1"),
     (["--suite", "knn", "device=gpu"], "knn option device='gpu': expected cpu, cuda, cuda:N or mps"),
     (["--suite", "knn", "--checkpoints", "/nonexistent/*.pt"], "matches no file"),
-    (["--suite", "selftest", "--resource", "eval.gpu=2"], "unknown key 'gpu'; valid keys: gpus"),
+    (["--suite", "selftest", "--resource", "eval.gpu=2"], "unknown resource key 'gpu' (did you mean gpus?); valid keys: gpus"),
     (["--suite", "selftest", "--executor", "local", "--no-wait"], "--no-wait needs the slurm executor"),
     (["--suite", "selftest", "--tasks", "probe0001,probe9"], "unknown task(s) 'probe9' for suite selftest with these "
                                                              "options; valid tasks: probe0000, probe0001"),

@@ -50,9 +50,9 @@ def test_one_unknown_key_message_with_close_matches():
     for name, key, close in (("knn", "temprature", "temperature"), ("coco_det", "engines", "engine"),
                              ("meta_dataset", "episode", "episodes")):
         suite = load_suite(name)
-        for parse in (lambda: parse_suite_options(suite, [f"{key}=1"]), lambda: suite.parse_options({key: 1})):
+        for parse in (lambda s, k: parse_suite_options(s, [f"{k}=1"]), lambda s, k: s.parse_options({k: 1})):
             with pytest.raises(InputError) as error:
-                parse()
+                parse(suite, key)
             assert str(error.value).startswith(f"unknown {name} option {key!r} (did you mean {close}")
             assert f"valid keys: {', '.join(sorted(suite.options))}" in str(error.value)
 
