@@ -94,10 +94,10 @@ def _method_step(method_name: str, sampler: str, device: torch.device, arch: str
                  pool: int, compile_encoders: bool = False, stem: str = "imagenet"):
     """(step function, its views, warm-up seconds) of a RingBench method as the training loop runs it."""
     from pretrain.methods import MethodSettings, build_method
-    from pretrain.samplers import build_sampler
+    from pretrain.samplers import build_sampler_from
 
     settings = MethodSettings(arch=arch, stem=stem, queue_size=pool)
-    negatives = build_sampler("ring", w_out=0.1, w_in=0.1, anneal="constant") if sampler == "ring" else build_sampler(sampler)
+    negatives = build_sampler_from(sampler, {"w_out": 0.1, "w_in": 0.1, "anneal": "constant"})
     method = build_method(method_name, settings, negatives, pool).to(device)
     if _fast(device):
         method.to(memory_format=torch.channels_last)

@@ -10,10 +10,10 @@ import re
 from typing import Any
 
 CRITICS = ("optimal", "learned-nce", "learned-ring")
-NOT_MI_ESTIMATORS = {
-    "dcl": "tau+ > 0 removes assumed same-class mass from the partition: not a bound on I(X;Y) for "
+NOT_MI_ESTIMATORS = {  # why a sampler's value bounds nothing here, by what the sampler does
+    "debiasing only": "tau+ > 0 removes assumed same-class mass from the partition: not a bound on I(X;Y) for "
     "class-free Gaussian pairs; tau+ = 0 is nce itself",
-    "mochi": "synthetic mixed negatives are not draws from p(y) restricted to a set and change the "
+    "synthetic negatives": "synthetic mixed negatives are not draws from p(y) restricted to a set and change the "
     "partition size, so the value bounds nothing",
 }
 
@@ -44,8 +44,12 @@ def estimates_frame(ranked: Any):
                      "mean": float(row["mean"]), "bias": float(row["mean"]) - true_mi, "std": float(row["std"]),
                      "n": int(row["n"]), "ci95": float(row["ci95"])})
     frame = pd.DataFrame(rows, columns=["critic", "K", "true_mi", "estimator", "mean", "bias", "std", "n", "ci95"])
-    family = {"nce": 0, "ring": 1, "ball": 2, "hcl": 3}
-    order = sorted(set(frame["estimator"]), key=lambda name: (family.get(name.partition("[")[0], 9), name))
+    from pretrain.samplers import (
+        SAMPLERS,  # registry order: the baseline first, then each hard-negative sampler
+    )
+
+    family = {name: index for index, name in enumerate(SAMPLERS)}
+    order = sorted(set(frame["estimator"]), key=lambda name: (family.get(name.partition("[")[0], len(family)), name))
     frame["estimator"] = pd.Categorical(frame["estimator"], categories=order, ordered=True)
     frame = frame.sort_values(["critic", "K", "true_mi", "estimator"], ignore_index=True)
     frame["estimator"] = frame["estimator"].astype(str)
