@@ -62,22 +62,28 @@ def _build_sampler(self, epochs: int) -> NegativeSampler:
 SamplerSection = _sampler_section()
 
 
-@dataclass
-class MethodSection:
-    name: str = "moco"  # ir | cmc | moco | simclr
-    arch: str = "resnet18"
-    stem: str = "imagenet"
-    embed_dim: int = 128
-    temperature: float = 0.07
-    num_negatives: int = 4096  # K drawn per anchor from a memory bank
-    bank_momentum: float = 0.5
-    queue_size: int = 65536
-    key_momentum: float = 0.999
-    threshold_sample: int = 0  # 0: exact ring cuts for banks; >0: cuts from this many sampled columns
+def _method_section() -> type:
+    """The `method` section: `name` plus MethodSettings' fields (declared once, in pretrain.methods), without the
+    input normalisation, which comes from the dataset."""
+    hints = typing.get_type_hints(MethodSettings)
+    fields = [("name", str, field(default="moco"))]  # ir | cmc | moco | simclr
+    fields += [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(MethodSettings)
+               if f.name not in RUNTIME_METHOD_SETTINGS]
+    return dataclasses.make_dataclass("MethodSection", fields, namespace={
+        "__doc__": "Which method and its settings (pretrain.methods.MethodSettings).", "settings": _method_settings,
+        "__module__": __name__})
 
-    def settings(self, mean, std) -> MethodSettings:
-        values = {key: value for key, value in dataclasses.asdict(self).items() if key != "name"}
-        return MethodSettings(**values, mean=tuple(mean), std=tuple(std))
+
+RUNTIME_METHOD_SETTINGS = ("mean", "std")  # filled from the dataset, not configured
+
+
+def _method_settings(self, mean, std) -> MethodSettings:
+    """The method's settings with the dataset's normalisation."""
+    values = {key: value for key, value in dataclasses.asdict(self).items() if key != "name"}
+    return MethodSettings(**values, mean=tuple(mean), std=tuple(std))
+
+
+MethodSection = _method_section()
 
 
 @dataclass
