@@ -208,10 +208,14 @@ class MetaDatasetSuite(Suite):
     def check(self, options: MetaDatasetOptions, data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
-        from transfer.meta_dataset.records import RecordError
+        from transfer.meta_dataset.records import RecordError, require_tensorflow
         from transfer.meta_dataset.spec import SPLITS, SpecError
 
         opts = options
+        try:
+            require_tensorflow()  # before the embedded records are built: one line naming the extra
+        except RecordError as error:
+            raise InputError(str(error)) from None
         if not opts.embedded and not opts.records_path.is_dir():
             from_flag = data_root is not None and opts.records_path == Path(data_root)  # records= empty: --records/--data-root
             given = f"--records {opts.records_path}" if from_flag else f"records={opts.records_path}"
