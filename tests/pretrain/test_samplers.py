@@ -131,7 +131,13 @@ def test_sampled_thresholds_are_close_to_the_exact_band():
 
 
 def test_samplers_describe_themselves_for_pairing_and_studies():
-    from pretrain.samplers import SAMPLER_CLASSES, baseline_twin, build_sampler, build_sampler_from, hard_negative_samplers
+    from pretrain.samplers import (
+        SAMPLER_CLASSES,
+        baseline_twin,
+        build_sampler,
+        build_sampler_from,
+        hard_negative_samplers,
+    )
 
     assert hard_negative_samplers() == ("ring", "ball", "dcl", "hcl", "mochi")
     assert all(baseline_twin(name) == "nce" for name in hard_negative_samplers()) and baseline_twin("nce") is None
