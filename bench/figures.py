@@ -155,7 +155,7 @@ def baseline_samplers(samplers: Iterable[str]) -> set[str]:
     """The samplers among these that the registry names as another's baseline (NCE): drawn dashed."""
     from pretrain.samplers import SAMPLER_CLASSES  # imports torch: only when there are curves to draw
 
-    return {s for s in {str(s) for s in samplers} & set(SAMPLER_CLASSES) if not SAMPLER_CLASSES[s].baseline}
+    return {s for s in {str(s) for s in samplers} & set(SAMPLER_CLASSES) if not SAMPLER_CLASSES[s].baseline_twin}
 
 
 def _line_style(sampler: str, baselines: set[str], hard: list[str]) -> str:

@@ -411,14 +411,14 @@ PAIRED_TEST = "paired t-test (its t interval); exact sign test; Holm over the ta
 
 def sampler_baselines(samplers: Iterable[Any]) -> dict[str, str]:
     """{sampler: the sampler its twin uses} for the registered samplers among `samplers` that declare a
-    baseline (NegativeSampler.baseline); names the registry does not know (random/none) pair with nothing."""
+    baseline twin (NegativeSampler.baseline_twin); names the registry does not know (random/none) pair with
+    nothing."""
     names = {str(s) for s in samplers if isinstance(s, str) and s}
     if not names:
         return {}
-    from pretrain.samplers import SAMPLER_CLASSES  # imports torch: only for a table with samplers in it
+    from pretrain.samplers import SAMPLER_CLASSES, baseline_twin  # imports torch: only for a table with samplers
 
-    return {name: SAMPLER_CLASSES[name].baseline for name in sorted(names)
-            if name in SAMPLER_CLASSES and SAMPLER_CLASSES[name].baseline}
+    return {name: baseline_twin(name) for name in sorted(names) if name in SAMPLER_CLASSES and baseline_twin(name)}
 
 
 def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:

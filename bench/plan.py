@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 import sys
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.store import CellState, ResultStore, cell_id
 from bench.suite import Cell, InputError, Suite
-from pretrain.overrides import OverrideError, comma_list, kind_of, parse_text, split_pair
+from pretrain.overrides import comma_list
 
 if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo
@@ -65,32 +64,23 @@ def fingerprint_mode_of(pairs: Iterable[str]) -> str:
 
 
 def parse_suite_options(suite: Suite, pairs: Iterable[str]) -> dict[str, Any]:
-    """The suite's defaults with `key=value` pairs applied, each typed like its default (`fingerprint=`
-    is checked here and read by `fingerprint_mode_of`)."""
-    options = dict(suite.options)
-    valid = ", ".join(sorted(suite.options)) or "(none)"
+    """The suite's defaults with `key=value` pairs applied, typed by its `Options` declaration: the identity
+    mapping that cells carry and result.json stores. `fingerprint=` is checked here and read by
+    `fingerprint_mode_of`; a key given twice with two values is an error, not "the last one wins"."""
     pairs = list(pairs)
     fingerprint_mode_of(pairs)
     given: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise InputError(f"{pair!r} is not a key=value override; valid keys for {suite.name}: {valid}")
+            continue  # from_pairs names it
         key, text = split_pair(pair)
-        if key in given and given[key].strip() != text.strip():  # not "the last one wins"
+        if key in given and given[key].strip() != text.strip():
             raise InputError(f"option {key} given twice for suite {suite.name} ({key}={given[key]} and "
                              f"{key}={text}); give it once")
         given[key] = text
-        if key == FINGERPRINT_OPTION and key not in suite.options:
-            continue
-        if key not in suite.options:
-            close = difflib.get_close_matches(key, list(suite.options), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise InputError(f"unknown option {key!r} for suite {suite.name}; valid keys: {valid}{hint}")
-        try:
-            options[key] = parse_text(key, text, kind_of(suite.options[key]), label="option ")
-        except OverrideError as error:
-            raise InputError(f"{error} like the default {suite.options[key]!r}") from None
-    return options
+    kept = [pair for pair in pairs if "=" not in pair or split_pair(pair)[0] != FINGERPRINT_OPTION
+            or FINGERPRINT_OPTION in suite.options]
+    return suite.Options.from_pairs(kept)
 
 
 def expand_checkpoints(specs: Sequence[str]) -> list[Path]:
@@ -164,11 +154,9 @@ def options_for_checkpoint(suite: Suite, options: dict[str, Any], metadata: Mapp
     """`options` with the view options that cannot change this checkpoint's features put back to their defaults:
     `cmc_features` on a file that is not CMC, `force_rgb_input` on a non-CMC file already fed RGB. Such a
     file's cells are then the same work, under the same id and setting, whatever those options say."""
-    from bench.suite import VIEW_OPTIONS
-
     cmc = metadata.get("method") == "cmc"
     inert = {"cmc_features": not cmc, "force_rgb_input": not cmc and metadata.get("input_view") in (None, "rgb")}
-    return options | {key: suite.options[key] for key in VIEW_OPTIONS
+    return options | {key: suite.options[key] for key in inert
                       if key in options and key in suite.options and inert[key] and options[key] != suite.options[key]}
 
 
@@ -219,7 +207,7 @@ class Plan:
     seeds: list[int]
     store: ResultStore
     cells: list[PlannedCell]
-    settings: Any = None  # the suite's typed options (Suite.parse_options), parsed once
+    settings: Any = None  # the suite's typed options (Suite.parse_options), parsed once; every cell carries them
     # embedded encoders still to be trained (only in a plan built with train_embedded=False, a dry run)
     untrained: list[Path] = field(default_factory=list)
     untrained_note: str = ""

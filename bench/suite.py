@@ -8,7 +8,6 @@ as the cell's `result.json`. Suites never read each other's files.
 from __future__ import annotations
 
 import math
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,83 +17,30 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.intervals import STUDENT_T, half_width_from_population_std
+from bench.options import InputError as InputError  # re-exported: the suites' and the runner's error
+from bench.options import SuiteOptions, ViewOptions
 from pretrain.overrides import comma_list as comma_list  # re-exported for the suites
 
 
-class InputError(ValueError):
-    """Bad input found before submission; the message names the file, key or value and what was expected."""
-
-
-DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps)")
-
-
-def check_device_option(where: str, value: Any) -> str:
-    """A `device` option: empty (CUDA when the job sees one, else CPU), cpu, cuda, cuda:N or mps.
-
-    Only the spelling is checked up front: the job may run on another machine than the runner."""
-    text = str(value).strip()
-    if text and not DEVICE_PATTERN.fullmatch(text):
-        raise InputError(f"{where} device={value!r}: expected cpu, cuda, cuda:N or mps (empty: CUDA when available)")
-    return text
-
-
-def check_int_option(where: str, key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{where} {key}={value!r}: expected an integer >= {minimum}")
-    return value
-
-
-# Options of every suite that embeds images for a checkpoint: which CMC encoders to evaluate and the
-# explicit override that feeds RGB to an encoder trained on another view. Part of the cell identity.
-VIEW_OPTIONS: dict[str, Any] = {
-    "cmc_features": "concat",  # CMC only: l | ab | concat (L + ab features, CMC's own evaluation)
-    "force_rgb_input": False,  # feed RGB to the exported backbone whatever view it was trained on
-}
-
-
-def view_options(options: Any) -> dict[str, Any]:
-    """`cmc_features` and `force_rgb_input` from a suite's options (a mapping or its typed object), checked;
-    an InputError names the bad value."""
-    from pretrain.views import CMC_FEATURES
-
-    def get(key):
-        if isinstance(options, Mapping):
-            return options.get(key, VIEW_OPTIONS[key])
-        return getattr(options, key, VIEW_OPTIONS[key])
-
-    features = str(get("cmc_features")).strip().lower()
-    if features not in CMC_FEATURES:
-        raise InputError(f"option cmc_features={get('cmc_features')!r}: expected one of {', '.join(CMC_FEATURES)}")
-    force = get("force_rgb_input")
-    if not isinstance(force, bool):
-        text = str(force).strip().lower()
-        if text not in ("1", "true", "on", "yes", "0", "false", "off", "no"):
-            raise InputError(f"option force_rgb_input={force!r}: expected true or false")
-        force = text in ("1", "true", "on", "yes")
-    return {"cmc_features": features, "force_rgb_input": force}
-
-
-def check_checkpoint_views(path: Any, options: Any, cmc_features: str | None = None) -> None:
+def check_checkpoint_views(path: Any, options: ViewOptions, cmc_features: str | None = None) -> None:
     """Up front, from metadata only: refuse a checkpoint the chosen views cannot evaluate (an InputError)."""
     from pretrain.checkpoint import CheckpointError, checkpoint_info, resolve_views
 
-    chosen = view_options(options)
     try:
-        resolve_views(checkpoint_info(path).metadata, str(path), cmc_features or chosen["cmc_features"],
-                      chosen["force_rgb_input"])
+        resolve_views(checkpoint_info(path).metadata, str(path), cmc_features or options.cmc_features,
+                      options.force_rgb_input)
     except CheckpointError as error:
         raise InputError(str(error)) from None
 
 
-def load_checkpoint_for(path: Any, options: Any, cmc_features: str | None = None):
+def load_checkpoint_for(path: Any, options: ViewOptions, cmc_features: str | None = None):
     """`load_encoder` with the suite's view options (`cmc_features` overrides the option, e.g. detection's
     "l"); a refused file is an InputError naming it and why."""
     from pretrain.checkpoint import CheckpointError, load_encoder
 
-    chosen = view_options(options)
     try:
-        return load_encoder(path, cmc_features=cmc_features or chosen["cmc_features"],
-                            force_rgb_input=chosen["force_rgb_input"])
+        return load_encoder(path, cmc_features=cmc_features or options.cmc_features,
+                            force_rgb_input=options.force_rgb_input)
     except CheckpointError as error:
         raise InputError(str(error)) from None
 
@@ -116,10 +62,10 @@ class Cell:
     task: Task
     checkpoint: Path | None  # None for suites that evaluate no checkpoint (uses_checkpoints = False)
     seed: int
-    options: Mapping[str, Any]  # the suite options after key=value overrides (part of the cell's identity)
+    options: Mapping[str, Any]  # the identity mapping of the options (result.json's "options", in the cell id)
     data_root: Path | None
     shared_dir: Path  # per-suite folder written by `Suite.prepare` (episodes, embedded data, caches)
-    settings: Any = None  # the same options typed by `Suite.parse_options`, parsed once by the plan
+    settings: SuiteOptions  # the same options typed (`Suite.parse_options`, parsed once by the plan): what `run` reads
 
 
 @dataclass
@@ -195,11 +141,33 @@ def identity_options(options: Mapping[str, Any], path_options: Sequence[str] = (
             if key not in path_options and not (key in neutral and value == neutral[key])}
 
 class Suite(ABC):
-    """Subclass, set the class attributes, and register the class path in bench/suites/__init__.py."""
+    """Subclass, set the class attributes, and register the class path in bench/suites/__init__.py.
+
+    Options are declared once, as the suite's `Options` class (a frozen `bench.options.SuiteOptions`
+    dataclass; `ViewOptions` adds cmc_features and force_rgb_input for suites that embed images):
+
+        @dataclass(frozen=True)
+        class MyOptions(ViewOptions):
+            epochs: int = option(10, "training epochs", check=at_least(1))
+            tasks: tuple[str, ...] = option(("a", "b"), "comma list of a, b", check=each_of("a", "b"))
+
+            def validate(self, data_root):  # optional: checks across fields, values resolved once
+                return self
+
+        class MySuite(Suite):
+            name = "mine"
+            Options = MyOptions
+
+    The plan parses `key=value` pairs into the identity mapping (`Cell.options`) and then, once, into the
+    typed object (`Cell.settings`); `check`, `tasks`, `dataset_fingerprints`, `prepare`, `check_checkpoints`
+    receive that object and `run` reads `cell.settings`. An unknown key gets one "unknown key, did you mean"
+    message. `options` (the defaults' identity mapping) is derived from `Options`; never declare it.
+    """
 
     name: ClassVar[str]
     protocol_version: ClassVar[str] = "1"  # bump when results stop being comparable
-    options: ClassVar[dict[str, Any]] = {}  # valid key=value overrides and their defaults
+    Options: ClassVar[type[SuiteOptions]] = SuiteOptions  # the one declaration of the suite's options
+    options: ClassVar[dict[str, Any]] = {}  # derived from Options: the defaults as result.json stores them
     default_seeds: ClassVar[tuple[int, ...]] = (0,)
     uses_checkpoints: ClassVar[bool] = True  # False: cells are task x seed (e.g. the estimator check)
     # What a metric's per-sample values are and what its seeds vary, for saying what an interval covers
@@ -210,18 +178,15 @@ class Suite(ABC):
     sample_interval: ClassVar[str] = STUDENT_T
     produces_checkpoints: ClassVar[bool] = False  # True: cells write encoders that `--then` suites evaluate
 
-    def parse_options(self, options: Mapping[str, Any], data_root: Path | None = None) -> Any:
-        """The options as the suite's typed object (a frozen dataclass), parsed once per plan and handed to
-        `check`, `tasks`, `dataset_fingerprints`, `prepare` and every cell (`Cell.settings`). Each suite
-        declares its own; it must accept its typed object too (returned as is), so a suite's methods
-        called with either are parsed at most once. The default keeps the mapping."""
-        return options
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" in cls.__dict__:
+            cls.Options.where = getattr(cls, "name", cls.__name__)
+            cls.options = cls.Options.defaults()
 
-    def settings_for(self, cell: Cell) -> Any:
-        """The cell's typed options: those the plan parsed once, or (a cell built by hand) parsed here."""
-        if cell.settings is not None:
-            return cell.settings
-        return self.parse_options(cell.options, cell.data_root)
+    def parse_options(self, options: Mapping[str, Any], data_root: Path | None = None) -> SuiteOptions:
+        """The identity mapping as the typed `Options` object, checked (the plan calls it once)."""
+        return self.Options.parse(options, data_root)
 
     def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
         """The encoder a finished cell of a checkpoint-producing suite wrote (from its result.json)."""
@@ -240,14 +205,6 @@ class Suite(ABC):
         """The options that make a cell's identity (see identity_options)."""
         return identity_options(options, cls.path_options, cls.identity_neutral_defaults)
 
-    @classmethod
-    def complete_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The suite's defaults overridden by `options`; an unknown key is an InputError listing the valid ones."""
-        unknown = sorted(set(options) - set(cls.options))
-        if unknown:
-            raise InputError(f"unknown {cls.name} option(s) {', '.join(unknown)}; valid: {', '.join(cls.options)}")
-        return dict(cls.options) | dict(options)
-
     def seeds_for(self, data_root: Path | None) -> tuple[int, ...]:
         """The seeds run when --seeds is not given."""
         return self.default_seeds
@@ -265,25 +222,25 @@ class Suite(ABC):
         return []
 
     @abstractmethod
-    def tasks(self, options: Mapping[str, Any], data_root: Path | None) -> list[Task]:
+    def tasks(self, options: SuiteOptions, data_root: Path | None) -> list[Task]:
         """The declarative task list for these options."""
 
-    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+    def dataset_fingerprints(self, options: SuiteOptions, data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
         """Task name -> the `bench.fingerprint.DatasetFingerprint` of the data it reads (part of the
         cell id and of result.json). Called after `check`; suites that read no data return {}."""
         return {}
 
-    def check(self, options: Mapping[str, Any], data_root: Path | None, checkpoints: Sequence[Path]) -> None:  # noqa: B027
+    def check(self, options: SuiteOptions, data_root: Path | None, checkpoints: Sequence[Path]) -> None:  # noqa: B027
         """Validate data and checkpoints up front; raise InputError naming what is wrong.
 
         The runner calls it before anything is trained or submitted; when the embedded pair still has to
         be trained, `checkpoints` holds only those that exist, and `check_checkpoints` sees the rest later."""
 
-    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:  # noqa: B027
+    def check_checkpoints(self, options: SuiteOptions, checkpoints: Sequence[Path]) -> None:  # noqa: B027
         """Suite-specific checks of checkpoint files (suites call it from `check` too)."""
 
-    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:  # noqa: B027
+    def prepare(self, options: SuiteOptions, data_root: Path | None, shared_dir: Path) -> None:  # noqa: B027
         """One-time work before submission, shared by all cells (embedded data, episode lists)."""
 
     @abstractmethod

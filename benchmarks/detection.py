@@ -41,16 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints = suite.default_checkpoints()  # trains the embedded pair once if not cached
     setup_seconds = time.perf_counter() - started
     options = dict(suite.options) | {"tasks": args.tasks, "schedule_scale": args.schedule_scale}
-    suite.check(options, None, checkpoints)
+    settings = suite.parse_options(options)
+    suite.check(settings, None, checkpoints)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rb_perf_det_") as scratch:
         shared = Path(scratch) / "shared"
         build_started = time.perf_counter()
-        suite.prepare(options, None, shared)
+        suite.prepare(settings, None, shared)
         build_seconds = time.perf_counter() - build_started
-        for task in suite.tasks(options, None):
+        for task in suite.tasks(settings, None):
             for checkpoint in checkpoints:
-                cell = Cell(suite.name, Task(task.name, task.params, task.profile), checkpoint, args.seed, options, None, shared)
+                cell = Cell(suite.name, Task(task.name, task.params, task.profile), checkpoint, args.seed, options, None, shared,
+                            settings)
                 workdir = Path(scratch) / f"{checkpoint.stem}_{task.params['task']}"
                 cell_started = time.perf_counter()
                 output = suite.run(cell, workdir)

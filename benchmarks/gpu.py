@@ -94,10 +94,10 @@ def _method_step(method_name: str, sampler: str, device: torch.device, arch: str
                  pool: int, compile_encoders: bool = False, stem: str = "imagenet"):
     """(step function, its views, warm-up seconds) of a RingBench method as the training loop runs it."""
     from pretrain.methods import MethodSettings, build_method
-    from pretrain.samplers import build_sampler
+    from pretrain.samplers import build_sampler_from
 
     settings = MethodSettings(arch=arch, stem=stem, queue_size=pool)
-    negatives = build_sampler("ring", w_out=0.1, w_in=0.1, anneal="constant") if sampler == "ring" else build_sampler(sampler)
+    negatives = build_sampler_from(sampler, {"w_out": 0.1, "w_in": 0.1, "anneal": "constant"})
     method = build_method(method_name, settings, negatives, pool).to(device)
     if _fast(device):
         method.to(memory_format=torch.channels_last)
@@ -296,11 +296,12 @@ def mask_rcnn_iterations(iterations: int, scratch: Path) -> dict:
         arch="resnet50", stem="imagenet", image_size=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
     suite = CocoDetSuite()
     options = dict(suite.options) | {"tasks": "mask_rcnn", "max_iter": iterations}
-    suite.check(options, None, [encoder])
+    settings = suite.parse_options(options)
+    suite.check(settings, None, [encoder])
     shared = scratch / "shared"
-    suite.prepare(options, None, shared)
-    task = suite.tasks(options, None)[0]
-    cell = Cell(suite.name, Task(task.name, task.params, task.profile), encoder, 0, options, None, shared)
+    suite.prepare(settings, None, shared)
+    task = suite.tasks(settings, None)[0]
+    cell = Cell(suite.name, Task(task.name, task.params, task.profile), encoder, 0, options, None, shared, settings)
     started = time.perf_counter()
     output = suite.run(cell, scratch / "cell")
     info = output.info

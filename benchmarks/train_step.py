@@ -20,11 +20,10 @@ import torch
 
 def build(sampler: str, bank: int, w_out: float):
     from pretrain.methods import MethodSettings, build_method
-    from pretrain.samplers import build_sampler
+    from pretrain.samplers import build_sampler_from
 
     settings = MethodSettings(arch="resnet18", stem="cifar", num_negatives=4096)
-    negatives = {"nce": lambda: build_sampler("nce"),
-                 "ring": lambda: build_sampler("ring", w_out=w_out, w_in=0.1, anneal="constant")}[sampler]()
+    negatives = build_sampler_from(sampler, {"w_out": w_out, "w_in": 0.1, "anneal": "constant"})
     method = build_method("ir", settings, negatives, bank)
     optimizer = torch.optim.SGD(method.encoder.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     return method, optimizer

@@ -48,7 +48,8 @@ def _sampler_section() -> type:
                                 f"declares {fields[param.name]}")
     section = dataclasses.make_dataclass(
         "SamplerSection", [(key, kind, field(default=default)) for key, (kind, default) in fields.items()],
-        namespace={"__doc__": "Which negative sampler and its parameters (those of other samplers are unused).",
+        namespace={"__doc__": "Which negative sampler and its parameters (a parameter of another sampler is refused "
+                              "when given: apply_overrides).",
                    "build": _build_sampler, "__module__": __name__})
     return section
 
@@ -61,22 +62,28 @@ def _build_sampler(self, epochs: int) -> NegativeSampler:
 SamplerSection = _sampler_section()
 
 
-@dataclass
-class MethodSection:
-    name: str = "moco"  # ir | cmc | moco | simclr
-    arch: str = "resnet18"
-    stem: str = "imagenet"
-    embed_dim: int = 128
-    temperature: float = 0.07
-    num_negatives: int = 4096  # K drawn per anchor from a memory bank
-    bank_momentum: float = 0.5
-    queue_size: int = 65536
-    key_momentum: float = 0.999
-    threshold_sample: int = 0  # 0: exact ring cuts for banks; >0: cuts from this many sampled columns
+def _method_section() -> type:
+    """The `method` section: `name` plus MethodSettings' fields (declared once, in pretrain.methods), without the
+    input normalisation, which comes from the dataset."""
+    hints = typing.get_type_hints(MethodSettings)
+    fields = [("name", str, field(default="moco"))]  # ir | cmc | moco | simclr
+    fields += [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(MethodSettings)
+               if f.name not in RUNTIME_METHOD_SETTINGS]
+    return dataclasses.make_dataclass("MethodSection", fields, namespace={
+        "__doc__": "Which method and its settings (pretrain.methods.MethodSettings).", "settings": _method_settings,
+        "__module__": __name__})
 
-    def settings(self, mean, std) -> MethodSettings:
-        values = {key: value for key, value in dataclasses.asdict(self).items() if key != "name"}
-        return MethodSettings(**values, mean=tuple(mean), std=tuple(std))
+
+RUNTIME_METHOD_SETTINGS = ("mean", "std")  # filled from the dataset, not configured
+
+
+def _method_settings(self, mean, std) -> MethodSettings:
+    """The method's settings with the dataset's normalisation."""
+    values = {key: value for key, value in dataclasses.asdict(self).items() if key != "name"}
+    return MethodSettings(**values, mean=tuple(mean), std=tuple(std))
+
+
+MethodSection = _method_section()
 
 
 @dataclass
@@ -195,7 +202,7 @@ class TrainConfig:
         """From `to_dict()` output, or the flat dicts older versions stored (their keys are aliases)."""
         values = dict(values)
         recipe = values.pop("recipe", "")
-        config = apply_overrides(cls(), _flatten(values), notice=False)
+        config = apply_overrides(cls(), _flatten(values), notice=False, check_sampler=False)
         config.recipe = recipe
         return config
 
@@ -246,11 +253,35 @@ def config_keys() -> list[str]:
     return list(field_kinds(TrainConfig))
 
 
-def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bool = True) -> TrainConfig:
+def _given_keys(overrides: dict | list[str]) -> list[str]:
+    """The dotted keys an override set names (aliases resolved)."""
+    keys = list(overrides) if isinstance(overrides, dict) else [item.partition("=")[0].strip() for item in overrides]
+    known = set(config_keys())
+    return [key if key in known else ALIASES.get(key, key) for key in keys]
+
+
+def refuse_foreign_sampler_parameters(name: str, keys: list[str]) -> None:
+    """A `sampler.X` the chosen sampler does not have is an error naming the sampler's own parameters (the
+    section holds every sampler's parameters, so it would otherwise be accepted and silently unused)."""
+    try:
+        own = sampler_parameters(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    foreign = [key.partition(".")[2] for key in keys
+               if key.startswith("sampler.") and key != "sampler.name" and key.partition(".")[2] not in own]
+    if foreign:
+        raise ConfigError(f"sampler {name!r} has no parameter {', '.join(foreign)}; "
+                          f"its parameters: {', '.join(own) or 'none'}")
+
+
+def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bool = True,
+                    check_sampler: bool = True) -> TrainConfig:
     """Apply `key=value` strings or a {key: value} dict (dotted keys; flat aliases with a notice).
 
     Values are typed by the dataclass and checked by OmegaConf's structured config; an unknown key
-    gets close matches and the list of valid keys."""
+    gets close matches and the list of valid keys. A sampler parameter given here must belong to the
+    sampler the config names afterwards (`check_sampler=False` reads back a stored config, which holds
+    every sampler's parameters)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -260,6 +291,8 @@ def apply_overrides(config: TrainConfig, overrides: dict | list[str], notice: bo
                                    on_alias=_notice if notice else None, what="config key")
     except OverrideError as error:
         raise ConfigError(str(error)) from None
+    if check_sampler:
+        refuse_foreign_sampler_parameters(changed.sampler.name, _given_keys(overrides))
     try:
         typed = OmegaConf.to_object(OmegaConf.structured(changed))
     except OmegaConfBaseException as error:

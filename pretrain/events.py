@@ -1,8 +1,9 @@
 """TensorBoard event files (torch.utils.tensorboard) for training curves, without TensorFlow.
 
-TensorBoard imports TensorFlow whenever it is installed (it is: the Meta-Dataset reader needs it),
-which costs seconds and a TensorFlow runtime in every training job. TensorBoard's own switch, an
-importable `tensorboard.compat.notf`, selects its bundled stub, which writes the same event files.
+TensorBoard imports TensorFlow whenever it is installed (with the `meta-dataset` extra, for the
+Meta-Dataset reader), which costs seconds and a TensorFlow runtime in every training job. TensorBoard's
+own switch, an importable `tensorboard.compat.notf`, selects its bundled stub, which writes the same
+event files. Without TensorFlow TensorBoard falls back to that stub by itself, so nothing is patched.
 """
 
 from __future__ import annotations
@@ -12,9 +13,20 @@ import sys
 import types
 
 
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow is importable, found without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def tensorflow_free_tensorboard() -> None:
-    """Make TensorBoard use its stub instead of importing TensorFlow (unless TensorFlow is loaded already)."""
-    if "tensorflow" not in sys.modules:
+    """Make TensorBoard use its stub instead of importing TensorFlow, where TensorFlow is installed but not
+    loaded yet."""
+    if "tensorflow" not in sys.modules and tensorflow_installed():
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 

@@ -40,17 +40,8 @@ def split_pair(item: str, usage: str = "key=value") -> tuple[str, str]:
     return key.strip(), value
 
 
-def kind_of(default: Any) -> Any:
-    """The annotation a default value implies (for option tables written as {key: default})."""
-    if default is None:
-        return Any
-    if isinstance(default, list | tuple):
-        item = type(default[0]) if default and not isinstance(default[0], str) else str
-        return tuple[item, ...] if isinstance(default, tuple) else list[item]
-    return type(default)
-
-
-def _describe(kind: Any) -> str:
+def describe(kind: Any) -> str:
+    """What a value of annotation `kind` looks like, for error messages ("an integer", "a comma list of floats")."""
     names = {bool: "a boolean (true/false)", int: "an integer", float: "a float", str: "a string", dict: "a JSON object"}
     if kind in names:
         return names[kind]
@@ -91,7 +82,7 @@ def parse_text(key: str, text: str, kind: Any, label: str = "") -> Any:
             item_kind = typing.get_args(kind)[0] if typing.get_args(kind) else str
             items = [parse_text(key, item, item_kind, label) for item in comma_list(text)]
             return tuple(items) if typing.get_origin(kind) is tuple else items
-        if kind is dict:
+        if kind is dict or typing.get_origin(kind) is dict:
             value = json.loads(text)
             if not isinstance(value, dict):
                 raise ValueError
@@ -102,16 +93,39 @@ def parse_text(key: str, text: str, kind: Any, label: str = "") -> Any:
             except json.JSONDecodeError:
                 return text
     except (ValueError, json.JSONDecodeError):
-        raise OverrideError(f"{label}{key}={text!r}: expected {_describe(kind)}") from None
+        raise OverrideError(f"{label}{key}={text!r}: expected {describe(kind)}") from None
     return text
 
 
 def unknown_key(key: str, valid: Iterable[str], what: str = "key", aliases: Iterable[str] = ()) -> OverrideError:
-    """The error for an unknown key: close matches (among the keys and their aliases), then every valid key."""
+    """The one error for an unknown key: close matches (among the keys and their aliases), then every valid key."""
     valid = list(valid)
     close = difflib.get_close_matches(key, valid + list(aliases), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return OverrideError(f"unknown {what} {key!r}{hint}; valid keys: {', '.join(valid) or '(none)'}")
+
+
+def parse_override(item: str | tuple[str, Any], kinds: Mapping[str, Any], *, what: str = "key", label: str | None = None,
+                   aliases: Mapping[str, str] | None = None, on_alias=None) -> tuple[str, Any]:
+    """The one front end over `parse_text`: "key=value" (or a (key, value) pair) -> (key, typed value).
+
+    `kinds` maps each valid key to its annotation; an unknown key gets `unknown_key`'s message; `aliases`
+    maps old keys to current ones (`on_alias(old, new)` is told of each use). Values that are not text
+    are kept as given. Errors read "<label><key>=<text>: expected ..." (label default: `what` + " ")."""
+    key, value = split_pair(item) if isinstance(item, str) else item
+    aliases = aliases or {}
+    if key not in kinds and key in aliases:
+        if on_alias is not None:
+            on_alias(key, aliases[key])
+        key = aliases[key]
+    if key not in kinds:
+        raise unknown_key(key, kinds, what, aliases)
+    kind = kinds[key]
+    if isinstance(value, str) and kind is not str:
+        value = parse_text(key, value, kind, f"{what} " if label is None else label)
+    elif typing.get_origin(kind) is tuple and isinstance(value, list):
+        value = tuple(value)
+    return key, value
 
 
 def field_kinds(cls: type, prefix: str = "") -> dict[str, Any]:
@@ -144,20 +158,9 @@ def override_fields(instance: Any, overrides: Mapping[str, Any] | Iterable[str],
     Keys are dotted paths into nested dataclasses; strings are parsed to the field's type, other values
     kept. `aliases` maps old keys to their dotted names (`on_alias(old, new)` is told of each use).
     """
-    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else [split_pair(item) for item in overrides]
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else list(overrides)
     kinds = field_kinds(type(instance))
-    aliases = aliases or {}
-    for key, value in pairs:
-        if key not in kinds and key in aliases:
-            if on_alias is not None:
-                on_alias(key, aliases[key])
-            key = aliases[key]
-        if key not in kinds:
-            raise unknown_key(key, list(kinds), what, aliases)
-        kind = kinds[key]
-        if isinstance(value, str) and kind is not str:
-            value = parse_text(key, value, kind, label)
-        elif typing.get_origin(kind) is tuple and isinstance(value, list):
-            value = tuple(value)
+    for pair in pairs:
+        key, value = parse_override(pair, kinds, what=what, label=label, aliases=aliases, on_alias=on_alias)
         instance = replace_path(instance, key, value)
     return instance

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain.overrides import OverrideError, parse_text, split_pair
+from pretrain.overrides import OverrideError, parse_override, split_pair
 
 
 class ProfileError(ValueError):
@@ -81,17 +81,8 @@ PROFILES: dict[str, ResourceProfile] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(ResourceProfile)}
-HINTS = typing.get_type_hints(ResourceProfile)
+HINTS = {name: kind for name, kind in typing.get_type_hints(ResourceProfile).items() if name in FIELDS}
 ALIASES = {"gpus_per_node": "gpus", "cpus_per_task": "cpus", "time": "timeout_min", "mem": "mem_gb"}
-
-
-def _convert(key: str, text: str) -> Any:
-    if text.strip().lower() in ("", "none", "null") and FIELDS[key].default is not None:
-        raise ProfileError(f"--resource {key}: a value is required")
-    try:
-        return parse_text(key, text, HINTS[key], label="--resource ")
-    except OverrideError as error:
-        raise ProfileError(str(error)) from None
 
 
 def apply_resource_overrides(profiles: dict[str, ResourceProfile], overrides: Iterable[str]) -> dict[str, ResourceProfile]:
@@ -102,12 +93,12 @@ def apply_resource_overrides(profiles: dict[str, ResourceProfile], overrides: It
             raise ProfileError(f"--resource {item!r}: expected [PROFILE.]KEY=VALUE, e.g. eval.gpus=2 or timeout_min=30")
         target, value = split_pair(item)
         profile_name, _, key = target.rpartition(".")
-        key = ALIASES.get(key, key)
-        if key not in FIELDS:
-            raise ProfileError(f"--resource {item!r}: unknown key {key!r}; valid keys: {', '.join(FIELDS)}")
+        try:
+            key, converted = parse_override((key, value), HINTS, what="resource key", label="", aliases=ALIASES)
+        except OverrideError as error:
+            raise ProfileError(f"--resource {item!r}: {error}") from None
         if profile_name and profile_name not in result:
             raise ProfileError(f"--resource {item!r}: unknown profile {profile_name!r}; valid profiles: {', '.join(result)}")
-        converted = _convert(key, value)
         for name in [profile_name] if profile_name else list(result):
             result[name] = dataclasses.replace(result[name], **{key: converted})
     return result

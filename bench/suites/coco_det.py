@@ -20,11 +20,12 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.options import SuiteOptions, at_least, comma_text, each_of, internal, option, whole_as_int
 from bench.suite import (
     Cell,
     CellOutput,
@@ -33,9 +34,7 @@ from bench.suite import (
     Suite,
     Task,
     check_checkpoint_views,
-    comma_list,
     load_checkpoint_for,
-    view_options,
 )
 
 if TYPE_CHECKING:
@@ -49,46 +48,92 @@ RANDOM_CONTROL_FILE = "random_resnet18_imagenet.pt"
 DETECTION_CMC_FEATURES = "l"
 
 
+def _engine(name: str) -> str:
+    from transfer.detection.engines import ENGINES
+
+    if name not in ENGINES:
+        raise ValueError(f"expected one of {', '.join(ENGINES)}")
+    return name
+
+
+def _recipe(name: str) -> str:
+    from transfer.detection.configs import RECIPES
+
+    if name not in RECIPES:
+        raise ValueError(f"expected one of {', '.join(RECIPES)}")
+    return name
+
+
+def _schedule_scale(value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("expected a number > 0 (1 = 1x; 0 = the recipe's default)")
+    return value
+
+
+def _detectron2_opts(text: str) -> str:
+    parse_detectron2_opts(text)
+    return text
+
+
 @dataclass(frozen=True)
-class CocoDetOptions:
-    engine: str
-    tasks: tuple[str, ...]
-    recipe: str
-    schedule_scale: float
-    ims_per_batch: int  # 0: the protocol's reference batch
-    max_iter: int  # 0: from the scaled schedule
-    force_rgb_input: bool = False  # fine-tune on RGB whatever view the encoder was trained on
-    detectron2_opts: tuple[tuple[str, Any], ...] = ()  # (KEY, value) overrides of the Detectron2 config
+class CocoDetOptions(SuiteOptions):
+    engine: str = option("auto", "auto | detectron2 | torchvision (auto: Detectron2 when importable for real "
+                         "data, torchvision for the embedded set)", check=_engine)
+    tasks: tuple[str, ...] = option(("mask_rcnn", "keypoint_rcnn"), "comma list of mask_rcnn (bbox + segm) and "
+                                    "keypoint_rcnn (bbox + keypoints)", check=each_of(*TASK_KINDS), identity=comma_text)
+    recipe: str = option("fpn", "fpn | c4 (MoCo's R50-C4 Mask R-CNN; detectron2 and resnet50 only)", check=_recipe)
+    schedule_scale: float = option(0.0, "multiplies iterations and lr steps; 0 = the recipe's: 1 (1x) for fpn, "
+                                   "2 (MoCo's 2x) for c4", check=_schedule_scale, identity=whole_as_int)
+    ims_per_batch: int = option(0, "total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales "
+                                "linearly)", check=at_least(0))
+    max_iter: int = option(0, "explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule",
+                           check=at_least(0))
+    force_rgb_input: bool = option(False, "feed RGB to an encoder trained on another view (CMC's L encoder)")
+    detectron2_opts: str = option("", "Detectron2 config overrides, 'KEY VALUE ...' as on Detectron2's command line "
+                                  "(engine=detectron2 only)", check=_detectron2_opts)
+    resolved_engine: str = internal("")  # the engine `auto` became for this data, resolved once by validate
 
-    @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> CocoDetOptions:
-        from transfer.detection.configs import DEFAULT_SCHEDULE_SCALE, RECIPES
-        from transfer.detection.engines import ENGINES
+    # Detection fine-tunes one backbone: for CMC files the L encoder (on its lightness view), never the ab one.
+    cmc_features = DETECTION_CMC_FEATURES
 
-        merged = CocoDetSuite.complete_options(options)
-        engine = str(merged["engine"])
-        if engine not in ENGINES:
-            raise InputError(f"option engine={engine!r}: expected one of {', '.join(ENGINES)}")
-        tasks = comma_list(merged["tasks"])
-        bad = [t for t in tasks if t not in TASK_KINDS]
-        if bad or not tasks:
-            raise InputError(f"option tasks={','.join(tasks)!r}: unknown {', '.join(bad) or '(empty)'}; valid: {', '.join(TASK_KINDS)}")
-        recipe = str(merged["recipe"])
-        if recipe not in RECIPES:
-            raise InputError(f"option recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
+    @property
+    def scale(self) -> float:
+        """The schedule scale: the option, or the recipe's default when 0."""
+        from transfer.detection.configs import DEFAULT_SCHEDULE_SCALE
+
+        return float(self.schedule_scale) or DEFAULT_SCHEDULE_SCALE[self.recipe]
+
+    @property
+    def detectron2_pairs(self) -> tuple[tuple[str, Any], ...]:
+        """(KEY, value) overrides of the Detectron2 config."""
+        return parse_detectron2_opts(self.detectron2_opts)
+
+    def validate(self, data_root: Path | None) -> CocoDetOptions:
+        """Resolve the engine once for this data and check what depends on it."""
+        from transfer.detection.configs import check_detection_recipe
+        from transfer.detection.engines import DETECTRON2_INSTALL_HINT, resolve_engine
+
         try:
-            scale = float(merged["schedule_scale"]) or DEFAULT_SCHEDULE_SCALE[recipe]
-            batch = int(merged["ims_per_batch"])
-            max_iter = int(merged["max_iter"])
-        except (TypeError, ValueError):
-            raise InputError("options schedule_scale (number > 0), ims_per_batch and max_iter (integers >= 0) are malformed") from None
-        if not (scale > 0 and math.isfinite(scale)):
-            raise InputError(f"option schedule_scale={scale}: expected a number > 0 (1 = 1x; 0 = the recipe's default)")
-        if batch < 0 or max_iter < 0:
-            raise InputError("options ims_per_batch and max_iter must be >= 0 (0 = the protocol's value)")
-        return cls(engine, tasks, recipe, scale, batch, max_iter,
-                   force_rgb_input=view_options(merged)["force_rgb_input"],
-                   detectron2_opts=parse_detectron2_opts(merged["detectron2_opts"]))
+            engine = resolve_engine(self.engine, embedded=is_embedded(data_root))
+        except ModuleNotFoundError:
+            raise InputError(f"coco_det: engine=detectron2 but detectron2 is not importable here. {DETECTRON2_INSTALL_HINT}") from None
+        if self.recipe == "c4" and engine != "detectron2":
+            raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
+        if self.detectron2_opts and engine != "detectron2":
+            raise InputError(f"coco_det: detectron2_opts configure Detectron2, but the engine is {engine}; "
+                             "add engine=detectron2 or drop them")
+        if self.detectron2_opts:
+            from transfer.detection.engines.detectron2_engine import unknown_config_keys
+
+            unknown = unknown_config_keys([key for key, _ in self.detectron2_pairs])
+            if unknown:
+                raise InputError(f"coco_det: detectron2_opts key(s) {', '.join(unknown)} are not in Detectron2's config")
+        for name in self.tasks:
+            try:
+                check_detection_recipe(name, self.recipe, "resnet50")
+            except ValueError as error:
+                raise InputError(f"coco_det: {error}") from None
+        return replace(self, resolved_engine=engine)
 
 
 D2_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
@@ -128,15 +173,6 @@ def is_embedded(data_root: Path | None) -> bool:
     from transfer.detection.embedded import MARKER
 
     return data_root is None or (Path(data_root) / MARKER).is_file()
-
-
-def _engine_for(opts: CocoDetOptions, data_root: Path | None) -> str:
-    from transfer.detection.engines import DETECTRON2_INSTALL_HINT, resolve_engine
-
-    try:
-        return resolve_engine(opts.engine, embedded=is_embedded(data_root))
-    except ModuleNotFoundError:
-        raise InputError(f"coco_det: engine=detectron2 but detectron2 is not importable here. {DETECTRON2_INSTALL_HINT}") from None
 
 
 def random_control_encoder(reference: Path | None = None) -> Path:
@@ -211,17 +247,7 @@ class CocoDetSuite(Suite):
     protocol_version = "1"
     sample_unit = "categories (per-category AP; one fine-tuning run)"
     seed_unit = "fine-tuning seeds"
-    options = {
-        "engine": "auto",  # auto | detectron2 | torchvision
-        "tasks": "mask_rcnn,keypoint_rcnn",  # comma list of mask_rcnn (bbox + segm) and keypoint_rcnn (bbox + keypoints)
-        "recipe": "fpn",  # fpn | c4 (MoCo's R50-C4 Mask R-CNN; detectron2 and resnet50 only)
-        "schedule_scale": 0,  # multiplies iterations and lr steps; 0 = the recipe's: 1 (1x) for fpn, 2 (MoCo's 2x) for c4
-        "ims_per_batch": 0,  # total batch over all GPUs; 0 = 16 on COCO, 4 on the embedded set (lr scales linearly)
-        "max_iter": 0,  # explicit iteration count (steps at 3/4 and 11/12 of it); 0 = from the schedule
-        "force_rgb_input": False,  # feed RGB to an encoder trained on another view (CMC's L encoder)
-        # Detectron2 config overrides, 'KEY VALUE ...' as on Detectron2's command line (engine=detectron2 only)
-        "detectron2_opts": "",
-    }
+    Options = CocoDetOptions
     identity_neutral_defaults = {"detectron2_opts": ""}  # added later: earlier results keep their ids
     default_seeds = (0,)
     # One fine-tuning run on the embedded set moves box AP by several points (measured 26.7-37.1 for one
@@ -234,51 +260,30 @@ class CocoDetSuite(Suite):
     def control_checkpoints(self) -> list[Path]:
         return [random_control_encoder()]
 
-    def parse_options(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None = None) -> CocoDetOptions:
-        return options if isinstance(options, CocoDetOptions) else CocoDetOptions.parse(options)
-
-    def tasks(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None) -> list[Task]:
-        from transfer.detection.configs import check_detection_recipe
-
-        opts = self.parse_options(options)
-        engine = _engine_for(opts, data_root)
-        if opts.recipe == "c4" and engine != "detectron2":
-            raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
-        if opts.detectron2_opts and engine != "detectron2":
-            raise InputError(f"coco_det: detectron2_opts configure Detectron2, but the engine is {engine}; "
-                             "add engine=detectron2 or drop them")
-        if opts.detectron2_opts:
-            from transfer.detection.engines.detectron2_engine import unknown_config_keys
-
-            unknown = unknown_config_keys([key for key, _ in opts.detectron2_opts])
-            if unknown:
-                raise InputError(f"coco_det: detectron2_opts key(s) {', '.join(unknown)} are not in Detectron2's config")
+    def tasks(self, options: CocoDetOptions, data_root: Path | None) -> list[Task]:
+        engine = options.resolved_engine
         dataset = "digits" if is_embedded(data_root) else "coco2017"
         tasks = []
-        for name in opts.tasks:
-            try:
-                check_detection_recipe(name, opts.recipe, "resnet50")
-            except ValueError as error:
-                raise InputError(f"coco_det: {error}") from None
+        for name in options.tasks:
             params = {
                 "dataset": dataset,
                 "task": name,
-                "recipe": opts.recipe,
+                "recipe": options.recipe,
                 "engine": engine,
-                "schedule_scale": opts.schedule_scale,
-                "ims_per_batch": opts.ims_per_batch,
-                "max_iter": opts.max_iter,
+                "schedule_scale": options.scale,
+                "ims_per_batch": options.ims_per_batch,
+                "max_iter": options.max_iter,
             }
             if engine == "torchvision":  # its heads start as Detectron2's since this param exists
                 from transfer.detection.configs import TORCHVISION_HEAD_INIT
 
                 params["head_init"] = TORCHVISION_HEAD_INIT
             profile = "cpu" if dataset == "digits" else "detection"
-            label = name if opts.recipe == "fpn" else f"{name}_c4"
+            label = name if options.recipe == "fpn" else f"{name}_c4"
             tasks.append(Task(name=f"{dataset}/{label}", params=params, profile=profile))
         return tasks
 
-    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+    def dataset_fingerprints(self, options: CocoDetOptions, data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
         """Embedded: the digits file and the builder's parameters; a COCO folder: the task's train and
         val annotation json (sha256) and the (name, size) of the images they reference."""
@@ -297,16 +302,15 @@ class CocoDetSuite(Suite):
             out[task.name] = coco_fingerprint(task.params["dataset"], [(s.json_file, s.image_root) for s in splits])
         return out
 
-    def check(self, options: Mapping[str, Any] | CocoDetOptions, data_root: Path | None,
+    def check(self, options: CocoDetOptions, data_root: Path | None,
               checkpoints: Sequence[Path | CheckpointInfo]) -> None:
         from transfer.detection.coco_data import CocoDataError, check_coco_root
         from transfer.detection.configs import ScheduleError
 
-        opts = self.parse_options(options)
-        self.tasks(opts, data_root)  # engine availability and recipe/task combinations
+        opts = options  # engine and recipe/task combinations were checked once, when the options were parsed
         for name in opts.tasks:
             try:
-                cell_schedule(name, is_embedded(data_root), opts.schedule_scale, opts.ims_per_batch, opts.max_iter)
+                cell_schedule(name, is_embedded(data_root), opts.scale, opts.ims_per_batch, opts.max_iter)
             except ScheduleError as error:
                 raise InputError(str(error)) from None
         if data_root is not None:
@@ -321,18 +325,18 @@ class CocoDetSuite(Suite):
                           "images have no annotations; training skips them (as Detectron2 does)", file=sys.stderr)
         self.check_checkpoints(opts, checkpoints)
 
-    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+    def check_checkpoints(self, options: CocoDetOptions, checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.detection.configs import check_detection_recipe
 
-        opts = self.parse_options(options)
+        opts = options
         for path in checkpoints:
             try:
                 meta = checkpoint_info(path).metadata  # the plan's resolved info: nothing is loaded again
             except CheckpointError as error:
                 raise InputError(f"coco_det: checkpoint refused: {error}") from None
             try:
-                check_checkpoint_views(path, opts, cmc_features=DETECTION_CMC_FEATURES)
+                check_checkpoint_views(path, opts)
             except InputError as error:
                 raise InputError(f"coco_det: checkpoint refused: {error}") from None
             if meta["stem"] != "imagenet":
@@ -346,7 +350,7 @@ class CocoDetSuite(Suite):
                 except ValueError as error:
                     raise InputError(f"coco_det: {path}: {error}") from None
 
-    def prepare(self, options: Mapping[str, Any], data_root: Path | None, shared_dir: Path) -> None:
+    def prepare(self, options: CocoDetOptions, data_root: Path | None, shared_dir: Path) -> None:
         if data_root is None:
             from transfer.detection.embedded import build_embedded_coco
 
@@ -373,7 +377,7 @@ class CocoDetSuite(Suite):
         train, val = coco_split(root, kind, "train"), coco_split(root, kind, "val")
         summary = check_coco_json(val.json_file, val.image_root, kind, check_image_files=False)
 
-        encoder = load_checkpoint_for(cell.checkpoint, cell.options, cmc_features=DETECTION_CMC_FEATURES)
+        encoder = load_checkpoint_for(cell.checkpoint, cell.settings)
         meta = encoder.metadata
         num_gpus = torch.cuda.device_count()
         threads = cpu_threads_for_cell() if num_gpus == 0 else None
@@ -403,7 +407,7 @@ class CocoDetSuite(Suite):
             precise_bn_iters=protocol.precise_bn_iters,
             heads=protocol.heads,
             input_view=encoder.backbone_view,
-            extra=dict(self.parse_options(cell.settings or cell.options).detectron2_opts),
+            extra=dict(cell.settings.detectron2_pairs),
         )
         stated = describe_schedule(schedule, protocol.schedule, float(params["schedule_scale"]), int(params["max_iter"]))
         print(f"coco_det {cell.task.name}: {engine} engine, {job.norm}, {stated}", file=sys.stderr)

@@ -10,48 +10,21 @@ encoders can be compared on the same images.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import (
-    VIEW_OPTIONS,
-    Cell,
-    CellOutput,
-    InputError,
-    Metric,
-    Suite,
-    Task,
-    check_checkpoint_views,
-    check_device_option,
-    check_int_option,
-    load_checkpoint_for,
-    view_options,
-)
+from bench.options import ViewOptions, at_least, device_spelling, each_at_least, option, positive
+from bench.suite import Cell, CellOutput, Metric, Suite, Task, check_checkpoint_views, load_checkpoint_for
 
 
 @dataclass(frozen=True)
-class KnnOptions:
-    ks: tuple[int, ...]  # one metric per k
-    temperature: float
-    batch_size: int
-    device: str  # "": cuda when available
-    cmc_features: str = "concat"
-    force_rgb_input: bool = False
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> KnnOptions:
-        merged = KnnSuite.complete_options(options)
-        ks = merged["ks"]
-        if (not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks)):
-            raise InputError(f"knn ks={list(ks)}: expected a comma list of positive integers")
-        temperature = merged["temperature"]
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
-            raise InputError(f"knn temperature={temperature}: expected a positive number")
-        return cls(ks=tuple(ks), temperature=float(temperature),
-                   batch_size=check_int_option("knn", "batch_size", merged["batch_size"], 1),
-                   device=check_device_option("knn", merged["device"]), **view_options(merged))
+class KnnOptions(ViewOptions):
+    ks: tuple[int, ...] = option((20, 200), "one metric per k", check=each_at_least(1))
+    temperature: float = option(0.07, "exp(similarity / temperature) vote weights (Wu et al. 2018)", check=positive)
+    batch_size: int = option(256, "feature extraction batch", check=at_least(1))
+    device: str = option("", "empty: cuda when available", check=device_spelling)
 
 
 class KnnSuite(Suite):
@@ -60,35 +33,23 @@ class KnnSuite(Suite):
     sample_unit = "test images (one deterministic evaluation)"
     default_seeds = (0,)  # kNN is deterministic; more seeds would only repeat the number
     reads_data_root = False  # the embedded digits split only
-    options = {
-        "ks": [20, 200],  # one metric per k
-        "temperature": 0.07,  # exp(similarity / temperature) vote weights (Wu et al. 2018)
-        "batch_size": 256,
-        "device": "",  # "" picks cuda when available
-        **VIEW_OPTIONS,
-    }
+    Options = KnnOptions
 
-    def parse_options(self, options: Mapping[str, Any] | KnnOptions, data_root: Path | None = None) -> KnnOptions:
-        return options if isinstance(options, KnnOptions) else KnnOptions.parse(options)
+    def check(self, options: KnnOptions, data_root: Path | None, checkpoints: Sequence[Path]) -> None:
+        self.check_checkpoints(options, checkpoints)
 
-    def check(self, options: Mapping[str, Any] | KnnOptions, data_root: Path | None,
-              checkpoints: Sequence[Path]) -> None:
-        self.check_checkpoints(self.parse_options(options), checkpoints)
-
-    def check_checkpoints(self, options: Mapping[str, Any] | KnnOptions, checkpoints: Sequence[Path]) -> None:
-        opts = self.parse_options(options)
+    def check_checkpoints(self, options: KnnOptions, checkpoints: Sequence[Path]) -> None:
         for path in checkpoints:
-            check_checkpoint_views(path, opts)
+            check_checkpoint_views(path, options)
 
-    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+    def dataset_fingerprints(self, options: KnnOptions, data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
         from bench.fingerprint import standard_dataset_fingerprint
 
         return {task.name: standard_dataset_fingerprint("digits", None) for task in tasks}
 
-    def tasks(self, options: Mapping[str, Any] | KnnOptions, data_root: Path | None) -> list[Task]:
-        opts = self.parse_options(options)
-        params = {"dataset": "digits", "split": "test", "ks": list(opts.ks), "temperature": opts.temperature}
+    def tasks(self, options: KnnOptions, data_root: Path | None) -> list[Task]:
+        params = {"dataset": "digits", "split": "test", "ks": list(options.ks), "temperature": options.temperature}
         return [Task(name="digits", params=params, profile="eval")]
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
@@ -98,7 +59,7 @@ class KnnSuite(Suite):
         from pretrain.knn import knn_predict
         from transfer.features import FeatureCache, pick_device
 
-        opts = self.settings_for(cell)
+        opts = cell.settings
         encoder = load_checkpoint_for(cell.checkpoint, opts)
         meta = encoder.metadata
         device = pick_device(opts.device or None)

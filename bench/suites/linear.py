@@ -12,13 +12,13 @@ pairs Ring and NCE checkpoints image by image.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.options import ViewOptions, at_least, comma_text, option
 from bench.suite import (
-    VIEW_OPTIONS,
     Cell,
     CellOutput,
     InputError,
@@ -26,9 +26,7 @@ from bench.suite import (
     Suite,
     Task,
     check_checkpoint_views,
-    comma_list,
     load_checkpoint_for,
-    view_options,
 )
 
 
@@ -60,67 +58,40 @@ METRIC_LINEAR = "top1/linear"
 METRIC_KNN = "top1/knn"
 
 
-def _as_bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "on", "yes"):
-        return True
-    if text in ("0", "false", "off", "no"):
-        return False
-    raise InputError(f"option {key}={value!r}: expected on or off")
+def _datasets(names: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(names))
+    if names == ("auto",):
+        return names
+    bad = [name for name in names if name not in DATASETS]
+    if bad or not names:
+        raise ValueError(f"unknown {', '.join(bad) or '(empty)'}; valid: auto or a comma list of {', '.join(DATASETS)}")
+    return names
 
 
-def _as_int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}") from None
-    if number < minimum:
-        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}")
-    return number
+def _protocol(name: str) -> str:
+    from transfer.linear.protocol import PROTOCOLS
+
+    if name not in PROTOCOLS:
+        raise ValueError(f"expected one of {', '.join(PROTOCOLS)}")
+    return name
 
 
 @dataclass(frozen=True)
-class LinearOptions:
-    datasets: tuple[str, ...] | None  # None: auto
-    protocol: str
-    epochs: int
-    knn: bool
-    knn_k: int
-    fast_iters: int
-    imagenet_classes: int
-    cmc_features: str = "concat"
-    force_rgb_input: bool = False
+class LinearOptions(ViewOptions):
+    datasets: tuple[str, ...] = option(("auto",), "auto: digits without --data-root, else every standard dataset "
+                                       "found there; or a comma list", check=_datasets, identity=comma_text)
+    protocol: str = option("paper", "paper | fast", check=_protocol)
+    epochs: int = option(100, "paper protocol epochs", check=at_least(1))
+    knn: bool = option(True, "kNN (k 200, t 0.07, cosine) from the cached features")
+    knn_k: int = option(200, "kNN neighbours", check=at_least(1))
+    fast_iters: int = option(100, "L-BFGS iterations of the fast protocol", check=at_least(1))
+    imagenet_classes: int = option(1000, "class folders expected under imagenet/train (e.g. 100 for a subset)",
+                                   check=at_least(2))
 
-    @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> LinearOptions:
-        from transfer.linear.protocol import PROTOCOLS
-
-        merged = LinearSuite.complete_options(options)
-        protocol = str(merged["protocol"])
-        if protocol not in PROTOCOLS:
-            raise InputError(f"option protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-        datasets_text = str(merged["datasets"]).strip()
-        datasets = None
-        if datasets_text != "auto":
-            datasets = tuple(dict.fromkeys(comma_list(datasets_text)))
-            bad = [name for name in datasets if name not in DATASETS]
-            if bad or not datasets:
-                raise InputError(f"option datasets={datasets_text!r}: unknown {', '.join(bad) or '(empty)'}; "
-                                 f"valid: auto or a comma list of {', '.join(DATASETS)}")
-        return cls(
-            datasets=datasets,
-            protocol=protocol,
-            epochs=_as_int(merged["epochs"], "epochs", 1),
-            knn=_as_bool(merged["knn"], "knn"),
-            knn_k=_as_int(merged["knn_k"], "knn_k", 1),
-            fast_iters=_as_int(merged["fast_iters"], "fast_iters", 1),
-            imagenet_classes=_as_int(merged["imagenet_classes"], "imagenet_classes", 2),
-            **view_options(merged),
-        )
+    @property
+    def chosen_datasets(self) -> tuple[str, ...] | None:
+        """The datasets asked for; None: auto."""
+        return None if self.datasets == ("auto",) else self.datasets
 
 
 _REPORTED_ABSENT: set[tuple[Path, tuple[str, ...]]] = set()
@@ -134,12 +105,12 @@ def found_datasets(data_root: Path) -> list[str]:
 
 
 def selected_datasets(opts: LinearOptions, data_root: Path | None) -> list[str]:
-    if opts.datasets is not None:
-        real = [name for name in opts.datasets if name != "digits"]
+    if opts.chosen_datasets is not None:
+        real = [name for name in opts.chosen_datasets if name != "digits"]
         if real and data_root is None:
             raise InputError(f"datasets {', '.join(real)} need --data-root (expected layout: "
                              + "; ".join(DATASETS[name].layout for name in real) + ")")
-        return list(opts.datasets)
+        return list(opts.chosen_datasets)
     if data_root is None:
         return ["digits"]
     if not data_root.is_dir():
@@ -167,23 +138,11 @@ class LinearSuite(Suite):
     protocol_version = "1"
     sample_unit = "test images (one training of the classifier)"
     seed_unit = "classifier training seeds"
-    options = {
-        "datasets": "auto",  # auto: digits without --data-root, else every standard dataset found there
-        "protocol": "paper",  # paper | fast
-        "epochs": 100,  # paper protocol epochs
-        "knn": True,  # kNN (k 200, t 0.07, cosine) from the cached features
-        "knn_k": 200,
-        "fast_iters": 100,  # L-BFGS iterations of the fast protocol
-        "imagenet_classes": 1000,  # class folders expected under imagenet/train (e.g. 100 for a subset)
-        **VIEW_OPTIONS,
-    }
+    Options = LinearOptions
     default_seeds = (0,)
 
-    def parse_options(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None = None) -> LinearOptions:
-        return options if isinstance(options, LinearOptions) else LinearOptions.parse(options)
-
-    def tasks(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None) -> list[Task]:
-        opts = self.parse_options(options)
+    def tasks(self, options: LinearOptions, data_root: Path | None) -> list[Task]:
+        opts = options
         tasks = []
         for name in selected_datasets(opts, data_root):
             spec = DATASETS[name]
@@ -201,17 +160,16 @@ class LinearSuite(Suite):
             tasks.append(Task(name=f"{name}/{protocol_name}", params=params, profile="linear"))
         return tasks
 
-    def dataset_fingerprints(self, options: Mapping[str, Any], data_root: Path | None,
+    def dataset_fingerprints(self, options: LinearOptions, data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
         from bench.fingerprint import standard_dataset_fingerprint
 
         return {task.name: standard_dataset_fingerprint(task.params["dataset"], data_root) for task in tasks}
 
-    def check(self, options: Mapping[str, Any] | LinearOptions, data_root: Path | None,
-              checkpoints: Sequence[Path]) -> None:
+    def check(self, options: LinearOptions, data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from pretrain.data import DatasetError
 
-        opts = self.parse_options(options)
+        opts = options
         for task in self.tasks(opts, data_root):
             name = task.params["dataset"]
             spec = DATASETS[name]
@@ -234,7 +192,7 @@ class LinearSuite(Suite):
                       "images; kNN uses all of them", file=sys.stderr)
         self.check_checkpoints(opts, checkpoints)
 
-    def check_checkpoints(self, options: Mapping[str, Any], checkpoints: Sequence[Path]) -> None:
+    def check_checkpoints(self, options: LinearOptions, checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, checkpoint_info
 
         for path in checkpoints:
@@ -256,7 +214,7 @@ class LinearSuite(Suite):
 
         if cell.checkpoint is None:
             raise InputError("the linear suite evaluates a checkpoint; the cell has none")
-        opts = cell.settings if isinstance(cell.settings, LinearOptions) else self.parse_options(cell.options)
+        opts = cell.settings
         params = cell.task.params
         name = params["dataset"]
         encoder = load_checkpoint_for(cell.checkpoint, opts)

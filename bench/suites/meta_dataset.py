@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench.intervals import EPISODE_CONVENTION
+from bench.options import (
+    ViewOptions,
+    at_least,
+    comma_text,
+    device_spelling,
+    each_of,
+    internal,
+    one_of,
+    option,
+)
 from bench.suite import (
-    VIEW_OPTIONS,
     Cell,
     CellOutput,
     InputError,
@@ -26,10 +35,7 @@ from bench.suite import (
     Suite,
     Task,
     check_checkpoint_views,
-    check_device_option,
-    comma_list,
     load_checkpoint_for,
-    view_options,
 )
 
 MODES = ("episodic", "linear")
@@ -46,85 +52,56 @@ PROBE_DESCRIPTIONS = {
 }
 
 
+def _split(name: str) -> str:
+    name = name.strip().upper()
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"expected one of {', '.join(SPLIT_NAMES)}")
+    return name
+
+
+def _image_size(text: str) -> str:
+    text = text.strip().lower()
+    if text != "auto" and not (text.isdigit() and int(text) >= 8):
+        raise ValueError("expected auto or a size in pixels (84, 126, 224...)")
+    return text
+
+
 @dataclass(frozen=True)
-class MetaDatasetOptions:
-    records: Path | None  # None: the embedded digits source
-    sources: tuple[str, ...] | None  # None: every source found
-    split: str
-    mode: str
-    probes: tuple[str, ...]
-    distance: str
-    episodes: int
-    shots: tuple[str, ...]
-    image_size: str
-    episode_seed: int
-    batch_size: int
-    linear_epochs: int
-    linear_max_per_class: int
-    device: str
-    cmc_features: str = "concat"
-    force_rgb_input: bool = False
+class MetaDatasetOptions(ViewOptions):
+    records: str = option("", "folder of converted sources; empty: --data-root, else the embedded digits source")
+    sources: tuple[str, ...] = option(("all",), "comma list of source folder names (all: every source found)",
+                                      identity=comma_text)
+    split: str = option("TEST", "episodic mode: the split episodes are drawn from", check=_split)
+    mode: str = option("episodic", "episodic (few-shot probes) or linear (the Ring paper's per-source linear head)",
+                       check=one_of(*MODES))
+    probes: tuple[str, ...] = option(("ncc", "logreg"), "comma list of ncc, logreg, sgd", check=each_of(*PROBE_NAMES),
+                                     identity=comma_text)
+    distance: str = option("cosine", "ncc scores: cosine or euclidean", check=one_of(*DISTANCES))
+    episodes: int = option(600, "episodes per source and shots setting", check=at_least(1))
+    shots: tuple[str, ...] = option(("variable",), "comma list of variable, 5w1s, 5w5s", check=each_of(*SHOTS),
+                                    identity=comma_text)
+    image_size: str = option("auto", "auto: the checkpoint's size if 84/126/224 (or on the embedded source), else 84",
+                             check=_image_size)
+    episode_seed: int = option(0, "seeds the episodes and the linear split (shared by every checkpoint)",
+                               check=at_least(0))
+    batch_size: int = option(128, "feature extraction batch", check=at_least(1))
+    linear_epochs: int = option(100, "linear mode: training epochs", check=at_least(1))
+    linear_max_per_class: int = option(0, "linear mode: cap images per class (0 = all)", check=at_least(0))
+    device: str = option("", "empty: cuda when available", check=device_spelling)
+    records_path: Path | None = internal()  # resolved by validate: None for the embedded digits source
+
+    def validate(self, data_root: Path | None) -> MetaDatasetOptions:
+        records = Path(self.records.strip()) if self.records.strip() else data_root
+        return replace(self, records_path=None if records is None else Path(records))
 
     @property
     def embedded(self) -> bool:
-        return self.records is None
+        return self.records_path is None
 
-
-def _int(options: Mapping[str, Any], key: str, minimum: int) -> int:
-    value = options[key]
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}") from None
-    if isinstance(value, bool) or number < minimum:
-        raise InputError(f"option {key}={value!r}: expected an integer >= {minimum}")
-    return number
-
-
-def _choices(options: Mapping[str, Any], key: str, valid: Sequence[str]) -> tuple[str, ...]:
-    names = comma_list(str(options[key]))
-    bad = [n for n in names if n not in valid]
-    if bad or not names:
-        raise InputError(f"option {key}={options[key]!r}: unknown {', '.join(bad) or '(empty)'}; "
-                         f"valid: a comma list of {', '.join(valid)}")
-    return names
-
-
-def parse_options(options: Mapping[str, Any], data_root: Path | None) -> MetaDatasetOptions:
-    merged = MetaDatasetSuite.complete_options(options)
-    records_text = str(merged["records"]).strip()
-    records = Path(records_text) if records_text else data_root
-    sources_text = str(merged["sources"]).strip()
-    sources = None if sources_text in ("", "all") else comma_list(sources_text)
-    split = str(merged["split"]).strip().upper()
-    if split not in SPLIT_NAMES:
-        raise InputError(f"option split={merged['split']!r}: expected one of {', '.join(SPLIT_NAMES)}")
-    mode = str(merged["mode"]).strip()
-    if mode not in MODES:
-        raise InputError(f"option mode={mode!r}: expected one of {', '.join(MODES)}")
-    image_size = str(merged["image_size"]).strip().lower()
-    if image_size != "auto" and not (image_size.isdigit() and int(image_size) >= 8):
-        raise InputError(f"option image_size={merged['image_size']!r}: expected auto or a size in pixels (84, 126, 224...)")
-    distance = str(merged["distance"]).strip()
-    if distance not in DISTANCES:
-        raise InputError(f"option distance={distance!r}: expected one of {', '.join(DISTANCES)}")
-    return MetaDatasetOptions(
-        records=records,
-        sources=sources,
-        split=split,
-        mode=mode,
-        probes=_choices(merged, "probes", PROBE_NAMES),
-        distance=distance,
-        episodes=_int(merged, "episodes", 1),
-        shots=_choices(merged, "shots", SHOTS),
-        image_size=image_size,
-        episode_seed=_int(merged, "episode_seed", 0),
-        batch_size=_int(merged, "batch_size", 1),
-        linear_epochs=_int(merged, "linear_epochs", 1),
-        linear_max_per_class=_int(merged, "linear_max_per_class", 0),
-        device=check_device_option("meta_dataset", merged["device"]),
-        **view_options(merged),
-    )
+    @property
+    def source_names(self) -> tuple[str, ...] | None:
+        """The sources asked for; None: every source found."""
+        return None if self.sources in ((), ("all",)) else self.sources
 
 
 def records_dir(opts: MetaDatasetOptions) -> Path:
@@ -132,7 +109,7 @@ def records_dir(opts: MetaDatasetOptions) -> Path:
         from transfer.meta_dataset.embedded import embedded_records
 
         return embedded_records()
-    return opts.records
+    return opts.records_path
 
 
 def _usable(spec, opts: MetaDatasetOptions) -> str | None:
@@ -152,39 +129,39 @@ def selected_sources(opts: MetaDatasetOptions, strict: bool = True) -> tuple[lis
 
     if opts.embedded:
         names = [EMBEDDED_SOURCE]
-        if opts.sources and set(opts.sources) != {EMBEDDED_SOURCE}:
-            raise InputError(f"option sources={','.join(opts.sources)}: the embedded records hold only {EMBEDDED_SOURCE!r}; "
+        if opts.source_names and set(opts.source_names) != {EMBEDDED_SOURCE}:
+            raise InputError(f"option sources={','.join(opts.source_names)}: the embedded records hold only {EMBEDDED_SOURCE!r}; "
                              "pass records=DIR (or --data-root) for real Meta-Dataset sources")
         return names, []
     try:
-        folders = find_sources(opts.records)
+        folders = find_sources(opts.records_path)
     except SpecError as error:
         raise InputError(str(error)) from None
     found = [f.name for f in folders]
-    if opts.sources:
-        missing = [s for s in opts.sources if s not in found]
+    if opts.source_names:
+        missing = [s for s in opts.source_names if s not in found]
         if missing:
-            raise InputError(f"{opts.records}: no source folder(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
-        candidates = list(opts.sources)
+            raise InputError(f"{opts.records_path}: no source folder(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
+        candidates = list(opts.source_names)
     else:
         candidates = found
     if not candidates:
-        raise InputError(f"{opts.records}: no source folders (expected <records>/<source>/dataset_spec.json)")
+        raise InputError(f"{opts.records_path}: no source folders (expected <records>/<source>/dataset_spec.json)")
     names, notes = [], []
     for name in candidates:
         try:
-            spec = load_spec(opts.records / name)
+            spec = load_spec(opts.records_path / name)
         except SpecError as error:
             raise InputError(str(error)) from None
         reason = _usable(spec, opts)
         if reason is None:
             names.append(name)
-        elif opts.sources and strict:
-            raise InputError(f"{opts.records / name}: cannot evaluate source {name}: {reason}")
+        elif opts.source_names and strict:
+            raise InputError(f"{opts.records_path / name}: cannot evaluate source {name}: {reason}")
         else:
             notes.append(f"{name} not evaluated: {reason}")
     if not names:
-        raise InputError(f"{opts.records}: no source can be evaluated on split {opts.split}: " + "; ".join(notes))
+        raise InputError(f"{opts.records_path}: no source can be evaluated on split {opts.split}: " + "; ".join(notes))
     return names, notes
 
 
@@ -204,34 +181,14 @@ class MetaDatasetSuite(Suite):
     sample_unit = "episodes (images in mode=linear)"
     seed_unit = "evaluation seeds (same episodes)"
     sample_interval = EPISODE_CONVENTION
-    options = {
-        "records": "",  # folder of converted sources; empty: --data-root, else the embedded digits source
-        "sources": "all",  # comma list of source folder names
-        "split": "TEST",  # episodic mode: the split episodes are drawn from
-        "mode": "episodic",  # episodic (few-shot probes) or linear (the Ring paper's per-source linear head)
-        "probes": "ncc,logreg",  # comma list of ncc, logreg, sgd
-        "distance": "cosine",  # ncc scores: cosine or euclidean
-        "episodes": 600,
-        "shots": "variable",  # comma list of variable, 5w1s, 5w5s
-        "image_size": "auto",  # auto: the checkpoint's size if 84/126/224 (or on the embedded source), else 84
-        "episode_seed": 0,  # seeds the episodes and the linear split (shared by every checkpoint)
-        "batch_size": 128,  # feature extraction batch
-        "linear_epochs": 100,
-        "linear_max_per_class": 0,  # linear mode: cap images per class (0 = all)
-        "device": "",  # empty: cuda when available
-        **VIEW_OPTIONS,
-    }
+    Options = MetaDatasetOptions
 
     # the records folder enters the cell id as each source's fingerprint, not as a path (a relative
     # path would change the id with the working directory, and two folders of one name would collide)
     path_options = ("records",)
 
-    def parse_options(self, options: Mapping[str, Any] | MetaDatasetOptions,
-                      data_root: Path | None = None) -> MetaDatasetOptions:
-        return options if isinstance(options, MetaDatasetOptions) else parse_options(options, data_root)
-
-    def tasks(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None) -> list[Task]:
-        opts = self.parse_options(options, data_root)
+    def tasks(self, options: MetaDatasetOptions, data_root: Path | None) -> list[Task]:
+        opts = options
         names, _ = selected_sources(opts)
         tasks = []
         for source in names:
@@ -243,28 +200,31 @@ class MetaDatasetSuite(Suite):
                 tasks.append(Task(name, {"source": source, "mode": "episodic", "split": opts.split, "shots": shots}))
         return tasks
 
-    def dataset_fingerprints(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None,
+    def dataset_fingerprints(self, options: MetaDatasetOptions, data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
         """Each source's spec (sha256) and the (name, size) of its class files."""
         from bench.fingerprint import meta_dataset_source_fingerprint
 
-        root = records_dir(self.parse_options(options, data_root))
+        root = records_dir(options)
         return {task.name: meta_dataset_source_fingerprint(root / task.params["source"]) for task in tasks}
 
-    def check(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None,
-              checkpoints: Sequence[Path]) -> None:
+    def check(self, options: MetaDatasetOptions, data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from transfer.meta_dataset.checker import check_source
         from transfer.meta_dataset.episodes import EpisodeError, EpisodeSampler
-        from transfer.meta_dataset.records import RecordError
+        from transfer.meta_dataset.records import RecordError, require_tensorflow
         from transfer.meta_dataset.spec import SPLITS, SpecError
 
-        opts = self.parse_options(options, data_root)
-        if not opts.embedded and not opts.records.is_dir():
-            from_flag = data_root is not None and opts.records == Path(data_root)  # records= empty: --records/--data-root
-            given = f"--records {opts.records}" if from_flag else f"records={opts.records}"
+        opts = options
+        try:
+            require_tensorflow()  # before the embedded records are built: one line naming the extra
+        except RecordError as error:
+            raise InputError(str(error)) from None
+        if not opts.embedded and not opts.records_path.is_dir():
+            from_flag = data_root is not None and opts.records_path == Path(data_root)  # records= empty: --records/--data-root
+            given = f"--records {opts.records_path}" if from_flag else f"records={opts.records_path}"
             raise InputError(f"{given}: records folder does not exist (expected <records>/<source>/dataset_spec.json)")
         root = records_dir(opts)
-        names, notes = selected_sources(replace(opts, records=root))  # the built embedded records checked as a folder
+        names, notes = selected_sources(replace(opts, records_path=root))  # the built embedded records checked as a folder
         for note in notes:
             print(f"meta_dataset: {note}", file=sys.stderr)
         splits = SPLITS if opts.mode == "linear" else (opts.split,)
@@ -280,27 +240,24 @@ class MetaDatasetSuite(Suite):
                 raise InputError(f"{root / source}: {error}") from None
         self.check_checkpoints(opts, checkpoints)
 
-    def check_checkpoints(self, options: Mapping[str, Any] | MetaDatasetOptions, checkpoints: Sequence[Path]) -> None:
+    def check_checkpoints(self, options: MetaDatasetOptions, checkpoints: Sequence[Path]) -> None:
         from pretrain.checkpoint import CheckpointError, checkpoint_info
-
-        opts = self.parse_options(options)
 
         for path in checkpoints:
             try:
                 checkpoint_info(path)  # the plan's resolved info passes at once; a bare path is loaded
             except CheckpointError as error:
                 raise InputError(str(error)) from None
-            check_checkpoint_views(path, opts)
+            check_checkpoint_views(path, options)
 
-    def prepare(self, options: Mapping[str, Any] | MetaDatasetOptions, data_root: Path | None,
-                shared_dir: Path) -> None:
+    def prepare(self, options: MetaDatasetOptions, data_root: Path | None, shared_dir: Path) -> None:
         from transfer.meta_dataset.episodes import EpisodeSet, draw_episodes, linear_split
         from transfer.meta_dataset.evaluate import spec_fingerprint
         from transfer.meta_dataset.spec import load_spec
 
-        opts = self.parse_options(options, data_root)
+        opts = options
         root = records_dir(opts)
-        names, _ = selected_sources(replace(opts, records=root))
+        names, _ = selected_sources(replace(opts, records_path=root))
         for source in names:
             spec = load_spec(root / source)
             fingerprint = spec_fingerprint(spec)
@@ -325,7 +282,7 @@ class MetaDatasetSuite(Suite):
         from transfer.meta_dataset.episodes import EpisodeSet
         from transfer.meta_dataset.spec import load_spec
 
-        opts = self.settings_for(cell)
+        opts = cell.settings
         root = records_dir(opts)
         source = cell.task.params["source"]
         spec = load_spec(root / source)

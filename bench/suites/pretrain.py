@@ -15,25 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.options import SuiteOptions, option
 from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
 
 
-@dataclass(frozen=True)
-class PretrainOptions:
-    recipes: tuple[str, ...]
-    overrides: tuple[tuple[str, Any], ...]  # config overrides applied to every recipe, in the given order
+def _some_recipe(recipes: tuple[str, ...]) -> tuple[str, ...]:
+    if not recipes:
+        raise ValueError("expected at least one recipe name")
+    return recipes
 
-    @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> PretrainOptions:
-        merged = PretrainSuite.complete_options(options)
-        recipes = tuple(merged["recipes"])
-        if not recipes:
-            raise InputError("pretrain recipes=: expected at least one recipe name")
-        overrides = merged["overrides"]
-        if not isinstance(overrides, Mapping):
-            raise InputError(f"pretrain overrides={overrides!r}: expected a JSON object of config overrides, "
-                             'e.g. {"epochs": 2}')
-        return cls(recipes=recipes, overrides=tuple(overrides.items()))
+
+@dataclass(frozen=True)
+class PretrainOptions(SuiteOptions):
+    recipes: tuple[str, ...] = option(("digits_default_nce", "digits_default_ring"),
+                                      "comma list of recipes (python -m pretrain.train --list)", check=_some_recipe)
+    overrides: dict[str, Any] = option({}, 'JSON object of config overrides applied to every recipe, e.g. {"epochs": 2}')
 
     def config_overrides(self, data_root: Path | None, seed: int | None) -> dict[str, Any]:
         """The overrides of one recipe run: the option's, the data folder (unless given) and the seed."""
@@ -55,53 +51,42 @@ class PretrainSuite(Suite):
     uses_checkpoints = False
     produces_checkpoints = True
     default_seeds = (0,)
-    options = {
-        "recipes": ["digits_default_nce", "digits_default_ring"],  # see python -m pretrain.train --list
-        "overrides": {},  # JSON object of config overrides applied to every recipe, e.g. {"epochs": 2}
-    }
+    Options = PretrainOptions
 
-    def parse_options(self, options: Mapping[str, Any] | PretrainOptions,
-                      data_root: Path | None = None) -> PretrainOptions:
-        return options if isinstance(options, PretrainOptions) else PretrainOptions.parse(options)
-
-    def check(self, options: Mapping[str, Any] | PretrainOptions, data_root: Path | None,
-              checkpoints: Sequence[Path]) -> None:
+    def check(self, options: PretrainOptions, data_root: Path | None, checkpoints: Sequence[Path]) -> None:
         from pretrain.recipes import recipe_config
 
-        opts = self.parse_options(options)
-        for name in opts.recipes:
-            recipe_config(name, opts.config_overrides(data_root, seed=None))  # ConfigError names the problem
+        for name in options.recipes:
+            recipe_config(name, options.config_overrides(data_root, seed=None))  # ConfigError names the problem
 
     def produced_checkpoint(self, result: Mapping[str, Any]) -> Path | None:
         encoder = result.get("info", {}).get("encoder")
         return Path(encoder) if encoder else None
 
-    def dataset_fingerprints(self, options: Mapping[str, Any] | PretrainOptions, data_root: Path | None,
+    def dataset_fingerprints(self, options: PretrainOptions, data_root: Path | None,
                              tasks: Sequence[Task]) -> dict[str, Any]:
         """Each recipe's pretraining set (its `data.name` under its `data.root`), like linear's datasets."""
         from bench.fingerprint import standard_dataset_fingerprint
         from pretrain.recipes import recipe_config
 
-        opts = self.parse_options(options)
         fingerprints = {}
         for task in tasks:
-            data = recipe_config(task.params["recipe"], opts.config_overrides(data_root, seed=None)).data
+            data = recipe_config(task.params["recipe"], options.config_overrides(data_root, seed=None)).data
             if data.name != "digits" and not data.root:
                 raise InputError(f"pretrain recipe {task.params['recipe']} reads {data.name}: give its folder with "
                                  "--data-root (or data.root in overrides)")
             fingerprints[task.name] = standard_dataset_fingerprint(data.name, Path(data.root) if data.root else None)
         return fingerprints
 
-    def tasks(self, options: Mapping[str, Any] | PretrainOptions, data_root: Path | None) -> list[Task]:
-        opts = self.parse_options(options)
-        return [Task(name=name, params={"recipe": name, "overrides": dict(opts.overrides)}, profile="pretrain")
-                for name in opts.recipes]
+    def tasks(self, options: PretrainOptions, data_root: Path | None) -> list[Task]:
+        return [Task(name=name, params={"recipe": name, "overrides": dict(options.overrides)}, profile="pretrain")
+                for name in options.recipes]
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
         from pretrain.train import train_recipe
 
         started = time.time()
-        overrides = self.settings_for(cell).config_overrides(cell.data_root, cell.seed)
+        overrides = cell.settings.config_overrides(cell.data_root, cell.seed)
         path = train_recipe(cell.task.params["recipe"], overrides, Path(workdir) / "train", show_progress=True)
         records = []
         log = Path(workdir) / "train" / "metrics.jsonl"

@@ -11,34 +11,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Cell, CellOutput, InputError, Metric, Suite, Task
+from bench.options import SuiteOptions, at_least, option
+from bench.suite import Cell, CellOutput, Metric, Suite, Task
 
 
 @dataclass(frozen=True)
-class SelfTestOptions:
-    n_tasks: int
-    sleep_s: float
-    fail_tasks: tuple[int, ...]
-    n_samples: int
-    profile: str
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> SelfTestOptions:
-        merged = SelfTestSuite.complete_options(options)
-        if merged["n_tasks"] < 1:
-            raise InputError(f"selftest n_tasks={merged['n_tasks']}: expected at least 1")
-        if merged["sleep_s"] < 0:
-            raise InputError(f"selftest sleep_s={merged['sleep_s']}: expected a non-negative number")
-        if merged["n_samples"] < 1:
-            raise InputError(f"selftest n_samples={merged['n_samples']}: expected at least 1")
-        return cls(n_tasks=int(merged["n_tasks"]), sleep_s=float(merged["sleep_s"]),
-                   fail_tasks=tuple(int(i) for i in merged["fail_tasks"]), n_samples=int(merged["n_samples"]),
-                   profile=str(merged["profile"]))
+class SelfTestOptions(SuiteOptions):
+    n_tasks: int = option(4, "number of tasks (cells per seed)", check=at_least(1))
+    sleep_s: float = option(0.0, "wall time each cell spends, in 0.1 s steps that survive a requeue", check=at_least(0))
+    fail_tasks: tuple[int, ...] = option((-1,), "task indices that raise on purpose (-1: none)")
+    n_samples: int = option(8, "per-sample values stored for paired statistics", check=at_least(1))
+    profile: str = option("cpu", "resource profile of every cell")
 
 
 class SelfTestSuite(Suite):
@@ -47,24 +34,13 @@ class SelfTestSuite(Suite):
     uses_checkpoints = False
     reads_data_root = False
     default_seeds = (0,)
-    options = {
-        "n_tasks": 4,  # number of tasks (cells per seed)
-        "sleep_s": 0.0,  # wall time each cell spends, in 0.1 s steps that survive a requeue
-        "fail_tasks": [-1],  # task indices that raise on purpose (-1: none)
-        "n_samples": 8,  # per-sample values stored for paired statistics
-        "profile": "cpu",
-    }
+    Options = SelfTestOptions
 
-    def parse_options(self, options: Mapping[str, Any] | SelfTestOptions,
-                      data_root: Path | None = None) -> SelfTestOptions:
-        return options if isinstance(options, SelfTestOptions) else SelfTestOptions.parse(options)
-
-    def tasks(self, options: Mapping[str, Any] | SelfTestOptions, data_root: Path | None) -> list[Task]:
-        opts = self.parse_options(options)
-        return [Task(name=f"probe{i:04d}", params={"index": i}, profile=opts.profile) for i in range(opts.n_tasks)]
+    def tasks(self, options: SelfTestOptions, data_root: Path | None) -> list[Task]:
+        return [Task(name=f"probe{i:04d}", params={"index": i}, profile=options.profile) for i in range(options.n_tasks)]
 
     def run(self, cell: Cell, workdir: Path) -> CellOutput:
-        opts = self.settings_for(cell)
+        opts = cell.settings
         index = int(cell.task.params["index"])
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         info: dict[str, Any] = {"engine": "selftest", "world_size": world_size}

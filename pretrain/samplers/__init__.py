@@ -10,6 +10,8 @@ sampler").
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from pretrain.samplers.band import Ball, BallParams, BandWarning, Ring, RingParams
 from pretrain.samplers.base import NegativeSampler, NoParams
@@ -52,6 +54,23 @@ def sampler_parameters(name: str) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(sampler_class(name).Params))
 
 
+def build_sampler_from(name: str, settings: Mapping[str, Any], epochs: int = 1) -> NegativeSampler:
+    """Sampler `name` built from those of `settings` it declares (one settings table serves every sampler:
+    benchmarks run NCE and Ring from the same {"w_out": ..., "w_in": ...})."""
+    own = sampler_parameters(name)
+    return build_sampler(name, epochs=epochs, **{key: value for key, value in settings.items() if key in own})
+
+
+def baseline_twin(name: str) -> str | None:
+    """The sampler that runs of sampler `name` are paired with (same method and settings); None for a baseline."""
+    return sampler_class(name).baseline_twin
+
+
+def hard_negative_samplers() -> tuple[str, ...]:
+    """The registered samplers that have a baseline twin, in registry order."""
+    return tuple(name for name, cls in SAMPLER_CLASSES.items() if cls.hard_negative())
+
+
 def build_sampler(name: str, epochs: int = 1, **params) -> NegativeSampler:
     """A validated sampler from keyword parameters; unknown ones name the sampler's valid parameters."""
     cls = sampler_class(name)
@@ -64,7 +83,7 @@ def build_sampler(name: str, epochs: int = 1, **params) -> NegativeSampler:
 
 
 __all__ = [
-    "SAMPLERS", "SAMPLER_CLASSES", "Ball", "BallParams", "BandWarning", "DCL", "DCLParams", "HCL", "HCLParams",
+    "SAMPLERS", "SAMPLER_CLASSES", "Ball", "baseline_twin", "build_sampler_from", "hard_negative_samplers", "BallParams", "BandWarning", "DCL", "DCLParams", "HCL", "HCLParams",
     "MoCHi", "MoCHiParams", "NCE", "NegativeSampler", "NoParams", "Ring", "RingParams", "ball_mask", "build_sampler",
     "check_band", "mochi_negatives", "ring_bounds", "ring_mask", "sample_band", "sample_from_mask",
     "sampled_band_thresholds", "sampler_class", "sampler_parameters", "uniform_indices", "value_at_rank",

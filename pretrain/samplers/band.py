@@ -46,6 +46,7 @@ class Ring(NegativeSampler):
 
     name = "ring"
     Params = RingParams
+    baseline_twin = "nce"
 
     @property
     def inner_cut(self) -> float:
@@ -70,6 +71,10 @@ class Ring(NegativeSampler):
     def set_epoch(self, epoch):
         super().set_epoch(epoch)
         self.w_out = self.w_out_at(epoch)
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return self.w_out, self.inner_cut
 
     def epoch_record(self):
         return {"w_out": self.w_out}

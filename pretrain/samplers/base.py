@@ -29,7 +29,30 @@ class NegativeSampler:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     needs_queue: ClassVar[bool] = False  # draws on a queue of past keys (only methods with a queue can host it)
-    baseline: ClassVar[str | None] = "nce"  # the sampler a leaderboard pairs it with (its twin); None: a baseline
+    # The sampler a run of this one is compared against, same method and settings (the leaderboard's paired
+    # rows, e.g. Ring - NCE); None for a baseline itself.
+    baseline_twin: ClassVar[str | None] = None
+    synthesises_negatives: ClassVar[bool] = False  # adds negatives that are not pool entries (extra_negatives)
+
+    @classmethod
+    def hard_negative(cls) -> bool:
+        """Whether the sampler changes NCE's negatives or their weights (it then has a baseline twin)."""
+        return cls.baseline_twin is not None
+
+    @property
+    def band(self) -> tuple[float, float] | None:
+        """(w_out, w_in) of the similarity-rank band the negatives are drawn from at this epoch; None: the whole pool."""
+        return None
+
+    @property
+    def tilt(self) -> float | None:
+        """beta when negatives are reweighted by exp(beta * score) (hardness concentration); None: equal weights."""
+        return None
+
+    @property
+    def class_prior(self) -> float | None:
+        """tau+ when the loss corrects for negatives of the anchor's class (debiasing); None: no correction."""
+        return None
 
     def __init__(self, params: Any = None, epochs: int = 1):
         """`epochs`: the run's length, for samplers whose schedule is a fraction of it."""

@@ -28,6 +28,11 @@ def _check_tau_plus(tau_plus: float) -> None:
 class DCL(NegativeSampler):
     name = "dcl"
     Params = DCLParams
+    baseline_twin = "nce"
+
+    @property
+    def class_prior(self) -> float:
+        return self.params.tau_plus
 
     def validate(self):
         _check_tau_plus(self.params.tau_plus)
@@ -39,6 +44,15 @@ class DCL(NegativeSampler):
 class HCL(NegativeSampler):
     name = "hcl"
     Params = HCLParams
+    baseline_twin = "nce"
+
+    @property
+    def class_prior(self) -> float:
+        return self.params.tau_plus
+
+    @property
+    def tilt(self) -> float:
+        return self.params.beta
 
     def validate(self):
         _check_tau_plus(self.params.tau_plus)

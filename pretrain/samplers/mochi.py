@@ -19,6 +19,8 @@ class MoCHi(NegativeSampler):
     name = "mochi"
     Params = MoCHiParams
     needs_queue = True
+    baseline_twin = "nce"
+    synthesises_negatives = True
 
     def validate(self):
         for key in ("hardest", "mixed", "query_mixed"):

@@ -17,6 +17,9 @@ import math
 import torch
 from torch.nn import functional as F
 
+from pretrain.bands import check_band as check_band  # the band rule, torch-free; re-exported here
+from pretrain.bands import ring_bounds as ring_bounds
+
 
 def _generator_device(generator: torch.Generator | None, device) -> torch.device:
     """Where to draw: on the generator's own device (the training loop keeps one CPU generator so its
@@ -30,28 +33,6 @@ def _randint(high: int, shape: tuple, generator: torch.Generator | None, device)
 
 def _rand(shape: tuple, generator: torch.Generator | None, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=_generator_device(generator, device)).to(device)
-
-
-def check_band(w_out: float, w_in: float = 0.0) -> None:
-    """Raise ValueError unless 0 <= w_in < 1 and 0 < w_out <= 1 (so the band's lower end < upper end)."""
-    for name, value in (("w_out", w_out), ("w_in", w_in)):
-        if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    if w_out <= 0.0 or w_in >= 1.0:
-        raise ValueError(
-            f"ring band is empty: lower percentile w_in*w_out = {w_in * w_out:g} must be below "
-            f"upper percentile w_out = {w_out:g} (need w_out > 0 and w_in < 1)"
-        )
-
-
-def ring_bounds(pool_size: int, w_out: float, w_in: float = 0.0) -> tuple[int, int]:
-    """(lower, upper) rank bounds of the ring for a pool of `pool_size` candidates: ranks [lower, upper)."""
-    check_band(w_out, w_in)
-    upper = math.floor(w_out * pool_size)
-    lower = math.floor(w_in * upper)
-    return lower, upper
 
 
 def value_at_rank(similarity: torch.Tensor, rank: int) -> torch.Tensor:

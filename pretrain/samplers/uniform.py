@@ -9,4 +9,3 @@ class NCE(NegativeSampler):
     """The standard noise-contrastive negatives; everything is the base behaviour."""
 
     name = "nce"
-    baseline = None  # the others are compared against it

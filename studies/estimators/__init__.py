@@ -6,24 +6,16 @@ and helpers that planning needs without torch, shared by the study and its suite
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 CRITICS = ("optimal", "learned-nce", "learned-ring")
-NOT_MI_ESTIMATORS = {
-    "dcl": "tau+ > 0 removes assumed same-class mass from the partition: not a bound on I(X;Y) for "
+NOT_MI_ESTIMATORS = {  # why a sampler's value bounds nothing here, by what the sampler does
+    "debiasing only": "tau+ > 0 removes assumed same-class mass from the partition: not a bound on I(X;Y) for "
     "class-free Gaussian pairs; tau+ = 0 is nce itself",
-    "mochi": "synthetic mixed negatives are not draws from p(y) restricted to a set and change the "
+    "synthetic negatives": "synthetic mixed negatives are not draws from p(y) restricted to a set and change the "
     "partition size, so the value bounds nothing",
 }
-
-
-def band_bounds(pool: int, w_out: float, w_in: float) -> tuple[int, int]:
-    """Ranks [lower, upper) of the ring in a pool: pretrain.samplers.ring_bounds without its torch import
-    (a test keeps the two equal)."""
-    upper = math.floor(w_out * pool)
-    return math.floor(w_in * upper), upper
 
 
 def task_name(critic: str, mi: float, k: int) -> str:
@@ -52,8 +44,12 @@ def estimates_frame(ranked: Any):
                      "mean": float(row["mean"]), "bias": float(row["mean"]) - true_mi, "std": float(row["std"]),
                      "n": int(row["n"]), "ci95": float(row["ci95"])})
     frame = pd.DataFrame(rows, columns=["critic", "K", "true_mi", "estimator", "mean", "bias", "std", "n", "ci95"])
-    family = {"nce": 0, "ring": 1, "ball": 2, "hcl": 3}
-    order = sorted(set(frame["estimator"]), key=lambda name: (family.get(name.partition("[")[0], 9), name))
+    from pretrain.samplers import (
+        SAMPLERS,  # registry order: the baseline first, then each hard-negative sampler
+    )
+
+    family = {name: index for index, name in enumerate(SAMPLERS)}
+    order = sorted(set(frame["estimator"]), key=lambda name: (family.get(name.partition("[")[0], len(family)), name))
     frame["estimator"] = pd.Categorical(frame["estimator"], categories=order, ordered=True)
     frame = frame.sort_values(["critic", "K", "true_mi", "estimator"], ignore_index=True)
     frame["estimator"] = frame["estimator"].astype(str)

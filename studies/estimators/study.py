@@ -78,7 +78,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.samplers import check_band, ring_bounds, ring_mask, sample_from_mask
+from pretrain.samplers import (
+    SAMPLER_CLASSES,
+    SAMPLERS,
+    NegativeSampler,
+    build_sampler,
+    ring_bounds,
+    ring_mask,
+    sample_from_mask,
+    sampler_parameters,
+)
 from studies.estimators import CRITICS, NOT_MI_ESTIMATORS, task_name
 
 # --------------------------------------------------------------------------- the Gaussian pair
@@ -167,43 +176,64 @@ class SeparableCritic(nn.Module):
 # --------------------------------------------------------------------------- estimators
 
 
-@dataclass(frozen=True)
+# The study is class-free and fixes the band: the samplers' false-negative prior is 0 and their schedule constant.
+STUDY_FIXED = {"tau_plus": 0.0, "anneal": "constant"}
+SCHEDULE_PARAMS = {"anneal", "anneal_epochs", "anneal_steps"}
+
+
 class EstimatorSpec:
-    """One estimator: `kind` in nce / ring / ball / hcl and its parameters."""
+    """One estimator: a registered negative sampler (`pretrain.samplers`) with its parameters, e.g.
+    `EstimatorSpec("ring", w_out=0.1, w_in=0.1)`. The sampler object says which estimate applies (its `band`,
+    its `tilt`); the study never asks its name."""
 
-    kind: str
-    w_out: float = 1.0
-    w_in: float = 0.0
-    beta: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("nce", "ring", "ball", "hcl"):
-            reason = NOT_MI_ESTIMATORS.get(self.kind)
-            if reason:
-                raise ValueError(f"{self.kind!r} gives no meaningful MI estimate: {reason}")
-            raise ValueError(f"unknown estimator {self.kind!r}; valid: nce, ring, ball, hcl")
-        if self.kind == "ring":
-            check_band(self.w_out, self.w_in)
-        if self.kind == "ball":
-            check_band(self.w_out, 0.0)
+    def __init__(self, sampler: str, **params: Any):
+        own = sampler_parameters(sampler)  # an unknown name lists the registered samplers
+        built = build_sampler(sampler, **{key: value for key, value in STUDY_FIXED.items() if key in own} | params)
+        reason = not_an_estimator(built)
+        if reason:
+            raise ValueError(f"{sampler!r} gives no meaningful MI estimate: {reason}")
+        self.sampler = built
+        self.sampler_name = sampler
+        self.values = tuple(float(getattr(built.params, key)) for key in label_parameters(sampler))
 
     @property
     def name(self) -> str:
-        if self.kind == "ring":
-            return f"ring[{self.w_out:g},{self.w_in:g}]"
-        if self.kind == "ball":
-            return f"ball[{self.w_out:g}]"
-        if self.kind == "hcl":
-            return f"hcl[{self.beta:g}]"
-        return "nce"
+        """"nce", "ring[0.1,0.1]", "ball[0.1]", "hcl[1]": the sampler and the parameters the study varies."""
+        return f"{self.sampler_name}[{','.join(f'{v:g}' for v in self.values)}]" if self.values else self.sampler_name
+
+    @property
+    def band(self) -> tuple[float, float] | None:
+        return self.sampler.band
 
     @property
     def is_banded(self) -> bool:
-        return self.kind in ("ring", "ball")
+        return self.band is not None
 
-    @property
-    def band(self) -> tuple[float, float]:
-        return (self.w_out, self.w_in if self.kind == "ring" else 0.0)
+    def with_params(self, **changes: Any) -> EstimatorSpec:
+        return EstimatorSpec(self.sampler_name, **dict(zip(label_parameters(self.sampler_name), self.values)) | changes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EstimatorSpec) and (self.sampler_name, self.values) == (other.sampler_name, other.values)
+
+    def __hash__(self) -> int:
+        return hash((self.sampler_name, self.values))
+
+    def __repr__(self) -> str:
+        return f"EstimatorSpec({self.name})"
+
+
+def label_parameters(sampler: str) -> tuple[str, ...]:
+    """The parameters of `sampler` that an estimator's name carries: all but those the study fixes."""
+    return tuple(key for key in sampler_parameters(sampler) if key not in STUDY_FIXED and key not in SCHEDULE_PARAMS)
+
+
+def not_an_estimator(sampler: NegativeSampler) -> str | None:
+    """Why this sampler's value bounds nothing here, or None (see the module docstring)."""
+    if sampler.synthesises_negatives:
+        return NOT_MI_ESTIMATORS["synthetic negatives"]
+    if sampler.class_prior is not None and sampler.tilt is None and sampler.band is None:
+        return NOT_MI_ESTIMATORS["debiasing only"]
+    return None
 
 
 def parse_estimator(name: str) -> EstimatorSpec:
@@ -218,16 +248,10 @@ def parse_estimator(name: str) -> EstimatorSpec:
             values = [float(v) for v in rest[:-1].split(",")]
         except ValueError:
             raise ValueError(f"estimator {name!r}: band values must be numbers") from None
-    expected = {"nce": 0, "ring": 2, "ball": 1, "hcl": 1}
-    if kind in expected and len(values) != expected[kind]:
-        raise ValueError(f"estimator {name!r}: {kind} takes {expected[kind]} value(s), got {len(values)}")
-    if kind == "ring":
-        return EstimatorSpec("ring", w_out=values[0], w_in=values[1])
-    if kind == "ball":
-        return EstimatorSpec("ball", w_out=values[0])
-    if kind == "hcl":
-        return EstimatorSpec("hcl", beta=values[0])
-    return EstimatorSpec(kind)
+    keys = label_parameters(kind)
+    if len(values) != len(keys):
+        raise ValueError(f"estimator {name!r}: {kind} takes {len(keys)} value(s), got {len(values)}")
+    return EstimatorSpec(kind, **dict(zip(keys, values)))
 
 
 def contrastive_estimate(positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -285,10 +309,10 @@ def estimate_batch(
     out: dict[str, torch.Tensor] = {}
     condition: dict[str, torch.Tensor] = {}
     for spec in estimators:
-        if spec.kind == "nce":
+        if spec.band is None and spec.sampler.tilt is None:
             out[spec.name] = contrastive_estimate(positive, uniform_negatives)
-        elif spec.kind == "hcl":
-            out[spec.name] = tilted_estimate(positive, uniform_negatives, spec.beta)
+        elif spec.band is None:
+            out[spec.name] = tilted_estimate(positive, uniform_negatives, spec.sampler.tilt)
         else:
             w_out, w_in = spec.band
             mask = ring_mask(scores, w_out, w_in)
@@ -365,8 +389,8 @@ def train_critic(
 
     Returns the critic and its training estimate per step (the negated loss).
     """
-    if objective.kind not in ("nce", "ring", "ball"):
-        raise ValueError(f"a critic is trained with nce, ring or ball, not {objective.kind!r}")
+    if objective.sampler.tilt is not None:
+        raise ValueError(f"a critic is trained with uniform or banded negatives, not the reweighted {objective.name}")
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     critic = SeparableCritic(pair.dim, hidden=hidden, embedding=embedding)
     optimizer = torch.optim.Adam(critic.parameters(), lr=lr)
@@ -383,8 +407,8 @@ def train_critic(
         if objective.is_banded and anneal_fraction > 0:
             # the paper's annealing: the outer cut shrinks linearly from 1.0 to its target
             progress_fraction = min(1.0, step / max(1.0, anneal_fraction * steps))
-            w_out = 1.0 - (1.0 - objective.w_out) * progress_fraction
-            current = EstimatorSpec(objective.kind, w_out=w_out, w_in=objective.w_in)
+            w_out = 1.0 - (1.0 - objective.band[0]) * progress_fraction
+            current = objective.with_params(w_out=w_out)
         estimates, _ = estimate_batch(critic, x, y, pool, k, [current], generator)
         loss = -estimates[current.name].mean()
         optimizer.zero_grad()
@@ -442,6 +466,7 @@ class SettingResult:
 def default_estimators(bands: Sequence[tuple[float, float]], balls: Sequence[float], betas: Sequence[float]) -> list[
     EstimatorSpec
 ]:
+    """NCE, the rings (w_out, w_in), the balls (w_out) and HCL (beta): the suite's sweep."""
     specs = [EstimatorSpec("nce")]
     specs += [EstimatorSpec("ring", w_out=w_out, w_in=w_in) for w_out, w_in in bands]
     specs += [EstimatorSpec("ball", w_out=w_out) for w_out in balls]
@@ -474,9 +499,9 @@ def run_setting(
     if setting.critic == "optimal":
         critic = OptimalCritic(pair)
     else:
-        objective = EstimatorSpec("nce") if setting.critic == "learned-nce" else EstimatorSpec(
-            "ring", w_out=train_band[0], w_in=train_band[1]
-        )
+        sampler = setting.critic.removeprefix("learned-")  # learned-nce, learned-ring: the training objective
+        band = {"w_out": train_band[0], "w_in": train_band[1]}
+        objective = EstimatorSpec(sampler, **{key: value for key, value in band.items() if key in sampler_parameters(sampler)})
         critic, history = train_critic(
             pair, objective, setting.k, train_steps, batch_size, train_pool_size, generator, progress=progress
         )
@@ -560,18 +585,22 @@ def plot_estimates(frame, path: Path, title: str | None = None) -> Path:
     return path
 
 
+# one colour map per sampler, in registry order (the baseline is drawn black)
+FAMILY_COLOURS = dict(zip(SAMPLERS, ("Greys", "Reds", "Blues", "Purples", "Greens", "Oranges")))
+
+
 def _estimator_colours(names: Sequence[str]) -> dict[str, Any]:
     import matplotlib
 
-    families = {"nce": "Greys", "ring": "Reds", "ball": "Blues", "hcl": "Greens"}
     by_family: dict[str, list[str]] = {}
     for name in names:
         by_family.setdefault(name.partition("[")[0], []).append(name)
     colours = {}
     for family, members in by_family.items():
-        cmap = matplotlib.colormaps[families.get(family, "Purples")]
+        baseline = family in SAMPLER_CLASSES and not SAMPLER_CLASSES[family].hard_negative()
+        cmap = matplotlib.colormaps[FAMILY_COLOURS.get(family, "Purples")]
         for i, name in enumerate(members):
-            colours[name] = "black" if family == "nce" else cmap(0.9 - 0.5 * i / max(len(members) - 1, 1))
+            colours[name] = "black" if baseline else cmap(0.9 - 0.5 * i / max(len(members) - 1, 1))
     return colours
 
 

@@ -58,7 +58,7 @@ def test_then_passes_options_to_its_suite(tmp_path, bench_env):
 
 def test_then_options_are_checked_before_anything_runs(tmp_path, bench_env):
     out = run_bench(["--suite", "pretrain", "--then", "knn", "k=5", "--results", str(tmp_path)], bench_env)
-    assert out.returncode == 2 and "unknown option 'k' for suite knn" in out.stderr
+    assert out.returncode == 2 and "unknown knn option 'k' (did you mean ks?)" in out.stderr
     assert not (tmp_path / "pretrain").exists()
     out = run_bench(["--suite", "pretrain", "--then", "knn, linear", "--dry-run", "--results", str(tmp_path)],
                     bench_env)

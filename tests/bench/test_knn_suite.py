@@ -66,18 +66,19 @@ def test_knn_suite_feeds_a_cmc_encoder_the_views_it_was_trained_on(tmp_path, mon
     path = write_cmc_encoder(tmp_path / "cmc.pt")
     old = write_old_cmc_encoder(tmp_path / "old.pt")
     with pytest.raises(InputError, match="old.pt: a CMC encoder file without metadata"):
-        suite.check(dict(suite.options), None, [old])
-    suite.check(dict(suite.options) | {"cmc_features": "l", "force_rgb_input": "true"}, None, [old])
-    with pytest.raises(InputError, match="cmc_features='lab': expected one of l, ab, concat"):
-        suite.check(dict(suite.options) | {"cmc_features": "lab"}, None, [path])
+        suite.check(suite.parse_options({}), None, [old])
+    suite.check(suite.parse_options({"cmc_features": "l", "force_rgb_input": "true"}), None, [old])
+    with pytest.raises(InputError, match="knn option cmc_features='lab': expected one of l, ab, concat"):
+        suite.parse_options({"cmc_features": "lab"})
 
     test = open_dataset("digits", split="test", image_size=8)
     transform = eval_transform(8, MEAN, STD)
     images = torch.stack([transform(test.image(i)) for i in range(len(test))])
     for which, force in (("concat", False), ("l", True)):
         options = dict(suite.options) | {"ks": [5], "cmc_features": which, "force_rgb_input": force}
+        settings = suite.parse_options(options)
         shared = tmp_path / f"shared-{which}-{force}"
-        cell = Cell("knn", suite.tasks(options, None)[0], path, 0, options, None, shared)
+        cell = Cell("knn", suite.tasks(settings, None)[0], path, 0, options, None, shared, settings)
         output = suite.run(cell, tmp_path)
         expected = expected_features(images, which, rgb=force)
         assert torch.allclose(torch.from_numpy(_cached_test_features(shared)), expected, atol=1e-4), (which, force)

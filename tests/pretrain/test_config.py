@@ -23,9 +23,9 @@ def test_dotted_overrides_reach_their_section_typed():
 
 def test_flat_keys_are_aliases_with_a_one_line_notice(capsys):
     config_module._noticed.clear()
-    flat = recipe_config("digits_ir_ring", ["w_out=0.3", "epochs=3", "dataset=digits", "mochi_hardest=7"])
+    flat = recipe_config("digits_ir_ring", ["w_out=0.3", "epochs=3", "dataset=digits", "anneal=constant"])
     dotted = recipe_config("digits_ir_ring", ["sampler.w_out=0.3", "optim.epochs=3", "data.name=digits",
-                                              "sampler.hardest=7"])
+                                              "sampler.anneal=constant"])
     assert flat == dotted
     notices = capsys.readouterr().err.splitlines()
     assert "notice: config key 'w_out' is now 'sampler.w_out'" in notices and len(notices) == 4
@@ -71,3 +71,24 @@ def test_show_config_prints_yaml(capsys):
     assert main(["--recipe", "digits_ir_ring", "sampler.w_in=0.2", "--show-config"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["sampler"]["w_in"] == 0.2 and shown["method"]["name"] == "ir" and shown["optim"]["epochs"] == 8
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["sampler.name=nce", "sampler.w_out=0.2"], "sampler 'nce' has no parameter w_out; its parameters: none"),
+    (["sampler.name=ring", "sampler.hardest=512"],
+     "sampler 'ring' has no parameter hardest; its parameters: w_out, w_in, anneal, anneal_epochs, anneal_steps"),
+    (["method.name=moco", "sampler.name=nce", "sampler.tau_plus=0.2"], "sampler 'nce' has no parameter tau_plus"),
+    (["sampler.name=ball", "w_in=0.2"], "sampler 'ball' has no parameter w_in; its parameters: w_out, anneal"),
+    (["sampler.name=dcl", "sampler.beta=2"], "sampler 'dcl' has no parameter beta; its parameters: tau_plus"),
+])
+def test_a_parameter_the_chosen_sampler_lacks_is_refused(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        recipe_config("digits_default_nce", overrides)
+    assert str(error.value).startswith(message)
+
+
+def test_the_chosen_samplers_own_parameters_are_accepted_and_stored_configs_read_back():
+    assert recipe_config("digits_default_nce", ["sampler.name=hcl", "sampler.beta=2", "sampler.tau_plus=0.05"]).sampler.beta == 2.0
+    assert recipe_config("digits_default_nce", ["method.name=moco", "sampler.name=mochi", "mochi_hardest=64"]).sampler.hardest == 64
+    stored = recipe_config("digits_default_ring").to_dict()  # holds every sampler's parameters
+    assert TrainConfig.from_dict(stored | {"sampler": stored["sampler"] | {"name": "nce"}}).sampler.name == "nce"

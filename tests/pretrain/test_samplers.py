@@ -128,3 +128,28 @@ def test_sampled_thresholds_are_close_to_the_exact_band():
     ranks = torch.gather(exact_ranks(similarity), 1, draws)
     slack = 0.01 * 40000  # about 4 standard errors of a 4,096-column quantile
     assert int(ranks.min()) >= lower - slack and int(ranks.max()) < upper + slack
+
+
+def test_samplers_describe_themselves_for_pairing_and_studies():
+    from pretrain.samplers import (
+        SAMPLER_CLASSES,
+        baseline_twin,
+        build_sampler,
+        build_sampler_from,
+        hard_negative_samplers,
+    )
+
+    assert hard_negative_samplers() == ("ring", "ball", "dcl", "hcl", "mochi")
+    assert all(baseline_twin(name) == "nce" for name in hard_negative_samplers()) and baseline_twin("nce") is None
+    assert all(SAMPLER_CLASSES[baseline_twin(name)].baseline_twin is None for name in hard_negative_samplers())
+    assert build_sampler("ring", w_out=0.2, w_in=0.5, anneal="constant").band == (0.2, 0.5)
+    assert build_sampler("ball", w_out=0.3, anneal="constant").band == (0.3, 0.0)
+    annealed = build_sampler("ring", epochs=10, w_out=0.1, anneal="linear")
+    assert annealed.band == (1.0, 0.1)  # the band of the current epoch: annealing starts from the whole pool
+    assert build_sampler("nce").band is None and build_sampler("dcl").band is None
+    assert build_sampler("hcl", beta=2.0).tilt == 2.0 and build_sampler("ring").tilt is None
+    assert build_sampler("dcl", tau_plus=0.2).class_prior == 0.2 and build_sampler("nce").class_prior is None
+    assert [name for name, cls in SAMPLER_CLASSES.items() if cls.synthesises_negatives] == ["mochi"]
+    table = {"w_out": 0.2, "w_in": 0.3, "anneal": "constant"}
+    assert build_sampler_from("nce", table).params == build_sampler("nce").params
+    assert build_sampler_from("ball", table).band == (0.2, 0.0)

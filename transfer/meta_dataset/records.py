@@ -24,10 +24,32 @@ class RecordError(ValueError):
     """A class file or record that cannot be used; the message names the file and record number."""
 
 
+class TensorFlowMissing(RecordError):
+    """TensorFlow, an optional extra, is not installed."""
+
+
+MISSING_TENSORFLOW = ("Meta-Dataset records (the embedded digits source too) are read and written with TensorFlow, "
+                      "which is not installed here: pip install 'ringbench[meta-dataset]'")
+
+
+def require_tensorflow() -> None:
+    """Raise TensorFlowMissing, in one line naming the extra to install, unless TensorFlow is importable
+    (found without importing it)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise TensorFlowMissing(MISSING_TENSORFLOW)
+
+
 @cache
 def tf():
     """Import TensorFlow once, quietly, CPU only (the GPUs stay free for the PyTorch encoder)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    require_tensorflow()
     import tensorflow
 
     try:

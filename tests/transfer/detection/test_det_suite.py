@@ -14,8 +14,9 @@ from ringbench_testing.detection import make_encoder
 from transfer.detection.engines import detectron2_available
 
 
-def options(**overrides):
-    return dict(CocoDetSuite.options) | overrides
+def options(data_root=None, **overrides):
+    """The suite's typed options with `overrides`, parsed (and checked) for `data_root` as the plan does."""
+    return CocoDetSuite().parse_options(dict(CocoDetSuite.options) | overrides, data_root)
 
 
 def test_embedded_tasks_use_torchvision():
@@ -41,17 +42,17 @@ def test_embedded_default_runs_three_fine_tuning_seeds(tmp_path, small_coco, enc
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"tasks": "mask_rcnn,panoptic"}, r"unknown panoptic; valid: mask_rcnn, keypoint_rcnn"),
+        ({"tasks": "mask_rcnn,panoptic"}, r"unknown panoptic; valid: a comma list of mask_rcnn, keypoint_rcnn"),
         ({"engine": "mmdet"}, r"engine='mmdet': expected one of auto, detectron2, torchvision"),
         ({"recipe": "c5"}, r"recipe='c5'"),
-        ({"schedule_scale": -1.0}, r"schedule_scale=-1.0: expected a number > 0"),
+        ({"schedule_scale": -1.0}, r"schedule_scale='-1.0': expected a number > 0"),
         ({"recipe": "c4", "engine": "torchvision"}, r"recipe=c4 .* runs on Detectron2 only"),
-        ({"max_iter": -1}, r"must be >= 0"),
+        ({"max_iter": -1}, r"max_iter='-1': expected an integer >= 0"),
     ],
 )
 def test_bad_options_are_refused(overrides, message):
     with pytest.raises(InputError, match=message):
-        CocoDetSuite().tasks(options(**overrides), None)
+        options(**overrides)
 
 
 @pytest.mark.parametrize(
@@ -67,18 +68,19 @@ def test_bad_options_are_refused(overrides, message):
 )
 def test_bad_detectron2_opts_are_refused(text, message):
     with pytest.raises(InputError, match=message):
-        CocoDetSuite().parse_options(options(detectron2_opts=text))
+        options(detectron2_opts=text)
 
 
 def test_detectron2_opts_keep_their_yaml_types_and_need_the_detectron2_engine():
-    parsed = CocoDetSuite().parse_options(options(
-        detectron2_opts="MODEL.RPN.SMOOTH_L1_BETA 0.111 MODEL.ROI_BOX_HEAD.POOLER_TYPE ROIAlign "
-                        "MODEL.ANCHOR_GENERATOR.SIZES '[[32], [64]]' TEST.PRECISE_BN.ENABLED false"))
-    assert parsed.detectron2_opts == (("MODEL.RPN.SMOOTH_L1_BETA", 0.111), ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlign"),
+    from bench.suites.coco_det import parse_detectron2_opts
+
+    parsed = parse_detectron2_opts("MODEL.RPN.SMOOTH_L1_BETA 0.111 MODEL.ROI_BOX_HEAD.POOLER_TYPE ROIAlign "
+                                   "MODEL.ANCHOR_GENERATOR.SIZES '[[32], [64]]' TEST.PRECISE_BN.ENABLED false")
+    assert parsed == (("MODEL.RPN.SMOOTH_L1_BETA", 0.111), ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlign"),
                                       ("MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64]]), ("TEST.PRECISE_BN.ENABLED", False))
-    assert CocoDetSuite().parse_options(options()).detectron2_opts == ()
+    assert options().detectron2_pairs == ()
     with pytest.raises(InputError, match=r"detectron2_opts configure Detectron2, but the engine is torchvision"):
-        CocoDetSuite().tasks(options(engine="torchvision", detectron2_opts="MODEL.RPN.SMOOTH_L1_BETA 0.1"), None)
+        options(engine="torchvision", detectron2_opts="MODEL.RPN.SMOOTH_L1_BETA 0.1")
 
 
 def test_the_added_detectron2_opts_option_keeps_earlier_cell_ids(tmp_path, encoder_r18):
@@ -108,9 +110,9 @@ def test_the_added_detectron2_opts_option_keeps_earlier_cell_ids(tmp_path, encod
 def test_c4_defaults_to_mocos_2x_schedule():
     from bench.suites.coco_det import CocoDetOptions
 
-    assert CocoDetOptions.parse(options(recipe="c4")).schedule_scale == 2.0  # MoCo's coco_R_50_C4_2x
-    assert CocoDetOptions.parse(options()).schedule_scale == 1.0  # FPN: Detectron2's 1x
-    assert CocoDetOptions.parse(options(recipe="c4", schedule_scale=1.0)).schedule_scale == 1.0  # asked for: kept
+    assert CocoDetOptions(recipe="c4").scale == 2.0  # MoCo's coco_R_50_C4_2x
+    assert CocoDetOptions().scale == 1.0  # FPN: Detectron2's 1x
+    assert CocoDetOptions(recipe="c4", schedule_scale=1.0).scale == 1.0  # asked for: kept
 
 
 @pytest.mark.parametrize("max_iter", [2, 6, 7])
@@ -134,7 +136,7 @@ def test_detectron2_asked_for_but_absent_says_how_to_install():
 
 def test_check_refuses_bad_checkpoints_and_data(tmp_path, encoder_r18, encoder_cifar, small_coco):
     suite = CocoDetSuite()
-    suite.check(options(), small_coco, [encoder_r18])  # the small embedded set under --data-root is valid
+    suite.check(options(small_coco), small_coco, [encoder_r18])  # the small embedded set under --data-root is valid
     with pytest.raises(InputError, match=r"cifar stem .* needs the ImageNet stem"):
         suite.check(options(), None, [encoder_cifar])
     broken = tmp_path / "broken.pt"
@@ -142,7 +144,7 @@ def test_check_refuses_bad_checkpoints_and_data(tmp_path, encoder_r18, encoder_c
     with pytest.raises(InputError, match=r"checkpoint refused: .*broken.pt"):
         suite.check(options(), None, [broken])
     with pytest.raises(InputError, match=r"missing COCO 2017 files"):
-        suite.check(options(), tmp_path, [encoder_r18])
+        suite.check(options(tmp_path), tmp_path, [encoder_r18])
 
 
 def test_random_control_encoder(tmp_path, monkeypatch, encoder_r18):
@@ -246,7 +248,7 @@ def test_planning_resolves_each_checkpoint_once_and_parses_options_once(tmp_path
     real_load, real_parse = checkpoint.load_encoder, coco_det.CocoDetOptions.parse.__func__
     monkeypatch.setattr(checkpoint, "load_encoder", lambda path, *a, **k: loads.append(str(path)) or real_load(path, *a, **k))
     monkeypatch.setattr(coco_det.CocoDetOptions, "parse",
-                        classmethod(lambda cls, options: parses.append(1) or real_parse(cls, options)))
+                        classmethod(lambda cls, options, data_root=None: parses.append(1) or real_parse(cls, options, data_root)))
     plan = build_plan("coco_det", CocoDetSuite(), results_root=tmp_path / "results", checkpoint_specs=[str(f) for f in files],
                       option_pairs=["tasks=mask_rcnn"], seeds=[0])
     assert sorted(loads) == sorted(str(f.resolve()) for f in files) and len(parses) == 1
@@ -276,13 +278,14 @@ def test_coco_det_fine_tunes_the_cmc_l_encoder_on_its_view(tmp_path, small_coco,
     path = write_cmc_encoder(tmp_path / "cmc.pt")
     old = write_old_cmc_encoder(tmp_path / "old.pt")
     with pytest.raises(InputError, match="old.pt: a CMC encoder file without metadata"):
-        suite.check(options(tasks="mask_rcnn"), small_coco, [old])
-    suite.check(options(tasks="mask_rcnn", force_rgb_input=True), small_coco, [old])
+        suite.check(options(small_coco, tasks="mask_rcnn"), small_coco, [old])
+    suite.check(options(small_coco, tasks="mask_rcnn", force_rgb_input=True), small_coco, [old])
     lightness, _ = cmc_backbones()
-    for checkpoint, opts, view in ((path, options(tasks="mask_rcnn"), "lightness"),
-                                   (old, options(tasks="mask_rcnn", force_rgb_input=True), "rgb")):
+    for checkpoint, opts, view in ((path, options(small_coco, tasks="mask_rcnn"), "lightness"),
+                                   (old, options(small_coco, tasks="mask_rcnn", force_rgb_input=True), "rgb")):
         [task] = suite.tasks(opts, small_coco)
-        output = suite.run(Cell("coco_det", task, checkpoint, 0, opts, small_coco, tmp_path / "shared"), tmp_path / "cell")
+        cell = Cell("coco_det", task, checkpoint, 0, {}, small_coco, tmp_path / "shared", opts)
+        output = suite.run(cell, tmp_path / "cell")
         assert seen["job"].input_view == view
         assert output.info["input_view"] == view and output.info["cmc_features"] == "l"
         assert all(torch.equal(seen["state_dict"][k], v) for k, v in lightness.state_dict().items())
@@ -296,6 +299,6 @@ def test_detectron2_opts_keys_are_checked_against_detectron2s_config_before_any_
     assert unknown_config_keys(["MODEL.RPN.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.RPN.NOPE",
                                 "MODEL.RPN.SMOOTH_L1_BETA.DEEPER"]) == ["MODEL.RPN.NOPE", "MODEL.RPN.SMOOTH_L1_BETA.DEEPER"]
     with pytest.raises(InputError, match=r"detectron2_opts key\(s\) MODEL.NOPE are not in Detectron2's config"):
-        CocoDetSuite().tasks(options(engine="detectron2", detectron2_opts="MODEL.NOPE 1"), None)
+        options(engine="detectron2", detectron2_opts="MODEL.NOPE 1")
     tasks = CocoDetSuite().tasks(options(engine="detectron2", detectron2_opts="MODEL.RPN.SMOOTH_L1_BETA 0.111"), None)
     assert {t.params["engine"] for t in tasks} == {"detectron2"}

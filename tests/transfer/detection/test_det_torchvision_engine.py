@@ -165,5 +165,6 @@ def test_torchvision_cells_name_their_head_init():
     """The init changed the engine's numbers: its cells carry it, so results from before are not reused."""
     from bench.suites.coco_det import CocoDetSuite
 
-    tasks = CocoDetSuite().tasks(dict(CocoDetSuite.options) | {"engine": "torchvision"}, None)
+    suite = CocoDetSuite()
+    tasks = suite.tasks(suite.parse_options({"engine": "torchvision"}), None)
     assert {t.params.get("head_init") for t in tasks} == {"detectron2"}

@@ -19,8 +19,13 @@ def data_root(tmp_path_factory):
     return root
 
 
+def typed(options, data_root=None):
+    """The suite's typed options, parsed as the plan parses them."""
+    return LinearSuite().parse_options(options, data_root)
+
+
 def task_names(options, data_root):
-    return [task.name for task in LinearSuite().tasks(options, data_root)]
+    return [task.name for task in LinearSuite().tasks(typed(options), data_root)]
 
 
 def test_task_names_state_dataset_and_protocol(data_root, tmp_path):
@@ -31,7 +36,7 @@ def test_task_names_state_dataset_and_protocol(data_root, tmp_path):
     only_cifar = tmp_path / "only"
     write_cifar10(only_cifar)
     assert task_names({}, only_cifar) == ["cifar10/paper"]
-    tasks = LinearSuite().tasks({"datasets": "imagenet,digits", "imagenet_classes": "3"}, data_root)
+    tasks = LinearSuite().tasks(typed({"datasets": "imagenet,digits", "imagenet_classes": "3"}), data_root)
     assert [(t.params["dataset"], t.params["test_split"], t.params["num_classes"]) for t in tasks] == [
         ("imagenet", "val", 3), ("digits", "test", 10)]
 
@@ -42,14 +47,14 @@ def test_task_names_state_dataset_and_protocol(data_root, tmp_path):
         ({"protocol": "linear"}, "protocol='linear': expected one of paper, fast"),
         ({"epochs": "0"}, "epochs='0': expected an integer >= 1"),
         ({"epochs": "ten"}, "epochs='ten': expected an integer"),
-        ({"knn": "maybe"}, "knn='maybe': expected on or off"),
+        ({"knn": "maybe"}, "knn='maybe': expected a boolean (true/false)"),
         ({"datasets": "mnist"}, "datasets='mnist': unknown mnist"),
-        ({"learning_rate": "0.1"}, "unknown linear option(s) learning_rate"),
+        ({"learning_rate": "0.1"}, "unknown linear option 'learning_rate'"),
     ],
 )
 def test_bad_options_are_named(options, message):
     with pytest.raises(InputError) as raised:
-        LinearSuite().tasks(options, None)
+        typed(options)
     assert message in str(raised.value)
 
 
@@ -58,37 +63,37 @@ def test_check_names_missing_and_incomplete_datasets(data_root, tmp_path, encode
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="holds none of the linear datasets.*cifar-10-batches-py"):
-        suite.check({}, empty, [encoder_file])
+        suite.check(typed({}), empty, [encoder_file])
     with pytest.raises(InputError, match="need --data-root"):
-        suite.check({"datasets": "cifar100"}, None, [encoder_file])
+        suite.check(typed({"datasets": "cifar100"}), None, [encoder_file])
     with pytest.raises(InputError, match="cifar-100-python"):
-        suite.check({"datasets": "cifar100"}, empty, [encoder_file])
+        suite.check(typed({"datasets": "cifar100"}), empty, [encoder_file])
     broken = tmp_path / "broken"
     write_cifar10(broken)
     (broken / "cifar-10-batches-py" / "test_batch").unlink()
     with pytest.raises(InputError, match="missing test_batch"):
-        suite.check({"datasets": "cifar10"}, broken, [encoder_file])
+        suite.check(typed({"datasets": "cifar10"}), broken, [encoder_file])
 
 
 def test_check_refuses_class_count_mismatch_and_bad_checkpoints(data_root, tmp_path, encoder_file):
     suite = LinearSuite()
     with pytest.raises(InputError, match="imagenet: the train split has 3 classes, expected 1000.*imagenet_classes"):
-        suite.check({"datasets": "imagenet"}, data_root, [encoder_file])
-    suite.check({"datasets": "imagenet", "imagenet_classes": 3}, data_root, [encoder_file])
+        suite.check(typed({"datasets": "imagenet"}), data_root, [encoder_file])
+    suite.check(typed({"datasets": "imagenet", "imagenet_classes": 3}), data_root, [encoder_file])
     skewed = tmp_path / "skewed"
     write_imagefolder(skewed, classes=3)
     (skewed / "imagenet" / "val" / "n00000002").rename(skewed / "imagenet" / "val_extra")
     with pytest.raises(InputError, match="the val split has 2 classes, expected 3"):
-        suite.check({"datasets": "imagenet", "imagenet_classes": 3}, skewed, [encoder_file])
+        suite.check(typed({"datasets": "imagenet", "imagenet_classes": 3}), skewed, [encoder_file])
     foreign = tmp_path / "foreign.pt"
     foreign.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match=r"checkpoint refused: .*foreign\.pt: not a readable torch checkpoint"):
-        suite.check({"datasets": "cifar10"}, data_root, [encoder_file, foreign])
+        suite.check(typed({"datasets": "cifar10"}), data_root, [encoder_file, foreign])
 
 
 def make_cell(task, checkpoint, data_root, shared_dir, options, seed=0):
     return Cell(suite="linear", task=task, checkpoint=checkpoint, seed=seed, options=options,
-                data_root=data_root, shared_dir=shared_dir)
+                data_root=data_root, shared_dir=shared_dir, settings=typed(options, data_root))
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "stl10", "imagenet"])
@@ -97,8 +102,8 @@ def test_fast_cells_read_each_layout_correctly(dataset, data_root, tmp_path, enc
     monkeypatch.setenv("RINGBENCH_WORKERS", "0")
     options = {"datasets": dataset, "protocol": "fast", "imagenet_classes": 3, "knn_k": 5}
     suite = LinearSuite()
-    suite.check(options, data_root, [encoder_file])
-    [task] = suite.tasks(options, data_root)
+    suite.check(typed(options), data_root, [encoder_file])
+    [task] = suite.tasks(typed(options, data_root), data_root)
     output = suite.run(make_cell(task, encoder_file, data_root, tmp_path / "shared", options), tmp_path / "cell")
     linear, knn = output.metrics[METRIC_LINEAR], output.metrics[METRIC_KNN]
     n_test = {"cifar10": 20, "cifar100": 100, "stl10": 20, "imagenet": 9}[dataset]
@@ -126,8 +131,8 @@ def test_linear_suite_feeds_a_cmc_encoder_its_views(data_root, tmp_path, monkeyp
     suite = LinearSuite()
     options = {"datasets": "cifar10", "protocol": "fast", "knn_k": 5}
     with pytest.raises(InputError, match="a CMC encoder file without metadata"):
-        suite.check(options, data_root, [write_old_cmc_encoder(tmp_path / "old.pt")])
-    [task] = suite.tasks(options, data_root)
+        suite.check(typed(options), data_root, [write_old_cmc_encoder(tmp_path / "old.pt")])
+    [task] = suite.tasks(typed(options, data_root), data_root)
     output = suite.run(make_cell(task, path, data_root, tmp_path / "shared", options), tmp_path / "cell")
     assert (output.info["input_view"], output.info["cmc_features"]) == ("lightness+lab_ab", "concat")
     assert output.info["feature_dim"] == 1024

@@ -18,24 +18,24 @@ def test_check_rejects_bad_inputs_naming_the_path(tmp_path, monkeypatch):
     encoder = write_encoder(tmp_path / "enc.pt")
     options = dict(suite.options)
     with pytest.raises(InputError, match="nowhere: records folder does not exist"):
-        suite.check(options | {"records": str(tmp_path / "nowhere")}, None, [encoder])
+        suite.check(suite.parse_options(options | {"records": str(tmp_path / "nowhere")}), None, [encoder])
     records = tmp_path / "records"
     folder = write_flat_source(records, "dtd", split_counts=(0, 0, 5), images=(6, 6))
-    suite.check(options | {"records": str(records)}, None, [encoder])  # fine
-    with pytest.raises(InputError, match="option probes=.ncc,knn.: unknown knn"):
-        suite.check(options | {"records": str(records), "probes": "ncc,knn"}, None, [encoder])
+    suite.check(suite.parse_options(options | {"records": str(records)}), None, [encoder])  # fine
+    with pytest.raises(InputError, match="meta_dataset option probes=.ncc,knn.: unknown knn"):
+        suite.check(suite.parse_options(options | {"records": str(records), "probes": "ncc,knn"}), None, [encoder])
     bad_checkpoint = tmp_path / "bad.pt"
     bad_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="bad.pt: not a readable torch checkpoint"):
-        suite.check(options | {"records": str(records)}, None, [bad_checkpoint])
+        suite.check(suite.parse_options(options | {"records": str(records)}), None, [bad_checkpoint])
     (folder / "3.tfrecords").write_bytes((folder / "3.tfrecords").read_bytes()[:-3])
     with pytest.raises(InputError, match=r"dtd/3.tfrecords: record 5 at byte \d+ is truncated"):
-        suite.check(options | {"records": str(records)}, None, [encoder])
+        suite.check(suite.parse_options(options | {"records": str(records)}), None, [encoder])
     (records / "mscoco").mkdir()
     with pytest.raises(InputError, match="mscoco/dataset_spec.json: no dataset_spec.json"):
-        suite.check(options | {"records": str(records)}, None, [encoder])
+        suite.check(suite.parse_options(options | {"records": str(records)}), None, [encoder])
     with pytest.raises(InputError, match="no source folder"):
-        suite.check(options | {"records": str(records), "sources": "fungi"}, None, [encoder])
+        suite.check(suite.parse_options(options | {"records": str(records), "sources": "fungi"}), None, [encoder])
 
 
 def test_tasks_name_sources_and_settings(tmp_path, monkeypatch):
@@ -45,10 +45,10 @@ def test_tasks_name_sources_and_settings(tmp_path, monkeypatch):
     write_bilevel_source(records, write_files=False)
     write_flat_source(records, "aircraft", split_counts=(6, 0, 0), images=(4, 4))  # no TEST classes
     suite = MetaDatasetSuite()
-    tasks = suite.tasks(dict(suite.options) | {"records": str(records), "shots": "variable,5w1s"}, None)
+    tasks = suite.tasks(suite.parse_options(dict(suite.options) | {"records": str(records), "shots": "variable,5w1s"}), None)
     assert [t.name for t in tasks] == ["omniglot", "omniglot/5w1s", "traffic_sign", "traffic_sign/5w1s"]
     with pytest.raises(InputError, match="aircraft: cannot evaluate source aircraft: its TEST split has 0 classes"):
-        suite.tasks(dict(suite.options) | {"records": str(records), "sources": "aircraft"}, None)
+        suite.tasks(suite.parse_options(dict(suite.options) | {"records": str(records), "sources": "aircraft"}), None)
 
 
 @pytest.mark.slow
@@ -137,12 +137,13 @@ def test_meta_dataset_suite_feeds_a_cmc_encoder_its_views(tmp_path, monkeypatch)
                                      "cmc_features": "ab"}
     path = write_cmc_encoder(tmp_path / "cmc.pt")
     with pytest.raises(InputError, match="a CMC encoder file without metadata"):
-        suite.check(options, None, [write_old_cmc_encoder(tmp_path / "old.pt")])
-    suite.check(options, None, [path])
+        suite.check(suite.parse_options(options), None, [write_old_cmc_encoder(tmp_path / "old.pt")])
+    suite.check(suite.parse_options(options), None, [path])
     shared = tmp_path / "shared"
-    suite.prepare(options, None, shared)
-    [task] = suite.tasks(options, None)
-    output = suite.run(Cell("meta_dataset", task, path, 0, options, None, shared), tmp_path / "cell")
+    suite.prepare(suite.parse_options(options), None, shared)
+    [task] = suite.tasks(suite.parse_options(options), None)
+    output = suite.run(Cell("meta_dataset", task, path, 0, options, None, shared, suite.parse_options(options)),
+                       tmp_path / "cell")
     assert (output.info["input_view"], output.info["cmc_features"]) == ("lab_ab", "ab")
     [features] = (tmp_path / "cache" / "meta_dataset" / "features").glob("*.npy")
     [episodes] = (shared / "episodes").glob("*.json")
