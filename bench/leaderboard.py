@@ -416,7 +416,10 @@ def sampler_baselines(samplers: Iterable[Any]) -> dict[str, str]:
     names = {str(s) for s in samplers if isinstance(s, str) and s}
     if not names:
         return {}
-    from pretrain.samplers import SAMPLER_CLASSES, baseline_twin  # imports torch: only for a table with samplers
+    from pretrain.samplers import (  # imports torch: only for a table with samplers
+        SAMPLER_CLASSES,
+        baseline_twin,
+    )
 
     return {name: baseline_twin(name) for name in sorted(names) if name in SAMPLER_CLASSES and baseline_twin(name)}
 

@@ -19,7 +19,6 @@ same on machines with more cores (floating-point sums follow the thread split).
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import sys
 import time
