@@ -5,7 +5,8 @@ Each 96 x 96 JPEG holds 2-4 non-overlapping digits upscaled 3-5x in the embedded
 Annotations/<id>.xml, named by a VOC class: digit d is VOC_CLASSES[d] (0 aeroplane, 1 bicycle, 2 bird,
 3 boat, 4 bottle, 5 bus, 6 car, 7 cat, 8 chair, 9 cow; the other ten classes do not occur). A digit drawn
 faint (ink at 30-45% instead of 80-100%, about one in eight) is marked <difficult>1</difficult>, as VOC marks
-objects that are hard to recognise. ImageSets/Main holds trainval.txt (and test.txt for 2007). VOC2007 and
+objects that are hard to recognise; a class's first object in a set never is, so each class has an AP. Digit
+classes come in turn (each object a random image of the next class), so every set holds all ten. ImageSets/Main holds trainval.txt (and test.txt for 2007). VOC2007 and
 VOC2012 use disjoint digit images and their own id styles (000001, 2012_000001); test digits are disjoint
 from both. Built once, atomically, and reused.
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 from transfer.detection.voc_data import VOC_CLASSES
 
-EMBEDDED_VOC_VERSION = 1
+EMBEDDED_VOC_VERSION = 2
 MARKER = "ringbench_embedded_voc.json"
 DIGIT_CLASSES = VOC_CLASSES[:10]  # digit d -> DIGIT_CLASSES[d]
 
@@ -79,6 +80,7 @@ def _render_set(year_root: Path, ids: list[str], digit_images: np.ndarray, digit
 
     canvas = params["canvas"]
     background, stroke = np.asarray(params["background_rgb"]), np.asarray(params["stroke_rgb"])
+    next_class, easy = 0, set()
     for image_id in ids:
         pixels = rng.normal(0.04, 0.03, size=(canvas, canvas)).clip(0, 1)
         placed: list[tuple[int, int, int, int]] = []
@@ -92,20 +94,26 @@ def _render_set(year_root: Path, ids: list[str], digit_images: np.ndarray, digit
             left, top = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
             if any(left < x1 + 2 and x0 < left + size + 2 and top < y1 + 2 and y0 < top + size + 2 for x0, y0, x1, y1 in placed):
                 continue
-            which = int(rng.integers(0, len(digit_images)))
+            # classes in turn (a random image of each), so every class occurs in every set
+            label = next_class % len(params["classes"])
+            which = int(rng.choice(np.flatnonzero(digit_labels == label)))
             digit = digit_images[which]
             rows, cols = np.nonzero(digit >= INK_THRESHOLD)
             if rows.size == 0:
                 continue
             placed.append((left, top, left + size, top + size))
-            difficult = bool(rng.random() < params["difficult_fraction"])
+            next_class += 1
+            # a class's first object is never difficult: its AP needs a non-difficult object in each set
+            difficult = bool(rng.random() < params["difficult_fraction"]) and label in easy
+            if not difficult:
+                easy.add(label)
             brightness = rng.uniform(0.30, 0.45) if difficult else rng.uniform(0.8, 1.0)
             pixels[top : top + size, left : left + size] = np.maximum(
                 pixels[top : top + size, left : left + size], _upscale(digit / 16.0, size) * brightness)
             # VOC boxes: 1-based inclusive pixel indices of the ink's cells
             box = (left + cols.min() * scale + 1, top + rows.min() * scale + 1,
                    left + (cols.max() + 1) * scale, top + (rows.max() + 1) * scale)
-            objects.append({"name": params["classes"][int(digit_labels[which])], "box": box, "difficult": difficult})
+            objects.append({"name": params["classes"][label], "box": box, "difficult": difficult})
         rgb = (background + pixels[:, :, None] * (stroke - background)).round().clip(0, 255).astype(np.uint8)
         Image.fromarray(rgb).save(year_root / "JPEGImages" / f"{image_id}.jpg", quality=95)
         xml = annotation_xml(year_root.name, f"{image_id}.jpg", canvas, canvas, objects)
