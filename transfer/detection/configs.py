@@ -459,7 +459,7 @@ def voc_protocol() -> VocProtocol:
 
 
 # The embedded digits VOC set: 96 px canvases, no resizing or flips (a mirrored digit is not its class),
-# anchors for 17-40 px digits, CPU-sized sampling and a 6 x 6 pooler (res5 runs once per proposal: at 14 x 14 and
+# anchors for 17-40 px digits, CPU-sized sampling and a 4 x 4 pooler (res5 runs once per proposal: at 14 x 14 and
 # 64 proposals per image it cost 18 s per iteration on a loaded 2-core machine; the canvas's res4 map is only
 # 6 x 6), 150 iterations at batch 4 with MoCo's lr scaled (0.02 x 4/16)
 # and full-model clipping (BN fine-tuned from a small batch), as the embedded COCO recipe.
@@ -467,7 +467,7 @@ EMBEDDED_VOC_SCHEDULE = Schedule(ims_per_batch=4, base_lr=0.005, max_iter=150, s
                                  clip_grad_norm=10.0)
 EMBEDDED_C4_HEADS = C4HeadSpec(anchor_sizes=(16, 32, 64), rpn_batch_size_per_image=128, box_batch_size_per_image=16,
                                rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=200,
-                               rpn_post_nms_top_n_test=50, pooler_resolution=6)
+                               rpn_post_nms_top_n_test=50, pooler_resolution=4)
 
 
 def embedded_voc_protocol(canvas: int = 96) -> VocProtocol:

@@ -104,5 +104,5 @@ def test_the_embedded_protocol_is_cpu_sized_and_stated_as_overrides(tmp_path):
     assert config["MODEL.ROI_HEADS.NUM_CLASSES"] == 10 and config["MODEL.RESNETS.DEPTH"] == 18
     assert config["INPUT.MIN_SIZE_TRAIN"] == [96] and config["INPUT.RANDOM_FLIP"] == "none"
     assert config["MODEL.ANCHOR_GENERATOR.SIZES"] == [[16, 32, 64]]
-    assert config["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"] == 6
+    assert config["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"] == 4
     assert config["SOLVER.CLIP_GRADIENTS.CLIP_TYPE"] == "full_model" and config["DATALOADER.NUM_WORKERS"] == 0
