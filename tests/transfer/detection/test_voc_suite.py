@@ -27,12 +27,13 @@ def small_voc(tmp_path_factory) -> Path:
                               voc2007_test=12)
 
 
-def test_embedded_task_uses_torchvision_and_five_seeds():
+def test_embedded_task_uses_torchvision_and_real_data_five_seeds(small_voc):
     suite = VocDetSuite()
     (task,) = suite.tasks(options(), None)
     assert task.name == "digits/faster_rcnn_c4" and task.params["engine"] == "torchvision" and task.profile == "cpu"
     assert task.params["train_years"] == ["2007", "2012"]
-    assert suite.seeds_for(None) == (0, 1, 2, 3, 4)
+    assert suite.seeds_for(small_voc) == (0, 1, 2, 3, 4)  # MoCo's five trials on a --data-root
+    assert suite.seeds_for(None) == (0, 1, 2)  # the embedded default: three (CPU minutes per cell)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -141,3 +142,22 @@ def test_bench_run_on_the_small_embedded_set_with_published_rows(small_voc, tmp_
     assert all(f"digits/faster_rcnn_c4 bbox/{name}" in header for name in ("AP50", "AP", "AP75"))
     published = markdown.split("## Published reference rows (cited, not measured here)", 1)[1]
     assert "| MoCo v2 800ep (published) | voc0712/faster_rcnn_c4 | 82.5 | 57.4 | 64.0 | 5 | facebookresearch/moco" in published
+
+
+@pytest.mark.slow
+def test_pretrain_then_voc_det(tmp_path, monkeypatch):
+    """--then voc_det fine-tunes the encoders a pretraining run produces, through the generic chain."""
+    import os
+
+    from ringbench_testing.bench import REPO, TINY
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("RINGBENCH_RESULTS", None)
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "pretrain", TINY, "--then", "voc_det", "max_iter=2", "--seeds", "0", "--executor", "debug",
+                     "--results", str(results), "--no-progress"], env, timeout=1500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stored = [json.loads(p.read_text()) for p in (results / "voc_det" / "cells").glob("*/result.json")]
+    assert sorted(r["checkpoint"]["sampler"] for r in stored) == ["nce", "ring"]
+    assert (results / "voc_det.md").is_file()
