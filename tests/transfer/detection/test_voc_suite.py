@@ -161,3 +161,43 @@ def test_pretrain_then_voc_det(tmp_path, monkeypatch):
     stored = [json.loads(p.read_text()) for p in (results / "voc_det" / "cells").glob("*/result.json")]
     assert sorted(r["checkpoint"]["sampler"] for r in stored) == ["nce", "ring"]
     assert (results / "voc_det.md").is_file()
+
+
+def test_published_rows_carry_their_source_and_are_refused_without_one(tmp_path):
+    from bench.published import published_markdown, read_published
+
+    rows = VocDetSuite().published_rows()
+    assert list(rows["model"]) == ["supervised IN-1M", "MoCo v1 200ep", "MoCo v2 200ep", "MoCo v2 800ep"]
+    assert rows.loc[rows["model"] == "MoCo v2 800ep", ["AP50", "AP", "AP75"]].values.tolist() == [[82.5, 57.4, 64.0]]
+    assert rows["source"].str.contains("facebookresearch/moco").all()
+    assert "| supervised IN-1M (published) | voc0712/faster_rcnn_c4 | 81.3 | 53.5 | 58.8 | 5 |" in published_markdown(rows)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,task,AP50,source\nmine,voc,80.0,\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: row 'mine' has no source"):
+        read_published(bad)
+    bad.write_text("model,task,AP50,source\nmine,voc,high,a paper\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: AP50='high' is not a number"):
+        read_published(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.detectron2
+def test_bench_run_detectron2_engine_on_the_small_embedded_set(small_voc, tmp_path, monkeypatch):
+    """engine=detectron2: MoCo's datasets registered on the data root, PascalVOCDetectionEvaluator's metrics."""
+    pytest.importorskip("detectron2")
+    import os
+
+    from ringbench_testing.bench import REPO
+
+    monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("RINGBENCH_RESULTS", None)
+    encoder = make_encoder(tmp_path / "r50.pt", arch="resnet50")
+    results = tmp_path / "results"
+    out = run_bench(["--suite", "voc_det", "--checkpoints", str(encoder), "--data-root", str(small_voc), "--executor", "debug",
+                     "--results", str(results), "--no-progress", "--seeds", "0", "engine=detectron2", "max_iter=4"],
+                    env, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (stored,) = [json.loads(p.read_text()) for p in (results / "voc_det" / "cells").glob("*/result.json")]
+    assert stored["info"]["engine"] == "detectron2"
+    assert {"bbox/AP50", "bbox/AP", "bbox/AP75"} == set(stored["metrics"])
