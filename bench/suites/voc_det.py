@@ -12,7 +12,7 @@ transfer.detection.engines.torchvision_voc and transfer.detection.voc_eval, whic
 voc_eval); `auto` picks Detectron2 when importable for real data, torchvision for the embedded set.
 
 Seeds: five fine-tuning seeds with --data-root (MoCo's README reports the mean of 5 trials); three on the embedded
-set, where a cell costs minutes of CPU (--seeds 0,1,2,3,4 for five).
+set, to keep its default run at a few minutes (--seeds 0,1,2,3,4 for five).
 The published rows of bench/published/voc_det.csv (MoCo's README) appear beside the measured ones.
 """
 
@@ -143,8 +143,8 @@ class VocDetSuite(Suite):
         "detectron2_opts": "",  # Detectron2 config overrides, 'KEY VALUE ...' (engine=detectron2 only)
     }
     default_seeds = (0, 1, 2, 3, 4)  # MoCo's README: the mean of 5 trials
-    # The embedded set: three (one cell costs about 2.5 CPU minutes, 0.85 s per iteration on one core, and the
-    # default table has three encoders); --seeds 0-4 gives MoCo's five there too.
+    # The embedded set: three, so the default run (three encoders) stays at about 4 min of wall time on 2 cores
+    # (67-85 CPU-s per cell measured); --seeds 0,1,2,3,4 gives MoCo's five there too.
     embedded_default_seeds = (0, 1, 2)
 
     def seeds_for(self, data_root: Path | None) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ def test_embedded_task_uses_torchvision_and_real_data_five_seeds(small_voc):
     assert task.name == "digits/faster_rcnn_c4" and task.params["engine"] == "torchvision" and task.profile == "cpu"
     assert task.params["train_years"] == ["2007", "2012"]
     assert suite.seeds_for(small_voc) == (0, 1, 2, 3, 4)  # MoCo's five trials on a --data-root
-    assert suite.seeds_for(None) == (0, 1, 2)  # the embedded default: three (CPU minutes per cell)
+    assert suite.seeds_for(None) == (0, 1, 2)  # the embedded default: three (a few minutes in all)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
