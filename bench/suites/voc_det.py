@@ -143,7 +143,7 @@ class VocDetSuite(Suite):
         "detectron2_opts": "",  # Detectron2 config overrides, 'KEY VALUE ...' (engine=detectron2 only)
     }
     default_seeds = (0, 1, 2, 3, 4)  # MoCo's README: the mean of 5 trials
-    # The embedded set: three, so the default run (three encoders) stays at about 4 min of wall time on 2 cores
+    # The embedded set: three, so the default run (three encoders) stays at about 5 min of wall time on 2 cores
     # (67-85 CPU-s per cell measured); --seeds 0,1,2,3,4 gives MoCo's five there too.
     embedded_default_seeds = (0, 1, 2)
 
