@@ -5,6 +5,7 @@ names relative to the dataset folder, sizes and annotation/label bytes enter it,
 symlinking the folder keeps it) and changes with anything that changes the numbers:
 
     COCO          sha256 of each annotation json + the sorted (file name, size) of the images it references
+    PASCAL VOC    sha256 of each image set file and of the annotations it lists + the size of each JPEG
     Meta-Dataset  sha256 of dataset_spec.json + the sorted (name, size) of the source's other files
     CIFAR         sha256 of every batch file (labels and pixels live in the same pickles)
     STL-10        sha256 of the label files and class_names.txt + the size of the image files
@@ -266,6 +267,36 @@ def coco_fingerprint(name: str, splits: Sequence[tuple[Path, Path]]) -> DatasetF
 
     watched = [p for j, i in splits for p in (j, i)]
     return cached(f"coco:{name}", watched, compute)
+
+
+def voc_fingerprint(name: str, splits: Sequence[Any]) -> DatasetFingerprint:
+    """PASCAL VOC: for each image set read (objects with `year`, `split`, `root` = the VOC<year> folder) the
+    set file's sha256, the sha256 of every annotation it lists and the size of every JPEG (-1: missing)."""
+    splits = list(splits)
+
+    def compute() -> DatasetFingerprint:
+        parts: list[Any] = []
+        count = 0
+        for split in splits:
+            root = Path(split.root)
+            set_file = root / "ImageSets" / "Main" / f"{split.split}.txt"
+            data = set_file.read_bytes()
+            ids = sorted({line.strip() for line in data.decode().splitlines() if line.strip()})
+            annotations = hashlib.sha256()
+            sizes = []
+            for image_id in ids:
+                annotations.update(image_id.encode() + b"\0" + (root / "Annotations" / f"{image_id}.xml").read_bytes())
+                try:
+                    sizes.append([image_id, (root / "JPEGImages" / f"{image_id}.jpg").stat().st_size])
+                except OSError:
+                    sizes.append([image_id, -1])
+            parts.append([split.year, split.split, hashlib.sha256(data).hexdigest(), annotations.hexdigest(), sizes])
+            count += 1 + 2 * len(ids)
+        return DatasetFingerprint(name, _digest(f"voc:{name}", parts), count)
+
+    watched = [p for s in splits for p in (Path(s.root) / "ImageSets" / "Main" / f"{s.split}.txt",
+                                           Path(s.root) / "Annotations", Path(s.root) / "JPEGImages")]
+    return cached(f"voc:{name}", watched, compute)
 
 
 def meta_dataset_source_fingerprint(source_dir: Path, spec_file: str = "dataset_spec.json") -> DatasetFingerprint:

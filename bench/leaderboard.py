@@ -747,6 +747,10 @@ def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, famil
     markdown_hook = getattr(hooks, "leaderboard_markdown", None)
     custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
     md.append(custom_table if custom_table is not None else markdown_table(headline))
+    if hasattr(hooks, "published_rows"):  # cited numbers beside the measured ones, never ranked with them
+        from bench.published import published_markdown
+
+        md.append(published_markdown(hooks.published_rows()))
     if not curves.empty:
         md.append(f"\nOver the course of pretraining: `{suite}_curves.csv` and `{suite}_curves.png` "
                   f"({curves['model'].nunique()} model(s), epochs {curves['epoch'].min()}-{curves['epoch'].max()}).\n")

@@ -254,6 +254,11 @@ class Suite(ABC):
         """Markdown that replaces the generic models-by-columns table in <suite>.md; None keeps it."""
         return None
 
+    def published_rows(self) -> Any:
+        """Published reference numbers (a frame from bench.published.read_published) that the leaderboard shows
+        beside the measured rows, marked as cited; None (the default) shows none."""
+        return None
+
     def leaderboard_figure(self, ranked: Any, path: Path) -> bool:
         """Draw <suite>.png at `path` from the ranked frame; False (the default) keeps the generic plot."""
         return False

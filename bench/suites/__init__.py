@@ -16,6 +16,7 @@ SUITES: dict[str, str] = {
     "pretrain": "bench.suites.pretrain:PretrainSuite",
     "meta_dataset": "bench.suites.meta_dataset:MetaDatasetSuite",
     "coco_det": "bench.suites.coco_det:CocoDetSuite",
+    "voc_det": "bench.suites.voc_det:VocDetSuite",
     "linear": "bench.suites.linear:LinearSuite",
     "estimators": "bench.suites.estimators:EstimatorsSuite",
     "selftest": "bench.suites.selftest:SelfTestSuite",

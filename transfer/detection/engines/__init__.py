@@ -62,3 +62,19 @@ def run_detection(engine: str, job, state_dict, heads, workdir, where: str) -> E
     if engine not in ENGINE_MODULES:
         raise ValueError(f"unknown engine {engine!r}; registered engines: {', '.join(ENGINE_MODULES)}")
     return importlib.import_module(ENGINE_MODULES[engine]).run_detection(job, state_dict, heads, workdir, where)
+
+
+# PASCAL VOC (Faster R-CNN C4): name -> module with `run_voc_detection(job, state_dict, workdir, where)`.
+VOC_ENGINE_MODULES = {
+    "detectron2": "transfer.detection.engines.detectron2_engine",
+    "torchvision": "transfer.detection.engines.torchvision_voc",
+}
+
+
+def run_voc_detection(engine: str, job, state_dict, workdir, where: str) -> EngineResult:
+    """Fine-tune and evaluate a VOC job on the registered `engine` from an encoder's loaded state dict."""
+    import importlib
+
+    if engine not in VOC_ENGINE_MODULES:
+        raise ValueError(f"unknown engine {engine!r}; registered VOC engines: {', '.join(VOC_ENGINE_MODULES)}")
+    return importlib.import_module(VOC_ENGINE_MODULES[engine]).run_voc_detection(job, state_dict, workdir, where)

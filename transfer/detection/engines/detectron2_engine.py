@@ -19,7 +19,9 @@ from transfer.detection.configs import (
     CLIP_TYPES,
     FULL_MODEL_CLIP_TYPE,
     DetectionJob,
+    VocDetectionJob,
     detectron2_config,
+    detectron2_voc_config,
     write_config,
 )
 from transfer.detection.engines import DETECTRON2_INSTALL_HINT, EngineResult
@@ -89,6 +91,22 @@ def _register(job: DetectionJob) -> tuple[str, str]:
             MetadataCatalog.remove(name)
         register_coco_instances(name, metadata, str(json_file), str(images))
     return names
+
+
+def _register_voc(job: VocDetectionJob) -> None:
+    """MoCo's dataset names (voc_2007_trainval, voc_2012_trainval, voc_2007_test) on the job's --data-root,
+    replacing Detectron2's built-in registrations of the same names ($DETECTRON2_DATASETS)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.pascal_voc import register_pascal_voc
+
+    from transfer.detection.voc_data import voc_splits
+
+    train, test = voc_splits(job.data_root, job.train_years)
+    for split in [*train, test]:
+        if split.name in DatasetCatalog.list():
+            DatasetCatalog.remove(split.name)
+            MetadataCatalog.remove(split.name)
+        register_pascal_voc(split.name, str(split.root), split.split, int(split.year), list(job.classes))
 
 
 def _register_extra_norm_head() -> None:
@@ -274,7 +292,7 @@ def _viewed_mapper(cfg, is_train: bool, view: str):
 def _trainer_class(job: DetectionJob):
     """DefaultTrainer with pycocotools evaluation (no predictions = AP 0) and full-model gradient clipping."""
     from detectron2.engine import DefaultTrainer
-    from detectron2.evaluation import COCOEvaluator
+    from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
     from detectron2.solver import build_optimizer
 
     class Evaluator(COCOEvaluator):
@@ -299,6 +317,8 @@ def _trainer_class(job: DetectionJob):
 
         @classmethod
         def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            if isinstance(job, VocDetectionJob):  # VOC07 11-point AP at IoU 0.50:0.95, as MoCo evaluates
+                return PascalVOCDetectionEvaluator(dataset_name)
             return Evaluator(
                 dataset_name,
                 tasks=job.iou_types,
@@ -342,7 +362,7 @@ def _trainer_main(job: DetectionJob, config_path: str) -> dict[str, Any]:
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
 
-    _register(job)
+    _register_voc(job) if isinstance(job, VocDetectionJob) else _register(job)
     _register_extra_norm_head()
     cfg = get_cfg()
     cfg.merge_from_file(config_path)
@@ -379,7 +399,7 @@ def _join_existing_processes(job: DetectionJob, config_path: str, world_size: in
         dist.destroy_process_group()
 
 
-def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_url: str = "auto") -> EngineResult:
+def train_and_evaluate(job: DetectionJob | VocDetectionJob, weights_pkl: str | os.PathLike, dist_url: str = "auto") -> EngineResult:
     """Fine-tune with Detectron2 on this node's GPUs (one process each) and return the final metrics."""
     try:
         from detectron2.engine import launch
@@ -388,8 +408,11 @@ def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_u
 
     job.output_dir.mkdir(parents=True, exist_ok=True)
     train_name, test_name = TRAIN_DATASET.format(task=job.task), TEST_DATASET.format(task=job.task)
-    config = detectron2_config(job, weights_pkl, train_name, test_name)
-    clip_gradients_plan(config["SOLVER"]["CLIP_GRADIENTS"])
+    if isinstance(job, VocDetectionJob):
+        config = detectron2_voc_config(job, weights_pkl)
+    else:
+        config = detectron2_config(job, weights_pkl, train_name, test_name)
+    clip_gradients_plan(config["SOLVER"].get("CLIP_GRADIENTS", {}))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     state = run_state(job.output_dir)
     if state == "finished" and int(os.environ.get("RANK", "0")) == 0:
@@ -417,7 +440,7 @@ def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_u
         "engine": "detectron2",
         "task": job.task,
         "arch": job.arch,
-        "recipe": job.recipe,
+        "recipe": getattr(job, "recipe", "c4"),
         "norm": job.norm,
         "num_gpus": job.num_gpus,
         "config": str(config_path),
@@ -431,6 +454,14 @@ def train_and_evaluate(job: DetectionJob, weights_pkl: str | os.PathLike, dist_u
 
 def run_detection(job: DetectionJob, state_dict, heads, workdir, where: str) -> EngineResult:
     """The engine registry's entry: convert the loaded weights once, then fine-tune (`heads` is torchvision's)."""
+    from transfer.detection.convert import write_detectron2_weights
+
+    weights = write_detectron2_weights(state_dict, job.arch, Path(workdir) / "backbone_detectron2.pkl", where)
+    return train_and_evaluate(job, weights)
+
+
+def run_voc_detection(job: VocDetectionJob, state_dict, workdir, where: str) -> EngineResult:
+    """The VOC engine registry's entry: MoCo's converted weights, MoCo's config, PascalVOCDetectionEvaluator."""
     from transfer.detection.convert import write_detectron2_weights
 
     weights = write_detectron2_weights(state_dict, job.arch, Path(workdir) / "backbone_detectron2.pkl", where)

@@ -17,7 +17,7 @@ import random
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -257,8 +257,10 @@ def train_and_evaluate(
     where: str = "encoder",
     device: str | None = None,
     checkpoint_period: int = 2000,
+    runner=None,
 ) -> EngineResult:
-    """Fine-tune and evaluate one job. Three ways to run:
+    """Fine-tune and evaluate one job with `runner` (default: the COCO job's `_run`; a module-level function
+    with `_run`'s signature, e.g. the VOC job's). Three ways to run:
 
     - inside a multi-task job (RANK/WORLD_SIZE exported, one task per GPU, possibly several nodes):
       join the process group with env://, DDP + SyncBN (gloo and plain BN on CPU);
@@ -267,6 +269,7 @@ def train_and_evaluate(
     Only rank 0 evaluates and returns metrics; other ranks return an empty result.
     """
     heads = heads or HeadSpec()
+    runner = runner or _run
     job.output_dir.mkdir(parents=True, exist_ok=True)
     validate_torchvision_state_dict(encoder_state_dict, job.arch, where)
     if job.schedule.ims_per_batch < 1:
@@ -282,7 +285,7 @@ def train_and_evaluate(
             torch.cuda.set_device(chosen)
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", rank=rank, world_size=world_size)
         try:
-            metrics, per_category, info = _run(rank, world_size, job, encoder_state_dict, heads, where, chosen, checkpoint_period)
+            metrics, per_category, info = runner(rank, world_size, job, encoder_state_dict, heads, where, chosen, checkpoint_period)
         finally:
             dist.destroy_process_group()
         return EngineResult(metrics, info, per_category)
@@ -291,22 +294,23 @@ def train_and_evaluate(
             raise RuntimeError(f"num_gpus={job.num_gpus} but {torch.cuda.device_count()} CUDA devices are visible")
         port = _free_port()
         torch.multiprocessing.spawn(
-            _worker, args=(job.num_gpus, port, job, encoder_state_dict, heads, where, checkpoint_period), nprocs=job.num_gpus, join=True
+            _worker, args=(job.num_gpus, port, job, encoder_state_dict, heads, where, checkpoint_period, runner), nprocs=job.num_gpus, join=True
         )
         result = json.loads((job.output_dir / "final_metrics.json").read_text())
         return EngineResult(result["metrics"], result["info"], result["per_category"])
     chosen = torch.device(device) if device else torch.device("cuda" if (job.num_gpus > 0 and torch.cuda.is_available()) else "cpu")
-    metrics, per_category, info = _run(0, 1, job, encoder_state_dict, heads, where, chosen, checkpoint_period)
+    metrics, per_category, info = runner(0, 1, job, encoder_state_dict, heads, where, chosen, checkpoint_period)
     return EngineResult(metrics, info, per_category)
 
 
-def _worker(rank, world_size, port, job, encoder_state_dict, heads, where, checkpoint_period):
+def _worker(rank, world_size, port, job, encoder_state_dict, heads, where, checkpoint_period, runner=None):
     import torch.distributed as dist
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        metrics, per_category, info = _run(rank, world_size, job, encoder_state_dict, heads, where, torch.device("cuda", rank), checkpoint_period)
+        metrics, per_category, info = (runner or _run)(rank, world_size, job, encoder_state_dict, heads, where,
+                                                       torch.device("cuda", rank), checkpoint_period)
         if rank == 0:
             payload = {"metrics": metrics, "per_category": per_category, "info": info}
             (job.output_dir / "final_metrics.json").write_text(json.dumps(payload))
@@ -314,29 +318,23 @@ def _worker(rank, world_size, port, job, encoder_state_dict, heads, where, check
         dist.destroy_process_group()
 
 
-def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpec, where: str, device: torch.device, checkpoint_period: int):
-    _seed_everything(job.seed + rank)
+@dataclass
+class TrainLoop:
+    """What the fine-tuning loop leaves: the batch stream (precise BN reads on), smoothed losses, timings."""
+
+    batches: Iterator
+    smoothed: dict[str, float]
+    start: int
+    train_seconds: float
+    train_cpu_seconds: float
+    cpu_started: float
+
+
+def train_loop(model: nn.Module, dataset, job, rank: int, world_size: int, device: torch.device,
+               checkpoint_period: int, label: str) -> TrainLoop:
+    """Detectron2-style iterations over `dataset` (lr warmup and steps, optional full-model clipping, resume
+    from last_state.pt, metrics.jsonl and TensorBoard on rank 0), shared by every torchvision detection job."""
     schedule = job.schedule
-    model = build_model(job, heads, nn.BatchNorm2d)
-    load_encoder_into(model, encoder_state_dict, job.arch, where)
-    sync_bn = world_size > 1 and device.type == "cuda"  # SyncBatchNorm runs on CUDA only
-    if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    fast_backbone(model, device)
-    if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if schedule.ims_per_batch % world_size:
-        raise ValueError(f"total batch {schedule.ims_per_batch} does not split over {world_size} processes")
-    train_split = CocoSplit("keypoints" if job.task == "keypoint_rcnn" else "instances", "train", job.train_json, job.train_images)
-    val_split = CocoSplit(train_split.kind, "val", job.val_json, job.val_images)
-    dataset = CocoDetectionDataset(
-        train_split, with_masks=job.task == "mask_rcnn", with_keypoints=job.task == "keypoint_rcnn", train=True, horizontal_flip=job.input.horizontal_flip
-    )
-    if len(dataset.category_ids) != job.num_classes:
-        raise ValueError(
-            f"{job.train_json}: {len(dataset.category_ids)} categories but the job was built for num_classes={job.num_classes}"
-        )
     per_device_batch = schedule.ims_per_batch // world_size
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -367,7 +365,7 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
         from pretrain.events import summary_writer
 
         events = summary_writer(job.output_dir / "tensorboard", purge_step=start or None)
-    progress = progress_bar(range(start, schedule.max_iter), desc=f"{job.task} train", unit="it", disable=None if rank == 0 else True)
+    progress = progress_bar(range(start, schedule.max_iter), desc=f"{label} train", unit="it", disable=None if rank == 0 else True)
     for iteration in progress:
         lr = schedule.lr_at(iteration)
         for group in optimizer.param_groups:
@@ -378,7 +376,7 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
         if not torch.isfinite(loss):
             terms = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
             raise NonFiniteLossError(
-                f"{job.task}: loss became {float(loss)} at iteration {iteration} (lr {lr:.4g}; {terms}); "
+                f"{label}: loss became {float(loss)} at iteration {iteration} (lr {lr:.4g}; {terms}); "
                 "lower the lr, lengthen the warmup or enable gradient clipping"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -404,8 +402,35 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
             os.replace(tmp, state_file)
     if events is not None:
         events.close()
-    train_seconds = time.perf_counter() - started
-    train_cpu_seconds = time.process_time() - cpu_started
+    return TrainLoop(batches, smoothed, start, time.perf_counter() - started, time.process_time() - cpu_started, cpu_started)
+
+
+def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpec, where: str, device: torch.device, checkpoint_period: int):
+    _seed_everything(job.seed + rank)
+    schedule = job.schedule
+    model = build_model(job, heads, nn.BatchNorm2d)
+    load_encoder_into(model, encoder_state_dict, job.arch, where)
+    sync_bn = world_size > 1 and device.type == "cuda"  # SyncBatchNorm runs on CUDA only
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    fast_backbone(model, device)
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if schedule.ims_per_batch % world_size:
+        raise ValueError(f"total batch {schedule.ims_per_batch} does not split over {world_size} processes")
+    train_split = CocoSplit("keypoints" if job.task == "keypoint_rcnn" else "instances", "train", job.train_json, job.train_images)
+    val_split = CocoSplit(train_split.kind, "val", job.val_json, job.val_images)
+    dataset = CocoDetectionDataset(
+        train_split, with_masks=job.task == "mask_rcnn", with_keypoints=job.task == "keypoint_rcnn", train=True, horizontal_flip=job.input.horizontal_flip
+    )
+    if len(dataset.category_ids) != job.num_classes:
+        raise ValueError(
+            f"{job.train_json}: {len(dataset.category_ids)} categories but the job was built for num_classes={job.num_classes}"
+        )
+    loop = train_loop(model, dataset, job, rank, world_size, device, checkpoint_period, job.task)
+    batches, smoothed, start = loop.batches, loop.smoothed, loop.start
+    train_seconds, train_cpu_seconds, cpu_started = loop.train_seconds, loop.train_cpu_seconds, loop.cpu_started
     precise_started = time.perf_counter()
     precise_iters = precise_bn(model, batches, job.precise_bn_iters, device)
     if world_size > 1:
@@ -419,7 +444,7 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
     metrics, per_category = evaluate_coco_detailed(job.val_json, results, job.keypoint_oks_sigmas or None)
     eval_seconds = time.perf_counter() - eval_started
     total_cpu_seconds = time.process_time() - cpu_started
-    state_file.unlink(missing_ok=True)
+    (job.output_dir / "last_state.pt").unlink(missing_ok=True)
     info = {
         "engine": "torchvision",
         "task": job.task,
