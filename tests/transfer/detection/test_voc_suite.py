@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from bench.suite import InputError
-from bench.suites.voc_det import VocDetSuite
+from bench.suites.voc_det import VocDetOptions, VocDetSuite
 from ringbench_testing.bench import run_bench
 from ringbench_testing.detection import make_encoder
 from transfer.detection.voc_embedded import build_embedded_voc
 
 
-def options(**overrides):
-    return dict(VocDetSuite.options) | overrides
+def options(data_root=None, **overrides):
+    """The suite's typed options with `overrides`, parsed (and checked) for `data_root` as the plan does."""
+    return VocDetSuite().parse_options(dict(VocDetSuite.options) | overrides, data_root)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,9 @@ def test_embedded_task_uses_torchvision_and_real_data_five_seeds(small_voc):
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"train_years": "2007,2009"}, r"train_years='2007,2009': expected 2007 and/or 2012"),
     ({"engine": "mmdet"}, r"engine='mmdet': expected one of auto, detectron2, torchvision"),
-    ({"schedule_scale": 0}, r"schedule_scale=0.0: expected a number > 0"),
-    ({"max_iter": -2}, r"must be >= 0"),
-    ({"recipe": "fpn"}, r"unknown voc_det option\(s\) recipe"),
+    ({"schedule_scale": 0}, r"schedule_scale='0': expected a number > 0"),
+    ({"max_iter": -2}, r"max_iter='-2': expected an integer >= 0"),
+    ({"recipe": "fpn"}, r"unknown voc_det option 'recipe'"),
     ({"detectron2_opts": "MODEL.RPN.SMOOTH_L1_BETA 0.1"}, r"detectron2_opts configure Detectron2, but the engine is torchvision"),
 ])
 def test_bad_options_are_refused(overrides, message):
@@ -53,15 +54,15 @@ def test_check_names_the_bad_file_before_anything_runs(small_voc, tmp_path):
     broken = Path(shutil.copytree(small_voc, tmp_path / "broken"))
     shutil.rmtree(broken / "VOCdevkit" / "VOC2012")
     with pytest.raises(InputError, match=r"voc_det: .*no VOC2012 folder.*needs VOC2012"):
-        VocDetSuite().check(options(), broken, [])
-    VocDetSuite().check(options(train_years="2007"), broken, [])  # 2007 alone is fine
+        VocDetSuite().check(options(broken), broken, [])
+    VocDetSuite().check(options(broken, train_years="2007"), broken, [])  # 2007 alone is fine
 
 
 def test_resnet18_is_refused_for_detectron2s_bottleneck_res5(tmp_path):
     encoder = make_encoder(tmp_path / "r18.pt")
     with pytest.raises(InputError, match=r"is a resnet18; Detectron2's Res5ROIHeads builds res5 from bottleneck blocks"):
-        VocDetSuite().check_checkpoints(options(), [encoder], engine="detectron2")
-    VocDetSuite().check_checkpoints(options(), [encoder], engine="torchvision")
+        VocDetSuite().check_checkpoints(VocDetOptions(resolved_engine="detectron2"), [encoder])
+    VocDetSuite().check_checkpoints(VocDetOptions(resolved_engine="torchvision"), [encoder])
 
 
 def test_the_dataset_fingerprint_is_part_of_the_cell_id(small_voc, tmp_path):
