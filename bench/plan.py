@@ -325,17 +325,18 @@ def build_plan(
 
     with fingerprint_mode(fingerprint_mode_of(option_pairs)):
         fingerprints = suite.dataset_fingerprints(settings, data_root, tasks)
-    sources: list[tuple[Path | None, dict[str, Any] | None]] = [(None, None)]
+    # (the checkpoint as given, the file the cells evaluate: an imported encoder for a published file, its identity)
+    sources: list[tuple[Path | None, Path | None, dict[str, Any] | None]] = [(None, None, None)]
     if suite.uses_checkpoints:
         runs = dict(zip(embedded.embedded_paths(pretrain_seeds), embedded.embedded_runs(pretrain_seeds)))
-        sources = [(path, _untrained_identity(path, *runs[path])) if path in untrained
-                   else (known[path].path, checkpoint_identity(known[path])) for path in checkpoints]
+        sources = [(given, given, _untrained_identity(given, *runs[given])) if given in untrained
+                   else (given, known[given].path, checkpoint_identity(known[given])) for given in checkpoints]
     cells = []
     inert: dict[str, list[str]] = {}  # view option -> the checkpoints it cannot affect
-    for path, identity in sources:
+    for given, path, identity in sources:
         cell_options = options
         if identity is not None:
-            metadata = identity if path in untrained else known[path].metadata
+            metadata = identity if given in untrained else known[given].metadata
             cell_options = options_for_checkpoint(suite, options, metadata)
             for key in cell_options:
                 if cell_options[key] != options[key]:

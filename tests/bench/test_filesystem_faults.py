@@ -10,12 +10,15 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pretrain.atomic_files import DiskFullError, atomic_write, check_writable, disk_full
 from ringbench_testing.bench import make_encoder, run_bench
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess:
@@ -151,11 +154,17 @@ def test_a_disk_full_write_is_named_and_leaves_no_partial_file(tmp_path):
 def test_check_writable_names_the_nearest_existing_folder(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    if os.access(locked, os.W_OK):
-        pytest.skip("running as root: permission bits do not stop writes")
-    with pytest.raises(OSError, match=f"results folder {locked / 'a' / 'b'} is not writable: no permission to write "
-                                      f"in {locked}"):
-        check_writable(locked / "a" / "b", "results folder")
+    check = (f"from pathlib import Path\nfrom pretrain.atomic_files import check_writable\n"
+             f"check_writable(Path({str(locked / 'a' / 'b')!r}), 'results folder')")
+    # root writes through permission bits; without CAP_DAC_OVERRIDE (setpriv, util-linux) it does not
+    command = [sys.executable, "-c", check]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode != 0
+    assert (f"results folder {locked / 'a' / 'b'} is not writable: no permission to write in {locked}"
+            in out.stderr), out.stderr[-2000:]
     check_writable(tmp_path / "new" / "deeper", "results folder")  # creatable: fine, and nothing is created
     assert not (tmp_path / "new").exists()
 
