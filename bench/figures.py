@@ -126,7 +126,7 @@ DPI = 120
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
     """tight=False for figures that lay out their own margins (_text_inches): one draw instead of two."""
-    from pretrain.atomic_files import atomic_write
+    from ringbench_common.atomic_files import atomic_write
 
     # a unique temporary: two runners finishing together may both draw
     atomic_write(path, lambda handle: fig.savefig(handle, dpi=DPI, bbox_inches="tight" if tight else None,

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic_files import file_sha256
+from ringbench_common.atomic_files import file_sha256
 
 CACHE_FILE = "dataset_fingerprints.json"
 FINGERPRINT_VERSION = 1  # bump when a recipe below changes: every cached and stored fingerprint moves

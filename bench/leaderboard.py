@@ -805,7 +805,7 @@ def interval_rule(hooks: Any) -> str:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from pretrain.atomic_files import atomic_write_text
+    from ringbench_common.atomic_files import atomic_write_text
 
     atomic_write_text(path, text)  # a unique temporary: two runners finishing together may both write
 
@@ -937,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no stored cells for suite(s) {', '.join(unknown)} under {root}; "
               f"suites with results: {', '.join(suites_in(root)) or '(none)'}", file=sys.stderr)
         return 2
-    from pretrain.atomic_files import check_writable, describe_os_error
+    from ringbench_common.atomic_files import check_writable, describe_os_error
 
     try:  # a read-only or full results folder: one line, exit 2, the stored results untouched
         check_writable(root, "results folder")

@@ -4,7 +4,7 @@ A suite declares its options as a subclass of `SuiteOptions`, every field made w
 its default, its help text, and optionally a `check` (validate or normalise one value) and an
 `identity` (how the value enters the cell id). Types come from the annotations (bool, int, float,
 str, tuple[int | float | str, ...], dict); `key=value` text is parsed by the one parser
-(`pretrain.overrides`). Checks across fields, and values resolved against the data folder, go in
+(`ringbench_common.overrides`). Checks across fields, and values resolved against the data folder, go in
 `validate(data_root)`, which returns the object (a `dataclasses.replace` copy when it fills an
 internal field).
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pretrain.overrides import OverrideError, describe, parse_override, parse_text, unknown_key
+from ringbench_common.overrides import OverrideError, describe, parse_override, parse_text, unknown_key
 
 
 class InputError(ValueError):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.store import CellState, ResultStore, cell_id
 from bench.suite import Cell, InputError, Suite
-from pretrain.overrides import comma_list, split_pair
+from ringbench_common.overrides import comma_list, split_pair
 
 if TYPE_CHECKING:
     from pretrain.checkpoint import CheckpointInfo

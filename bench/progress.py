@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from typing import TextIO
 
+from ringbench_common.progress import is_terminal
+
 STATES = ("queued", "submitted", "running", "done", "failed")
 
 
@@ -20,7 +22,7 @@ class ProgressView:
         self.start = time.time()
         self._last_line = ""
         self._bar = None
-        if enabled and getattr(stream, "isatty", lambda: False)():
+        if enabled and is_terminal(stream):  # the one terminal-or-log switch (ringbench_common.progress)
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial_done, desc=label, unit="cell", file=stream,

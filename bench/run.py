@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_output_folders(results_root: Path, suites: list[str]) -> None:
     """Before planning: the results folder (each suite's own too) and the cache can be written."""
-    from pretrain.atomic_files import check_writable
     from pretrain.embedded import cache_root
+    from ringbench_common.atomic_files import check_writable
 
     check_writable(results_root, "results folder")
     for name in suites:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a read-only or full results folder or cache: one line, nothing half-written
         if os.environ.get("RINGBENCH_TRACEBACK"):
             raise
-        from pretrain.atomic_files import describe_os_error
+        from ringbench_common.atomic_files import describe_os_error
 
         print(f"error: {describe_os_error(error)}", file=stream)
         return EXIT_USER_ERROR
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=stream)
         return EXIT_USER_ERROR
     except OSError as error:  # the results folder turned read-only or full during the run
-        from pretrain.atomic_files import describe_os_error
+        from ringbench_common.atomic_files import describe_os_error
 
         print(f"error: {describe_os_error(error)}", file=stream)
         return EXIT_USER_ERROR
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
           file=stream)
     if not args.no_leaderboard:
         from bench.leaderboard import write_suite_tables
-        from pretrain.atomic_files import describe_os_error
+        from ringbench_common.atomic_files import describe_os_error
 
         try:
             for done_plan in plans:

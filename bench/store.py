@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic_files import create_temporary, disk_full
+from ringbench_common.atomic_files import create_temporary, disk_full
 
 SCHEMA_VERSION = 1
 RESULT = "result.json"

@@ -19,7 +19,7 @@ import numpy as np
 from bench.intervals import STUDENT_T, half_width_from_population_std
 from bench.options import InputError as InputError  # re-exported: the suites' and the runner's error
 from bench.options import SuiteOptions, ViewOptions
-from pretrain.overrides import comma_list as comma_list  # re-exported for the suites
+from ringbench_common.overrides import comma_list as comma_list  # re-exported for the suites
 
 
 def check_checkpoint_views(path: Any, options: ViewOptions, cmc_features: str | None = None) -> None:

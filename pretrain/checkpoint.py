@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.atomic_files import atomic_write, file_sha256
 from pretrain.backbones import ARCHS, STEMS, build_backbone, feature_dim
 from pretrain.version import code_version as code_version  # re-exported for pretrain.train
 from pretrain.views import CMC_AB, CMC_FEATURES, CMC_L, INPUT_VIEWS, feature_model, view_channels
+from ringbench_common.atomic_files import atomic_write, file_sha256
 
 FORMAT = "ringbench-encoder"
 FORMAT_VERSION = 1

@@ -22,8 +22,8 @@ from typing import Any
 from pretrain.backbones import ARCHS, STEMS
 from pretrain.data import augmentation_for, check_dataset_name
 from pretrain.methods import MethodSettings, check_combination
-from pretrain.overrides import OverrideError, override_fields
 from pretrain.samplers import SAMPLER_CLASSES, NegativeSampler, build_sampler, sampler_parameters
+from ringbench_common.overrides import OverrideError, override_fields
 
 LR_SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -248,7 +248,7 @@ def _notice(old: str, new: str) -> None:
 
 
 def config_keys() -> list[str]:
-    from pretrain.overrides import field_kinds
+    from ringbench_common.overrides import field_kinds
 
     return list(field_kinds(TrainConfig))
 

@@ -148,7 +148,7 @@ class TrainingProgress:
     with each encoder's epoch and step, and a first estimate from steps timed on this machine."""
 
     def __init__(self, runs: list[tuple[str, int]], stream: TextIO, workers: int):
-        from pretrain.progress import progress_bar
+        from ringbench_common.progress import progress_bar
 
         self.stream, self.workers, self.epochs = stream, workers, epochs_per_encoder()
         self.steps = 0  # per encoder: known from the first step reported

@@ -28,9 +28,9 @@ from typing import Any, ClassVar, TextIO
 
 import torch
 
-from pretrain.atomic_files import file_sha256
 from pretrain.backbones import ARCHS, STEMS, build_backbone
 from pretrain.checkpoint import FORMAT, UNKNOWN, CheckpointError, save_encoder
+from ringbench_common.atomic_files import file_sha256
 
 # Bump when any format's key map, head list or recorded metadata changes: imported cells get new ids.
 MAPPING_VERSION = 1

@@ -49,9 +49,9 @@ from pretrain.gpu_fallbacks import CompileGuard, autocast_for, resolve_precision
 from pretrain.images import DeviceDecoder, UndecodableImage, device_decoder_works, worker_error_message
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method
-from pretrain.progress import progress_bar
 from pretrain.recipes import recipe_config, recipe_names
 from pretrain.views import feature_model
+from ringbench_common.progress import progress_bar
 
 STATE_FORMAT = "ringbench-train-state"
 STATE_VERSION = 1

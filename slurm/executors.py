@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pretrain.overrides import comma_list
+from ringbench_common.overrides import comma_list
 from slurm.jobs import cancel_jobs, process_alive, queue_state
 from slurm.jobs import slurm_job_states as slurm_job_states  # re-exported: they used to live here
 from slurm.jobs import slurm_live_jobs as slurm_live_jobs

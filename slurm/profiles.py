@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain.overrides import OverrideError, parse_override, split_pair
+from ringbench_common.overrides import OverrideError, parse_override, split_pair
 
 
 class ProfileError(ValueError):

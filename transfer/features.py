@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrain.progress import progress_bar
+from ringbench_common.progress import progress_bar
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -136,7 +136,7 @@ class FeatureCache:
 
     def _write(self, path: Path, array: np.ndarray, parts: dict[str, Any]) -> None:
         save_array_atomic(path, array)
-        from pretrain.atomic_files import atomic_write_text
+        from ringbench_common.atomic_files import atomic_write_text
 
         atomic_write_text(path.with_suffix(".json"), json.dumps(parts, sort_keys=True, default=str, indent=1))
 
@@ -144,6 +144,6 @@ class FeatureCache:
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary file beside `path`, then rename: a killed writer leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    from pretrain.atomic_files import atomic_write
+    from ringbench_common.atomic_files import atomic_write
 
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), fsync=False, suffix=".npy")

@@ -349,7 +349,7 @@ class MetaDatasetSuite(Suite):
 def _write_json(path: Path, data: dict) -> None:
     import json
 
-    from pretrain.atomic_files import atomic_write_text
+    from ringbench_common.atomic_files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, separators=(",", ":")))  # unique temporary: runners may overlap
 

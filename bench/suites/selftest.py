@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.options import SuiteOptions, at_least, option
 from bench.suite import Cell, CellOutput, Metric, Suite, Task
+from ringbench_common.atomic_files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,7 @@ class SelfTestSuite(Suite):
         for step in range(done_steps, steps):
             time.sleep(0.1)
             if int(os.environ.get("RANK", "0")) == 0:  # atomic, so a kill or a reader never sees half a file
-                tmp = step_file.with_name(f".{step_file.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"done": step + 1}))
-                os.replace(tmp, step_file)
+                atomic_write_text(step_file, json.dumps({"done": step + 1}))
         if index in opts.fail_tasks:
             raise RuntimeError(f"selftest task {cell.task.name} fails on purpose (fail_tasks)")
         n = opts.n_samples

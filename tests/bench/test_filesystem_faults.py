@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.atomic_files import DiskFullError, atomic_write, check_writable, disk_full
+from ringbench_common.atomic_files import DiskFullError, atomic_write, check_writable, disk_full
 from ringbench_testing.bench import make_encoder, run_bench
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +154,7 @@ def test_a_disk_full_write_is_named_and_leaves_no_partial_file(tmp_path):
 def test_check_writable_names_the_nearest_existing_folder(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    check = (f"from pathlib import Path\nfrom pretrain.atomic_files import check_writable\n"
+    check = (f"from pathlib import Path\nfrom ringbench_common.atomic_files import check_writable\n"
              f"check_writable(Path({str(locked / 'a' / 'b')!r}), 'results folder')")
     # root writes through permission bits; without CAP_DAC_OVERRIDE (setpriv, util-linux) it does not
     command = [sys.executable, "-c", check]

@@ -115,7 +115,7 @@ def test_files_respect_the_umask_instead_of_mkstemps_0600(tmp_path):
 
     import numpy as np
 
-    from pretrain.atomic_files import atomic_write_text
+    from ringbench_common.atomic_files import atomic_write_text
     from ringbench_testing.bench import make_encoder
     from transfer.features import save_array_atomic
 

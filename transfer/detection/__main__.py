@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain.overrides import comma_list
+from ringbench_common.overrides import comma_list
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.atomic_files import create_temporary_folder
+from ringbench_common.atomic_files import create_temporary_folder
 
 EMBEDDED_VERSION = 2
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

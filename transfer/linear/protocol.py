@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pretrain.progress import progress_bar
+from ringbench_common.progress import progress_bar
 from transfer.features import (
     FeatureCache,
     cache_key,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain.overrides import comma_list
+from ringbench_common.overrides import comma_list
 from transfer.meta_dataset.checker import check_records
 from transfer.meta_dataset.records import RecordError
 from transfer.meta_dataset.spec import SpecError

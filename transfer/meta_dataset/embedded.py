@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.atomic_files import create_temporary_folder
+from ringbench_common.atomic_files import create_temporary_folder
 from transfer.meta_dataset.spec import write_spec
 
 EMBEDDED_SOURCE = "digits"

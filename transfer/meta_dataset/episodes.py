@@ -115,7 +115,7 @@ class EpisodeSet:
         )
 
     def save(self, path: str | Path) -> Path:
-        from pretrain.atomic_files import atomic_write_text
+        from ringbench_common.atomic_files import atomic_write_text
 
         # a unique temporary per writer: two runners preparing the same suite never share one
         return atomic_write_text(path, json.dumps(self.to_json(), separators=(",", ":")))

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrain.progress import progress_bar
+from ringbench_common.atomic_files import atomic_write
+from ringbench_common.progress import progress_bar
 from transfer.detection.coco_data import CocoDetectionDataset, CocoSplit
 from transfer.detection.configs import DetectionJob, HeadSpec
 from transfer.detection.convert import build_fpn_backbone, load_backbone_body, validate_torchvision_state_dict
@@ -397,9 +398,8 @@ def train_loop(model: nn.Module, dataset, job, rank: int, world_size: int, devic
             events.flush()
         if rank == 0 and checkpoint_period and (iteration + 1) % checkpoint_period == 0 and iteration + 1 < schedule.max_iter:
             core = model.module if world_size > 1 else model
-            tmp = state_file.with_suffix(".tmp")
-            torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1}, tmp)
-            os.replace(tmp, state_file)
+            state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1}
+            atomic_write(state_file, lambda handle, state=state: torch.save(state, handle), fsync=False)
     if events is not None:
         events.close()
     return TrainLoop(batches, smoothed, start, time.perf_counter() - started, time.process_time() - cpu_started, cpu_started)

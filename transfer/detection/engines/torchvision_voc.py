@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.progress import progress_bar
+from ringbench_common.progress import progress_bar
 from transfer.detection.configs import C4HeadSpec, VocDetectionJob
 from transfer.detection.convert import ConversionError, validate_torchvision_state_dict
 from transfer.detection.engines import EngineResult

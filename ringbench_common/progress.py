@@ -18,7 +18,7 @@ def line_interval_s() -> float:
     return float(os.environ.get("RINGBENCH_PROGRESS_INTERVAL", "30"))
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
@@ -33,7 +33,7 @@ class LineProgress(tqdm):
 
     def __init__(self, *args, **kwargs):
         stream = kwargs.get("file") or sys.stderr
-        self.plain_lines = not _is_terminal(stream)
+        self.plain_lines = not is_terminal(stream)
         if self.plain_lines:
             kwargs["mininterval"] = kwargs["maxinterval"] = line_interval_s()
             kwargs["dynamic_ncols"] = False
