@@ -153,9 +153,9 @@ def _method_colours(methods: Iterable[str]) -> dict[str, tuple]:
 
 def baseline_samplers(samplers: Iterable[str]) -> set[str]:
     """The samplers among these that the registry names as another's baseline (NCE): drawn dashed."""
-    from pretrain.samplers import SAMPLER_CLASSES  # imports torch: only when there are curves to draw
+    from pretrain.sampler_twins import BASELINE_TWINS
 
-    return {s for s in {str(s) for s in samplers} & set(SAMPLER_CLASSES) if not SAMPLER_CLASSES[s].baseline_twin}
+    return {s for s in {str(s) for s in samplers} if s in BASELINE_TWINS and BASELINE_TWINS[s] is None}
 
 
 def _line_style(sampler: str, baselines: set[str], hard: list[str]) -> str:

@@ -413,15 +413,10 @@ def sampler_baselines(samplers: Iterable[Any]) -> dict[str, str]:
     """{sampler: the sampler its twin uses} for the registered samplers among `samplers` that declare a
     baseline twin (NegativeSampler.baseline_twin); names the registry does not know (random/none) pair with
     nothing."""
-    names = {str(s) for s in samplers if isinstance(s, str) and s}
-    if not names:
-        return {}
-    from pretrain.samplers import (  # imports torch: only for a table with samplers
-        SAMPLER_CLASSES,
-        baseline_twin,
-    )
+    from pretrain.sampler_twins import BASELINE_TWINS  # the registry's twins, without importing torch
 
-    return {name: baseline_twin(name) for name in sorted(names) if name in SAMPLER_CLASSES and baseline_twin(name)}
+    names = {str(s) for s in samplers if isinstance(s, str) and s}
+    return {name: BASELINE_TWINS[name] for name in sorted(names) if BASELINE_TWINS.get(name)}
 
 
 def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:
@@ -439,7 +434,7 @@ def _aligned(ids_r, values_r, ids_n, values_n) -> tuple[np.ndarray, np.ndarray]:
 def _twin_cells(long: pd.DataFrame) -> pd.DataFrame:
     """Every (hard-negative cell, baseline cell) pair of twins, with `sampler` and `baseline` named."""
     twin_keys = [*TWIN_KEYS, "seed"]
-    # the registry imports torch: ask it only when some evaluation has two samplers to compare at all
+    # nothing to pair unless some evaluation has two samplers
     if not (long.groupby(twin_keys, dropna=False)["sampler"].nunique() > 1).any():
         return pd.DataFrame()
     merged = []
@@ -747,10 +742,11 @@ def suite_markdown(suite: str, ranked: pd.DataFrame, paired: pd.DataFrame, famil
     markdown_hook = getattr(hooks, "leaderboard_markdown", None)
     custom_table = markdown_hook(ranked) if markdown_hook is not None and not ranked.empty else None
     md.append(custom_table if custom_table is not None else markdown_table(headline))
-    if hasattr(hooks, "published_rows"):  # cited numbers beside the measured ones, never ranked with them
+    published = getattr(hooks, "published_rows", None)  # cited numbers beside the measured, never ranked with them
+    if published is not None and published() is not None:
         from bench.published import published_markdown
 
-        md.append(published_markdown(hooks.published_rows()))
+        md.append(published_markdown(published()))
     if not curves.empty:
         md.append(f"\nOver the course of pretraining: `{suite}_curves.csv` and `{suite}_curves.png` "
                   f"({curves['model'].nunique()} model(s), epochs {curves['epoch'].min()}-{curves['epoch'].max()}).\n")

@@ -3,8 +3,8 @@
     sampler = build_sampler("ring", epochs=200, w_out=0.1, w_in=0.1)
 
 `SAMPLER_CLASSES` is the registry (name -> class); adding a sampler is one class (a subclass of
-`NegativeSampler` with its `Params` dataclass), one line here and one test file (README, "Adding a
-sampler").
+`NegativeSampler` with its `Params` dataclass), one line here, its baseline twin in
+`pretrain.sampler_twins` (torch-free, for the leaderboard) and one test file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from pretrain.sampler_twins import BASELINE_TWINS
 from pretrain.samplers.band import Ball, BallParams, BandWarning, Ring, RingParams
 from pretrain.samplers.base import NegativeSampler, NoParams
 from pretrain.samplers.debiased import DCL, HCL, DCLParams, HCLParams
@@ -40,6 +41,8 @@ SAMPLER_CLASSES: dict[str, type[NegativeSampler]] = {
     "mochi": MoCHi,
 }
 SAMPLERS = tuple(SAMPLER_CLASSES)
+for _name, _cls in SAMPLER_CLASSES.items():  # declared torch-free, where the leaderboard reads them too
+    _cls.baseline_twin = BASELINE_TWINS[_name]
 
 
 def sampler_class(name: str) -> type[NegativeSampler]:

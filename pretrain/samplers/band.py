@@ -46,7 +46,6 @@ class Ring(NegativeSampler):
 
     name = "ring"
     Params = RingParams
-    baseline_twin = "nce"
 
     @property
     def inner_cut(self) -> float:

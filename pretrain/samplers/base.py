@@ -30,7 +30,7 @@ class NegativeSampler:
     Params: ClassVar[type] = NoParams
     needs_queue: ClassVar[bool] = False  # draws on a queue of past keys (only methods with a queue can host it)
     # The sampler a run of this one is compared against, same method and settings (the leaderboard's paired
-    # rows, e.g. Ring - NCE); None for a baseline itself.
+    # rows, e.g. Ring - NCE); None for a baseline itself. Set by the registry from pretrain.sampler_twins.
     baseline_twin: ClassVar[str | None] = None
     synthesises_negatives: ClassVar[bool] = False  # adds negatives that are not pool entries (extra_negatives)
 

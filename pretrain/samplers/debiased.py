@@ -28,7 +28,6 @@ def _check_tau_plus(tau_plus: float) -> None:
 class DCL(NegativeSampler):
     name = "dcl"
     Params = DCLParams
-    baseline_twin = "nce"
 
     @property
     def class_prior(self) -> float:
@@ -44,7 +43,6 @@ class DCL(NegativeSampler):
 class HCL(NegativeSampler):
     name = "hcl"
     Params = HCLParams
-    baseline_twin = "nce"
 
     @property
     def class_prior(self) -> float:

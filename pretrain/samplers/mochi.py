@@ -19,7 +19,6 @@ class MoCHi(NegativeSampler):
     name = "mochi"
     Params = MoCHiParams
     needs_queue = True
-    baseline_twin = "nce"
     synthesises_negatives = True
 
     def validate(self):

@@ -142,6 +142,10 @@ def test_samplers_describe_themselves_for_pairing_and_studies():
     assert hard_negative_samplers() == ("ring", "ball", "dcl", "hcl", "mochi")
     assert all(baseline_twin(name) == "nce" for name in hard_negative_samplers()) and baseline_twin("nce") is None
     assert all(SAMPLER_CLASSES[baseline_twin(name)].baseline_twin is None for name in hard_negative_samplers())
+    from pretrain.sampler_twins import BASELINE_TWINS  # the torch-free table the leaderboard reads
+
+    assert set(BASELINE_TWINS) == set(SAMPLER_CLASSES)
+    assert all(SAMPLER_CLASSES[name].baseline_twin == twin for name, twin in BASELINE_TWINS.items())
     assert build_sampler("ring", w_out=0.2, w_in=0.5, anneal="constant").band == (0.2, 0.5)
     assert build_sampler("ball", w_out=0.3, anneal="constant").band == (0.3, 0.0)
     annealed = build_sampler("ring", epochs=10, w_out=0.1, anneal="linear")
