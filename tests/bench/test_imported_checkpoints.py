@@ -104,7 +104,7 @@ def test_imported_moco_file_through_linear_meta_dataset_and_detection(tmp_path, 
     installed here), each as small as its options allow."""
     moco = _write(published.moco, tmp_path / "moco.pth.tar", arch="resnet18")
     results = tmp_path / "results"
-    bench_env = dict(bench_env, OMP_NUM_THREADS="1", RINGBENCH_WORKERS="0")
+    bench_env = dict(bench_env, RINGBENCH_WORKERS="0")
     runs = {
         "linear": ["protocol=fast"],
         "meta_dataset": ["episodes=10"],
