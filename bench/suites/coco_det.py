@@ -111,29 +111,39 @@ class CocoDetOptions(SuiteOptions):
     def validate(self, data_root: Path | None) -> CocoDetOptions:
         """Resolve the engine once for this data and check what depends on it."""
         from transfer.detection.configs import check_detection_recipe
-        from transfer.detection.engines import DETECTRON2_INSTALL_HINT, resolve_engine
 
-        try:
-            engine = resolve_engine(self.engine, embedded=is_embedded(data_root))
-        except ModuleNotFoundError:
-            raise InputError(f"coco_det: engine=detectron2 but detectron2 is not importable here. {DETECTRON2_INSTALL_HINT}") from None
+        engine = resolve_detection_engine("coco_det", self.engine, embedded=is_embedded(data_root),
+                                          detectron2_pairs=self.detectron2_pairs)
         if self.recipe == "c4" and engine != "detectron2":
             raise InputError("coco_det: recipe=c4 (MoCo's R50-C4) runs on Detectron2 only; use recipe=fpn with the torchvision engine")
-        if self.detectron2_opts and engine != "detectron2":
-            raise InputError(f"coco_det: detectron2_opts configure Detectron2, but the engine is {engine}; "
-                             "add engine=detectron2 or drop them")
-        if self.detectron2_opts:
-            from transfer.detection.engines.detectron2_engine import unknown_config_keys
-
-            unknown = unknown_config_keys([key for key, _ in self.detectron2_pairs])
-            if unknown:
-                raise InputError(f"coco_det: detectron2_opts key(s) {', '.join(unknown)} are not in Detectron2's config")
         for name in self.tasks:
             try:
                 check_detection_recipe(name, self.recipe, "resnet50")
             except ValueError as error:
                 raise InputError(f"coco_det: {error}") from None
         return replace(self, resolved_engine=engine)
+
+
+def resolve_detection_engine(suite: str, engine: str, *, embedded: bool,
+                             detectron2_pairs: tuple[tuple[str, Any], ...]) -> str:
+    """The engine `engine` (auto, detectron2, torchvision) becomes for this data; Detectron2 overrides need
+    Detectron2 and keys its config has. Refusals name the suite (an InputError)."""
+    from transfer.detection.engines import DETECTRON2_INSTALL_HINT, resolve_engine
+
+    try:
+        resolved = resolve_engine(engine, embedded=embedded)
+    except ModuleNotFoundError:
+        raise InputError(f"{suite}: engine=detectron2 but detectron2 is not importable here. {DETECTRON2_INSTALL_HINT}") from None
+    if detectron2_pairs and resolved != "detectron2":
+        raise InputError(f"{suite}: detectron2_opts configure Detectron2, but the engine is {resolved}; "
+                         "add engine=detectron2 or drop them")
+    if detectron2_pairs:
+        from transfer.detection.engines.detectron2_engine import unknown_config_keys
+
+        unknown = unknown_config_keys([key for key, _ in detectron2_pairs])
+        if unknown:
+            raise InputError(f"{suite}: detectron2_opts key(s) {', '.join(unknown)} are not in Detectron2's config")
+    return resolved
 
 
 D2_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")

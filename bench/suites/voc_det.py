@@ -42,6 +42,7 @@ from bench.suites.coco_det import (
     cpu_threads_for_cell,
     parse_detectron2_opts,
     random_control_encoder,
+    resolve_detection_engine,
 )
 from bench.suites.coco_det import _detectron2_opts as _checked_detectron2_opts
 from bench.suites.coco_det import _engine as _checked_engine
@@ -95,21 +96,8 @@ class VocDetOptions(SuiteOptions):
 
     def validate(self, data_root: Path | None) -> VocDetOptions:
         """Resolve the engine once for this data and check the Detectron2 overrides against it."""
-        from transfer.detection.engines import DETECTRON2_INSTALL_HINT, resolve_engine
-
-        try:
-            engine = resolve_engine(self.engine, embedded=is_embedded(data_root))
-        except ModuleNotFoundError:
-            raise InputError(f"voc_det: engine=detectron2 but detectron2 is not importable here. {DETECTRON2_INSTALL_HINT}") from None
-        if self.detectron2_opts and engine != "detectron2":
-            raise InputError(f"voc_det: detectron2_opts configure Detectron2, but the engine is {engine}; "
-                             "add engine=detectron2 or drop them")
-        if self.detectron2_opts:
-            from transfer.detection.engines.detectron2_engine import unknown_config_keys
-
-            unknown = unknown_config_keys([key for key, _ in self.detectron2_pairs])
-            if unknown:
-                raise InputError(f"voc_det: detectron2_opts key(s) {', '.join(unknown)} are not in Detectron2's config")
+        engine = resolve_detection_engine("voc_det", self.engine, embedded=is_embedded(data_root),
+                                          detectron2_pairs=self.detectron2_pairs)
         return replace(self, resolved_engine=engine)
 
 
