@@ -140,10 +140,14 @@ class CheckpointFormat:
         """The top-level entries `weights` reads; () when the whole file is one state dict."""
         return ("state_dict",)
 
+    # the publisher's own classifier or projection under the torchvision name `fc`: a head, never backbone
+    fc_is_head: ClassVar[bool] = False
+
     def backbone_name(self, key: str) -> str | None:
         """The torchvision name of a backbone tensor, None for anything else."""
         if self.backbone_prefix and key.startswith(self.backbone_prefix):
-            return key[len(self.backbone_prefix):]
+            name = key[len(self.backbone_prefix):]
+            return None if self.fc_is_head and name.startswith("fc.") else name
         return None
 
     def refusal(self, payload: Mapping) -> str | None:
@@ -214,6 +218,7 @@ class MocoFormat(CheckpointFormat):
     releases = "moco_v1_200ep_pretrain.pth.tar, moco_v2_200ep/800ep_pretrain.pth.tar; PCL_v1/v2 *.pth.tar"
     signature = "state_dict with module.encoder_q.*"
     backbone_prefix = "module.encoder_q."
+    fc_is_head = True
     heads = ((r"module\.encoder_q\.fc\.((0|2)\.)?(weight|bias)", "query projection head (fc)"),
              (r"module\.encoder_k\..+", "key (momentum) encoder"),
              (r"module\.queue", "negative queue"), (r"module\.queue_ptr", "queue pointer"))
@@ -221,10 +226,6 @@ class MocoFormat(CheckpointFormat):
 
     def matches(self, payload):
         return _has_prefix(_nested(payload, "state_dict"), self.backbone_prefix)
-
-    def backbone_name(self, key):
-        name = super().backbone_name(key)
-        return None if name is None or name.startswith("fc.") else name
 
 
 @register
@@ -235,6 +236,7 @@ class MocoV3Format(CheckpointFormat):
     releases = "r-50-100ep/300ep/1000ep.pth.tar (ResNet-50 only)"
     signature = "state_dict with module.base_encoder.*"
     backbone_prefix = "module.base_encoder."
+    fc_is_head = True
     heads = ((r"module\.base_encoder\.fc\..+", "projector (base_encoder.fc MLP)"),
              (r"module\.momentum_encoder\..+", "momentum encoder"),
              (r"module\.predictor\..+", "predictor"))
@@ -242,10 +244,6 @@ class MocoV3Format(CheckpointFormat):
 
     def matches(self, payload):
         return _has_prefix(_nested(payload, "state_dict"), self.backbone_prefix)
-
-    def backbone_name(self, key):
-        name = super().backbone_name(key)
-        return None if name is None or name.startswith("fc.") else name
 
 
 @register
@@ -256,6 +254,7 @@ class LemniscateFormat(CheckpointFormat):
     releases = "lemniscate_resnet18.pth.tar, lemniscate_resnet50.pth.tar (InsDis / IR)"
     signature = "state_dict with module.conv1.weight and the 128-d module.fc"
     backbone_prefix = "module."
+    fc_is_head = True
     heads = ((r"module\.fc\.(weight|bias)", "128-d embedding (fc)"),)
     entries = TRAINING_ENTRIES | {"lemniscate": "NCEAverage memory bank (a pickled module)",
                                   "best_prec1": "best kNN accuracy"}
@@ -271,10 +270,6 @@ class LemniscateFormat(CheckpointFormat):
     def matches(self, payload):
         weights = _nested(payload, "state_dict")
         return isinstance(weights, Mapping) and "module.conv1.weight" in weights and "module.fc.weight" in weights
-
-    def backbone_name(self, key):
-        name = super().backbone_name(key)
-        return None if name is None or name.startswith("fc.") else name
 
 
 @register
