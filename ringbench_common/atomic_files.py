@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -121,6 +122,39 @@ def create_temporary_folder(path: str | os.PathLike) -> Path:
             return staging
         except FileExistsError:
             continue
+
+
+def build_folder_once(root: str | os.PathLike, marker_name: str, params: dict,
+                      build: Callable[[Path], Any]) -> Path:
+    """`root`, built by `build(folder)` unless its marker file already records `params` (as JSON).
+
+    The build goes into a fresh folder beside `root` (following the umask) that is renamed into place, so a
+    reader never sees half of it; when another process published the same build meanwhile, that one stays."""
+    root = Path(root)
+    marker, stamp = root / marker_name, json.dumps(params)
+
+    def current() -> bool:
+        try:
+            return marker.is_file() and json.loads(marker.read_text()) == params
+        except json.JSONDecodeError:
+            return False
+
+    if current():
+        return root
+    staging = create_temporary_folder(root)
+    try:
+        build(staging)
+        (staging / marker_name).write_text(stamp)
+        if current():  # built meanwhile by another process
+            shutil.rmtree(staging)
+            return root
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], fsync: bool = True,

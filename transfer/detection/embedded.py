@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ringbench_common.atomic_files import create_temporary_folder
+from ringbench_common.atomic_files import build_folder_once
 
 EMBEDDED_VERSION = 2
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -227,18 +226,9 @@ def build_embedded_coco(root: str | os.PathLike, **overrides: Any) -> Path:
     """Build (once) the digits COCO dataset at `root`; rebuilt only when the parameters change."""
     from sklearn.datasets import load_digits
 
-    root = Path(root)
     params = default_parameters(**overrides)
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return root
-        except json.JSONDecodeError:
-            pass
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = create_temporary_folder(root)  # umask-following, unlike mkdtemp's 0700
-    try:
+
+    def build(staging: Path) -> None:
         digits = load_digits()
         order = np.random.default_rng(params["seed"]).permutation(len(digits.target))
         cut = int(0.8 * len(order))
@@ -250,14 +240,6 @@ def build_embedded_coco(root: str | os.PathLike, **overrides: Any) -> Path:
             )
             (staging / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(instances_json))
             (staging / "annotations" / f"person_keypoints_{split}2017.json").write_text(json.dumps(keypoints_json))
-        (staging / MARKER).write_text(json.dumps(params))
-        if marker.is_file() and marker.read_text() == json.dumps(params):  # built meanwhile by another process
-            shutil.rmtree(staging)
-            return root
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+
+    return build_folder_once(root, MARKER, params, build)
+

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ringbench_common.atomic_files import build_folder_once
 from transfer.detection.voc_data import VOC_CLASSES
 
 EMBEDDED_VOC_VERSION = 2
@@ -125,18 +124,9 @@ def build_embedded_voc(root: str | os.PathLike, **overrides: Any) -> Path:
     parameters change. Returns `root`, a valid --data-root."""
     from sklearn.datasets import load_digits
 
-    root = Path(root)
     params = default_parameters(**overrides)
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return root
-        except json.JSONDecodeError:
-            pass
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+
+    def build(staging: Path) -> None:
         digits = load_digits()
         order = np.random.default_rng(params["seed"]).permutation(len(digits.target))
         # disjoint digit images: 40% VOC2007 trainval, 20% VOC2012 trainval, 40% VOC2007 test
@@ -153,17 +143,8 @@ def build_embedded_voc(root: str | os.PathLike, **overrides: Any) -> Path:
             pool = pools[key]
             _render_set(year_root, ids, digits.images[pool].astype(np.float64), digits.target[pool], params, rng)
             (year_root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        (staging / MARKER).write_text(json.dumps(params))
-        if marker.is_file() and marker.read_text() == json.dumps(params):  # built meanwhile by another process
-            shutil.rmtree(staging)
-            return root
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+
+    return build_folder_once(root, MARKER, params, build)
 
 
 def embedded_classes(data_root: str | os.PathLike) -> tuple[str, ...] | None:
