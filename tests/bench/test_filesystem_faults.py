@@ -205,6 +205,13 @@ def test_the_embedded_coco_folder_follows_the_umask(tmp_path, umask_002):
     _modes_follow_the_umask(build_embedded_coco(tmp_path / "coco", train_images=4, val_images=2), umask_002)
 
 
+def test_the_embedded_voc_folder_follows_the_umask(tmp_path, umask_002):
+    from transfer.detection.voc_embedded import build_embedded_voc
+
+    root = build_embedded_voc(tmp_path / "voc", voc2007_trainval=4, voc2012_trainval=4, voc2007_test=8)
+    _modes_follow_the_umask(root, umask_002)
+
+
 def test_a_cells_event_log_follows_the_umask(tmp_path, umask_002):
     from bench.store import EVENTS, append_event
 
