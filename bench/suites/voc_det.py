@@ -205,7 +205,6 @@ class VocDetSuite(Suite):
         from pretrain.checkpoint import CheckpointError, checkpoint_info
 
         opts = options
-        engine = opts.resolved_engine or opts.engine
         for path in checkpoints:
             try:
                 meta = checkpoint_info(path).metadata
@@ -215,9 +214,6 @@ class VocDetSuite(Suite):
             if meta["stem"] != "imagenet":
                 raise InputError(f"voc_det: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); the C4 detector "
                                  "needs the ImageNet stem (7x7 stride-2 conv1 + max-pool). Pretrain with stem=imagenet.")
-            if meta["arch"] != "resnet50" and engine == "detectron2":
-                raise InputError(f"voc_det: {path} is a {meta['arch']}; Detectron2's Res5ROIHeads builds res5 from "
-                                 "bottleneck blocks (resnet50). Use engine=torchvision for basic-block encoders")
 
     def prepare(self, options: VocDetOptions, data_root: Path | None, shared_dir: Path) -> None:
         if data_root is None:

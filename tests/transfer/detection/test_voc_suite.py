@@ -58,11 +58,13 @@ def test_check_names_the_bad_file_before_anything_runs(small_voc, tmp_path):
     VocDetSuite().check(options(broken, train_years="2007"), broken, [])  # 2007 alone is fine
 
 
-def test_resnet18_is_refused_for_detectron2s_bottleneck_res5(tmp_path):
+def test_resnet18_is_taken_by_both_engines_and_a_cifar_stem_by_neither(tmp_path):
     encoder = make_encoder(tmp_path / "r18.pt")
-    with pytest.raises(InputError, match=r"is a resnet18; Detectron2's Res5ROIHeads builds res5 from bottleneck blocks"):
-        VocDetSuite().check_checkpoints(VocDetOptions(resolved_engine="detectron2"), [encoder])
-    VocDetSuite().check_checkpoints(VocDetOptions(resolved_engine="torchvision"), [encoder])
+    for engine in ("detectron2", "torchvision"):  # Detectron2 gets a basic-block res5 head for it
+        VocDetSuite().check_checkpoints(VocDetOptions(resolved_engine=engine), [encoder])
+    cifar = make_encoder(tmp_path / "cifar.pt", stem="cifar")
+    with pytest.raises(InputError, match=r"cifar\.pt has a cifar stem"):
+        VocDetSuite().check_checkpoints(VocDetOptions(resolved_engine="detectron2"), [cifar])
 
 
 def test_the_dataset_fingerprint_is_part_of_the_cell_id(small_voc, tmp_path):
@@ -202,3 +204,43 @@ def test_bench_run_detectron2_engine_on_the_small_embedded_set(small_voc, tmp_pa
     (stored,) = [json.loads(p.read_text()) for p in (results / "voc_det" / "cells").glob("*/result.json")]
     assert stored["info"]["engine"] == "detectron2"
     assert {"bbox/AP50", "bbox/AP", "bbox/AP75"} == set(stored["metrics"])
+
+
+@pytest.mark.detectron2
+def test_detectron2_c4_model_of_a_resnet18_loads_every_encoder_weight(small_voc, tmp_path):
+    """The basic-block res5 head: Detectron2's C4 model built from our config takes layer1-3 as its backbone and
+    layer4 as roi_heads.res5, every converted weight landing unchanged, as the torchvision engine's C4 does."""
+    pytest.importorskip("detectron2")
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from pretrain.checkpoint import load_encoder
+    from transfer.detection.configs import VocDetectionJob, detectron2_voc_config, embedded_voc_protocol, write_config
+    from transfer.detection.convert import write_detectron2_weights
+    from transfer.detection.engines.detectron2_engine import _register_extra_norm_head
+    from transfer.detection.voc_embedded import DIGIT_CLASSES
+
+    state = load_encoder(make_encoder(tmp_path / "r18.pt", seed=5), cmc_features=None).backbone.state_dict()
+    weights = write_detectron2_weights(state, "resnet18", tmp_path / "r18.pkl")
+    protocol = embedded_voc_protocol()
+    job = VocDetectionJob(arch="resnet18", data_root=small_voc, train_years=("2007",), classes=DIGIT_CLASSES,
+                          schedule=protocol.schedule, input=protocol.input, pixel_mean=(0.5,) * 3, pixel_std=(0.25,) * 3,
+                          output_dir=tmp_path / "out", heads=protocol.heads)
+    _register_extra_norm_head()
+    cfg = get_cfg()
+    cfg.merge_from_file(str(write_config(detectron2_voc_config(job, weights), tmp_path / "config.yaml")))
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(weights))
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    pairs = {"backbone.res4.1.conv2.weight": "layer3.1.conv2.weight", "backbone.stem.conv1.weight": "conv1.weight",
+             "roi_heads.res5.0.conv1.weight": "layer4.0.conv1.weight",
+             "roi_heads.res5.0.shortcut.weight": "layer4.0.downsample.0.weight",
+             "roi_heads.res5.1.conv2.norm.weight": "layer4.1.bn2.weight",
+             "roi_heads.res5.1.conv2.norm.running_var": "layer4.1.bn2.running_var"}
+    for ours, theirs in pairs.items():
+        assert torch.equal(params[ours].cpu(), state[theirs]), ours
+    res5_convs = [name for name, value in params.items() if name.startswith("roi_heads.res5.") and value.dim() == 4]
+    assert len(res5_convs) == 5  # two basic blocks (conv1, conv2 each) and one projection shortcut: resnet18's layer4
+    assert model.roi_heads.res5.norm.num_features == 512  # MoCo's extra norm, after res5
+    assert model.roi_heads.box_predictor.cls_score.in_features == 512

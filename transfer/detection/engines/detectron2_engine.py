@@ -109,18 +109,37 @@ def _register_voc(job: VocDetectionJob) -> None:
         register_pascal_voc(split.name, str(split.root), split.split, int(split.year), list(job.classes))
 
 
+BASIC_BLOCKS_IN_RES5 = {18: 2, 34: 3}  # torchvision's layer4 of resnet18 / resnet34
+
+
 def _register_extra_norm_head() -> None:
-    """MoCo's Res5ROIHeadsExtraNorm: the C4 res5 head followed by one extra norm (RESNETS.NORM)."""
+    """MoCo's Res5ROIHeadsExtraNorm: the C4 res5 head followed by one extra norm (RESNETS.NORM).
+
+    Stock Res5ROIHeads always builds res5 from bottleneck blocks; for a basic-block encoder (DEPTH 18 or 34) this
+    head builds the encoder's own res5 instead (basic blocks, 512 channels, first block stride 2), so its
+    pretrained layer4 loads and the model is the torchvision engine's C4 layout."""
     from detectron2.layers import get_norm
+    from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+    from torch import nn
 
     if "Res5ROIHeadsExtraNorm" in ROI_HEADS_REGISTRY:
         return
 
     @ROI_HEADS_REGISTRY.register()
     class Res5ROIHeadsExtraNorm(Res5ROIHeads):
-        def _build_res5_block(self, cfg):
-            seq, out_channels = super()._build_res5_block(cfg)
+        @classmethod
+        def _build_res5_block(cls, cfg):
+            depth = cfg.MODEL.RESNETS.DEPTH
+            if depth in BASIC_BLOCKS_IN_RES5:
+                out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
+                blocks = ResNet.make_stage(BasicBlock, BASIC_BLOCKS_IN_RES5[depth],
+                                           stride_per_block=[2] + [1] * (BASIC_BLOCKS_IN_RES5[depth] - 1),
+                                           in_channels=out_channels // 2, out_channels=out_channels,
+                                           norm=cfg.MODEL.RESNETS.NORM)
+                seq = nn.Sequential(*blocks)
+            else:
+                seq, out_channels = super()._build_res5_block(cfg)
             seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
             return seq, out_channels
 
