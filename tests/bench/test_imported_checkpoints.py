@@ -21,9 +21,10 @@ def _write(builder, path, **kwargs):
 
 @pytest.fixture
 def foreign_pair(tmp_path):
-    """A MoCo v2 file (ResNet-18 keeps the CPU time down) and an official-Ring Lightning checkpoint."""
-    return (_write(published.moco, tmp_path / "moco_v2_200ep_pretrain.pth.tar", arch="resnet18"),
-            _write(published.ring_official, tmp_path / "ring_nce.ckpt"))
+    """Two official-Ring Lightning checkpoints, the MoCo-based and the IR-based system (their CIFAR stem keeps
+    the digits at 32 px; the 224 px MoCo v2 file goes through the detection suite below)."""
+    return (_write(published.ring_official, tmp_path / "ring_moco_epoch=199.ckpt"),
+            _write(published.ring_official, tmp_path / "ring_ir_epoch=199.ckpt", moco=False))
 
 
 def _results(root, suite):
@@ -32,24 +33,26 @@ def _results(root, suite):
 
 @pytest.mark.slow
 def test_two_foreign_files_side_by_side_then_reused(tmp_path, foreign_pair, bench_env):
-    moco, ring = foreign_pair
+    first, second = foreign_pair
     results = tmp_path / "results"
-    args = ["--suite", "knn", "--checkpoints", f"{moco},{ring}", "--executor", "local", "--results", str(results),
+    args = ["--suite", "knn", "--checkpoints", f"{first},{second}", "--executor", "local", "--results", str(results),
             "--no-progress", "ks=5"]
-    out = run_bench(args, bench_env, timeout=2400)  # the MoCo file embeds the digits at its 224 px
+    out = run_bench(args, bench_env, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stderr.count("imported moco_v2_200ep_pretrain.pth.tar") == 1
-    assert out.stderr.count("imported ring_nce.ckpt") == 1 and "as ring_official" in out.stderr
+    for source in foreign_pair:
+        assert out.stderr.count(f"imported {source.name}") == 1
+    assert out.stderr.count("as ring_official") == 2
     stored = _results(results, "knn")
     assert len(stored) == 2
     sources = {r["checkpoint"]["imported"]["source_file"]: r for r in stored}
-    assert set(sources) == {moco.name, ring.name}
+    assert set(sources) == {first.name, second.name}
+    assert len({r["checkpoint"]["imported"]["source_sha256"] for r in stored}) == 2
     for result in stored:
         checkpoint = result["checkpoint"]
         assert checkpoint["method"] == "unknown" and checkpoint["epochs"] == "unknown"
         assert checkpoint["path"].startswith(bench_env["RINGBENCH_CACHE"])  # the imported encoder in the cache
         assert 30 < result["metrics"]["acc/k5"]["mean"] <= 100
-    assert sources[ring.name]["info"]["image_size"] == 32  # the official code's conv3x3 CIFAR stem
+        assert result["info"]["image_size"] == 32  # the official code's conv3x3 CIFAR stem
     table = pd.read_csv(results / "knn.csv")
     assert len(table) == 2 and table["model"].str.startswith("unknown/unknown").all()
 
@@ -99,20 +102,23 @@ def test_a_refused_file_is_one_line_before_anything_runs(tmp_path, bench_env):
 
 
 @pytest.mark.slow
-def test_imported_moco_file_through_linear_meta_dataset_and_detection(tmp_path, bench_env):
-    """The other suites on the embedded data with the torchvision detection engine (Detectron2 is not
-    installed here), each as small as its options allow."""
-    moco = _write(published.moco, tmp_path / "moco.pth.tar", arch="resnet18")
+def test_imported_files_through_linear_meta_dataset_and_detection(tmp_path, bench_env):
+    """The other suites on the embedded data, each as small as its options allow: the official-Ring file
+    (32 px) through linear and meta_dataset, a MoCo v2 file (ImageNet stem, 224 px) through detection with the
+    torchvision engine (Detectron2 is not needed)."""
+    ring = _write(published.ring_official, tmp_path / "ring_epoch=199.ckpt")
+    moco = _write(published.moco, tmp_path / "moco_v2_200ep_pretrain.pth.tar", arch="resnet18")
     results = tmp_path / "results"
     bench_env = dict(bench_env, RINGBENCH_WORKERS="0")
     runs = {
-        "linear": ["protocol=fast"],
-        "meta_dataset": ["episodes=10"],
-        "coco_det": ["engine=torchvision", "max_iter=2", "--seeds", "0", "--tasks", "digits/mask_rcnn"],
+        "linear": (ring, "ring_official", ["protocol=fast"]),
+        "meta_dataset": (ring, "ring_official", ["episodes=10"]),
+        "coco_det": (moco, "moco", ["engine=torchvision", "max_iter=2", "--seeds", "0", "--tasks", "digits/mask_rcnn"]),
     }
-    for suite, extra in runs.items():
-        out = run_bench(["--suite", suite, "--checkpoints", str(moco), "--executor", "debug", "--results",
+    for suite, (source, format_name, extra) in runs.items():
+        out = run_bench(["--suite", suite, "--checkpoints", str(source), "--executor", "debug", "--results",
                          str(results), "--no-progress", *extra], bench_env, timeout=1800)
         assert out.returncode == 0, f"{suite}: {out.stderr[-3000:]}"
         stored = _results(results, suite)
-        assert stored and all(r["checkpoint"]["imported"]["format"] == "moco" for r in stored), suite
+        assert stored and all(r["checkpoint"]["imported"]["format"] == format_name for r in stored), suite
+        assert all(r["checkpoint"]["imported"]["source_file"] == source.name for r in stored), suite
