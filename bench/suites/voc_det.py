@@ -288,8 +288,9 @@ class VocDetSuite(Suite):
             if per_class and abs(sum(per_class.values()) / len(per_class) - value) < 1e-3:
                 names = sorted(per_class)
                 metrics[f"bbox/{name}"] = Metric.from_samples([per_class[c] for c in names], names)
-            else:  # Detectron2's evaluator reports the means only
+            else:  # no per-class values that add up to the metric: the mean alone, said so in the info
                 metrics[f"bbox/{name}"] = Metric.scalar(value)
+        scalars = sorted(name for name, metric in metrics.items() if not metric.samples)
         info = dict(result.info) | {
             "engine": engine,
             "dataset": params["dataset"],
@@ -300,6 +301,7 @@ class VocDetSuite(Suite):
             # the configuration of this run, as Detectron2 config keys (what MoCo's yaml sets, plus ours)
             "protocol_config": detectron2_voc_config(job, "<the encoder, converted to Detectron2 names>"),
             **encoder.view_info(),
-            "metric_samples": "each AP carries the per-class APs as samples (their mean is the VOC AP)",
+            "metric_samples": ("each AP carries the per-class APs as samples (their mean is the VOC AP)" if not scalars
+                               else f"{', '.join(scalars)}: the mean only (no per-class APs: no paired statistics)"),
         }
         return CellOutput(metrics=metrics, info=info)

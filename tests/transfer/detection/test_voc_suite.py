@@ -195,15 +195,21 @@ def test_bench_run_detectron2_engine_on_the_small_embedded_set(small_voc, tmp_pa
     monkeypatch.setenv("RINGBENCH_CACHE", str(tmp_path / "cache"))
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("RINGBENCH_RESULTS", None)
-    encoder = make_encoder(tmp_path / "r50.pt", arch="resnet50")
+    encoders = [make_encoder(tmp_path / "r50.pt", arch="resnet50"), make_encoder(tmp_path / "r18.pt")]
     results = tmp_path / "results"
-    out = run_bench(["--suite", "voc_det", "--checkpoints", str(encoder), "--data-root", str(small_voc), "--executor", "debug",
-                     "--results", str(results), "--no-progress", "--seeds", "0", "engine=detectron2", "max_iter=4"],
-                    env, timeout=1800)
+    out = run_bench(["--suite", "voc_det", "--checkpoints", ",".join(map(str, encoders)), "--data-root", str(small_voc),
+                     "--executor", "debug", "--results", str(results), "--no-progress", "--seeds", "0",
+                     "engine=detectron2", "max_iter=4"], env, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
-    (stored,) = [json.loads(p.read_text()) for p in (results / "voc_det" / "cells").glob("*/result.json")]
-    assert stored["info"]["engine"] == "detectron2"
-    assert {"bbox/AP50", "bbox/AP", "bbox/AP75"} == set(stored["metrics"])
+    stored = [json.loads(p.read_text()) for p in (results / "voc_det" / "cells").glob("*/result.json")]
+    assert sorted(r["info"]["arch"] for r in stored) == ["resnet18", "resnet50"]
+    for result in stored:
+        assert result["info"]["engine"] == "detectron2" and result["info"]["total_cpu_seconds"] > 0
+        assert {"bbox/AP50", "bbox/AP", "bbox/AP75"} == set(result["metrics"])
+        for metric in result["metrics"].values():  # per-class APs behind Detectron2's means, for paired statistics
+            assert metric["n"] == 10 and len(metric["sample_ids"]) == 10
+            assert sum(metric["samples"]) / 10 == pytest.approx(metric["mean"], abs=1e-3)
+        assert "per-class" in result["info"]["metric_samples"]
 
 
 @pytest.mark.detectron2
