@@ -463,23 +463,28 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
     if merged.empty:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     rows, hard_values, base_values = [], [], []
+    unpaired: dict[str, int] = {}  # metric -> twin pairs without a paired statistic (said under the table)
     keys = zip(merged["cell_id_sampler"].tolist(), merged["cell_id_baseline"].tolist(), merged["metric"].tolist())
     for row, (hard_id, base_id, metric) in enumerate(keys):
         ids_r, values_r = samples.get((hard_id, metric), (None, None))
         ids_n, values_n = samples.get((base_id, metric), (None, None))
         if not values_r or not values_n or ids_r is None or ids_n is None:
-            continue  # no per-sample values: no paired statistic (the leaderboard still shows both means)
+            unpaired[metric] = unpaired.get(metric, 0) + 1  # means only: the leaderboard still shows both
+            continue
         if ids_r == ids_n:  # the usual case: both evaluated the same samples in the same order
             a, b = values_r, values_n
         else:
             a, b = _aligned(ids_r, values_r, ids_n, values_n)
             if len(a) == 0:
+                unpaired[metric] = unpaired.get(metric, 0) + 1  # no sample in common
                 continue
         rows.append(row)
         hard_values.append(a)
         base_values.append(b)
     if not rows:
-        return pd.DataFrame(columns=PAIRED_COLUMNS)
+        empty = pd.DataFrame(columns=PAIRED_COLUMNS)
+        empty.attrs["unpaired"] = unpaired
+        return empty
     # statistics for all pairs at once, one matrix per sample count
     count = np.array([len(a) for a in hard_values])
     stats_out = {key: np.zeros(len(rows)) for key in ("hard", "base", "mean", "sd", "positive", "nonzero")}
@@ -509,9 +514,20 @@ def paired_comparisons(long: pd.DataFrame, samples: dict) -> pd.DataFrame:
         table = pd.concat([table, paired_over_seeds(table)], ignore_index=True)
     # per task and metric: seeds in order, then the row over seeds
     order = table["seed"].map(lambda seed: (1, 0) if seed == "all" else (0, int(str(seed).split(",")[0])))
-    return table.assign(_order=order).sort_values(["suite", "task", "metric", "dataset", "setting", "sampler_model",
-                                                   "_order"], kind="stable",
-                                                  ignore_index=True).drop(columns=["_order", "identity"])
+    table = table.assign(_order=order).sort_values(["suite", "task", "metric", "dataset", "setting", "sampler_model",
+                                                    "_order"], kind="stable",
+                                                   ignore_index=True).drop(columns=["_order", "identity"])
+    table.attrs["unpaired"] = unpaired
+    return table
+
+
+def unpaired_notes(unpaired: dict[str, int]) -> list[str]:
+    """The Markdown lines naming the metrics whose twins got no paired row (stored as means only)."""
+    if not unpaired:
+        return []
+    listed = ", ".join(f"`{metric}` ({count})" for metric, count in sorted(unpaired.items()))
+    return [f"- twin pairs with no paired statistic, by metric: {listed}; stored as means without per-sample "
+            "values (or with no sample in common), so only the leaderboard above compares them"]
 
 
 PAIR_KEYS = ["suite", "task", "metric", "dataset", "setting", "identity", "sampler", "baseline", "sampler_model",
@@ -858,7 +874,9 @@ def _write_suite_tables(root: Path, suite: str, plot: bool, stream, scan: Scan |
     ranked["interval"] = interval_column(ranked, hooks)
     if plot and not ranked.empty:
         drawer.draw("headline", ranked, root / f"{suite}.png", suite)
-    paired = with_pretraining_seed_rows(paired_comparisons(long, scan.samples), hooks)
+    per_seed_pairs = paired_comparisons(long, scan.samples)
+    unpaired = dict(per_seed_pairs.attrs.get("unpaired", {}))
+    paired = with_pretraining_seed_rows(per_seed_pairs, hooks)
     if plot:
         drawer.draw("paired", paired, root / f"{suite}_paired.png", suite)
     if plot and not curves.empty:
@@ -881,7 +899,7 @@ def _write_suite_tables(root: Path, suite: str, plot: bool, stream, scan: Scan |
         written.append(seeds_path)
     elif seeds_path.exists():
         seeds_path.unlink()  # no longer two pretraining seeds of anything: no stale table
-    notes = not_tabulated(scan)
+    notes = not_tabulated(scan) + unpaired_notes(unpaired)
     markdown = suite_markdown(suite, ranked, paired, families, curves, hooks, notes, scan.fingerprint_modes)
     md_path = root / f"{suite}.md"
     _atomic_text(md_path, markdown)

@@ -194,3 +194,20 @@ def test_an_unreadable_result_is_named_like_a_corrupt_one(tmp_path):
     scan = scan_suite(tmp_path, "s")
     assert len(scan.rows) == 1 and len(scan.corrupt) == 1
     assert "dir/result.json" in scan.corrupt[0] and "cannot be read" in scan.corrupt[0]
+
+
+def test_twins_stored_as_means_only_are_named_under_the_table_not_dropped_silently(tmp_path):
+    for seed in range(2):
+        for sampler, values, scalar in (("nce", [60.0, 70.0, 80.0], 30.0), ("ring", [65.0, 70.0, 90.0], 31.0)):
+            _store_cell(tmp_path, f"{sampler}{seed}", sampler, "t", values, seed=seed)
+            path = ResultStore(tmp_path, "s").cell(f"{sampler}{seed}").path / "result.json"
+            result = json.loads(path.read_text())
+            result["metrics"]["ap_small"] = Metric.scalar(scalar).to_json()  # a mean without its samples
+            path.write_text(json.dumps(result))
+    scan = scan_suite(tmp_path, "s")
+    paired = paired_comparisons(long_table(scan), scan.samples)
+    assert set(paired["metric"]) == {"acc"}
+    assert paired.attrs["unpaired"] == {"ap_small": 2}  # one twin pair per seed
+    write_suite_tables(tmp_path, "s", plot=False)
+    notes = (tmp_path / "s.md").read_text().split("## Not tabulated")[1]
+    assert "`ap_small` (2)" in notes and "acc" not in notes
