@@ -222,7 +222,12 @@ def test_detectron2_c4_model_of_a_resnet18_loads_every_encoder_weight(small_voc,
     from detectron2.modeling import build_model
 
     from pretrain.checkpoint import load_encoder
-    from transfer.detection.configs import VocDetectionJob, detectron2_voc_config, embedded_voc_protocol, write_config
+    from transfer.detection.configs import (
+        VocDetectionJob,
+        detectron2_voc_config,
+        embedded_voc_protocol,
+        write_config,
+    )
     from transfer.detection.convert import write_detectron2_weights
     from transfer.detection.engines.detectron2_engine import _register_extra_norm_head
     from transfer.detection.voc_embedded import DIGIT_CLASSES

@@ -405,11 +405,9 @@ def train_loop(model: nn.Module, dataset, job, rank: int, world_size: int, devic
     return TrainLoop(batches, smoothed, start, time.perf_counter() - started, time.process_time() - cpu_started, cpu_started)
 
 
-def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpec, where: str, device: torch.device, checkpoint_period: int):
-    _seed_everything(job.seed + rank)
-    schedule = job.schedule
-    model = build_model(job, heads, nn.BatchNorm2d)
-    load_encoder_into(model, encoder_state_dict, job.arch, where)
+def placed_for_training(model: nn.Module, world_size: int, device: torch.device,
+                        ims_per_batch: int) -> tuple[nn.Module, bool]:
+    """The loaded detector on its device, SyncBN and DDP-wrapped across processes; (model, whether SyncBN)."""
     sync_bn = world_size > 1 and device.type == "cuda"  # SyncBatchNorm runs on CUDA only
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -417,8 +415,17 @@ def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpe
     fast_backbone(model, device)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if schedule.ims_per_batch % world_size:
-        raise ValueError(f"total batch {schedule.ims_per_batch} does not split over {world_size} processes")
+    if ims_per_batch % world_size:
+        raise ValueError(f"total batch {ims_per_batch} does not split over {world_size} processes")
+    return model, sync_bn
+
+
+def _run(rank, world_size, job: DetectionJob, encoder_state_dict, heads: HeadSpec, where: str, device: torch.device, checkpoint_period: int):
+    _seed_everything(job.seed + rank)
+    schedule = job.schedule
+    model = build_model(job, heads, nn.BatchNorm2d)
+    load_encoder_into(model, encoder_state_dict, job.arch, where)
+    model, sync_bn = placed_for_training(model, world_size, device, schedule.ims_per_batch)
     train_split = CocoSplit("keypoints" if job.task == "keypoint_rcnn" else "instances", "train", job.train_json, job.train_images)
     val_split = CocoSplit(train_split.kind, "val", job.val_json, job.val_images)
     dataset = CocoDetectionDataset(

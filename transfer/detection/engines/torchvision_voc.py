@@ -32,7 +32,7 @@ from transfer.detection.engines.torchvision_engine import (
     _collate,
     _seed_everything,
     apply_input_view,
-    fast_backbone,
+    placed_for_training,
     train_and_evaluate,
     train_loop,
 )
@@ -196,15 +196,7 @@ def _run_voc(rank, world_size, job: VocDetectionJob, encoder_state_dict, heads, 
     _seed_everything(job.seed + rank)
     model = build_c4_model(job, nn.BatchNorm2d)
     load_encoder_into_c4(model, encoder_state_dict, job.arch, where)
-    sync_bn = world_size > 1 and device.type == "cuda"
-    if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    fast_backbone(model, device)
-    if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if job.schedule.ims_per_batch % world_size:
-        raise ValueError(f"total batch {job.schedule.ims_per_batch} does not split over {world_size} processes")
+    model, sync_bn = placed_for_training(model, world_size, device, job.schedule.ims_per_batch)
     train_splits, test_split = voc_splits(job.data_root, job.train_years)
     train_images = [image for split in train_splits for image in read_split(split, job.classes)]
     dataset = VocDetectionDataset(train_images, job.classes, train=True, horizontal_flip=job.input.horizontal_flip)
