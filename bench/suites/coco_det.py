@@ -25,7 +25,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.options import SuiteOptions, at_least, comma_text, each_of, internal, option, whole_as_int
+from bench.options import (
+    SuiteOptions,
+    ViewOptions,
+    at_least,
+    comma_text,
+    each_of,
+    internal,
+    option,
+    whole_as_int,
+)
 from bench.suite import (
     Cell,
     CellOutput,
@@ -252,6 +261,23 @@ def cpu_threads_for_cell() -> int | None:
     return None
 
 
+def detection_checkpoint_metadata(suite: str, path: Path, options: ViewOptions) -> dict[str, Any]:
+    """The metadata of a checkpoint a detection suite can fine-tune (its views evaluable with `options`, the
+    ImageNet stem), from the plan's resolved info with nothing loaded again; else an InputError naming it."""
+    from pretrain.checkpoint import CheckpointError, checkpoint_info
+
+    try:
+        meta = checkpoint_info(path).metadata
+        check_checkpoint_views(path, options)
+    except (CheckpointError, InputError) as error:
+        raise InputError(f"{suite}: checkpoint refused: {error}") from None
+    if meta["stem"] != "imagenet":
+        raise InputError(f"{suite}: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); detection needs the "
+                         "ImageNet stem (7x7 stride-2 conv1 + max-pool). Pretrain with stem=imagenet to transfer to "
+                         "detection.")
+    return meta
+
+
 class CocoDetSuite(Suite):
     name = "coco_det"
     protocol_version = "1"
@@ -336,24 +362,11 @@ class CocoDetSuite(Suite):
         self.check_checkpoints(opts, checkpoints)
 
     def check_checkpoints(self, options: CocoDetOptions, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, checkpoint_info
         from transfer.detection.configs import check_detection_recipe
 
         opts = options
         for path in checkpoints:
-            try:
-                meta = checkpoint_info(path).metadata  # the plan's resolved info: nothing is loaded again
-            except CheckpointError as error:
-                raise InputError(f"coco_det: checkpoint refused: {error}") from None
-            try:
-                check_checkpoint_views(path, opts)
-            except InputError as error:
-                raise InputError(f"coco_det: checkpoint refused: {error}") from None
-            if meta["stem"] != "imagenet":
-                raise InputError(
-                    f"coco_det: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); detection needs the ImageNet "
-                    "stem (7x7 stride-2 conv1 + max-pool). Pretrain with stem=imagenet to transfer to detection."
-                )
+            meta = detection_checkpoint_metadata("coco_det", path, opts)
             for name in opts.tasks:
                 try:
                     check_detection_recipe(name, opts.recipe, meta["arch"])

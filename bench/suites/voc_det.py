@@ -34,12 +34,12 @@ from bench.suite import (
     Metric,
     Suite,
     Task,
-    check_checkpoint_views,
     load_checkpoint_for,
 )
 from bench.suites.coco_det import (
     DETECTION_CMC_FEATURES,
     cpu_threads_for_cell,
+    detection_checkpoint_metadata,
     parse_detectron2_opts,
     random_control_encoder,
     resolve_detection_engine,
@@ -202,18 +202,8 @@ class VocDetSuite(Suite):
         self.check_checkpoints(opts, checkpoints)
 
     def check_checkpoints(self, options: VocDetOptions, checkpoints: Sequence[Path]) -> None:
-        from pretrain.checkpoint import CheckpointError, checkpoint_info
-
-        opts = options
         for path in checkpoints:
-            try:
-                meta = checkpoint_info(path).metadata
-                check_checkpoint_views(path, opts, cmc_features=DETECTION_CMC_FEATURES)
-            except (CheckpointError, InputError) as error:
-                raise InputError(f"voc_det: checkpoint refused: {error}") from None
-            if meta["stem"] != "imagenet":
-                raise InputError(f"voc_det: {path} has a {meta['stem']} stem (3x3 conv1, no max-pool); the C4 detector "
-                                 "needs the ImageNet stem (7x7 stride-2 conv1 + max-pool). Pretrain with stem=imagenet.")
+            detection_checkpoint_metadata("voc_det", path, options)
 
     def prepare(self, options: VocDetOptions, data_root: Path | None, shared_dir: Path) -> None:
         if data_root is None:
