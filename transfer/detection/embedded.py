@@ -149,6 +149,35 @@ def _upscale(intensity: np.ndarray, size: int) -> np.ndarray:
     return torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
 
 
+def digit_spots(rng: np.random.Generator, params: dict[str, Any], placed: list[tuple[int, int, int, int]]):
+    """Squares for the digits of one canvas: draws how many it wants, then yields (scale, size, left, top)
+    candidates at least 2 px from every square in `placed` (the caller appends each one it keeps) until
+    `placed` holds that many or 200 tries are spent."""
+    canvas = params["canvas"]
+    wanted = int(rng.integers(params["digits_per_image"][0], params["digits_per_image"][1] + 1))
+    attempts = 0
+    while len(placed) < wanted and attempts < 200:
+        attempts += 1
+        scale = int(rng.choice(params["scales"]))
+        size = 8 * scale
+        left, top = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
+        if not any(left < x1 + 2 and x0 < left + size + 2 and top < y1 + 2 and y0 < top + size + 2
+                   for x0, y0, x1, y1 in placed):
+            yield scale, size, left, top
+
+
+def paint_digit(pixels: np.ndarray, digit: np.ndarray, left: int, top: int, size: int, brightness: float) -> None:
+    """Ink the 8x8 `digit` (0-16), upscaled to `size`, into the canvas intensity `pixels` (in place)."""
+    pixels[top : top + size, left : left + size] = np.maximum(
+        pixels[top : top + size, left : left + size], _upscale(digit / 16.0, size) * brightness)
+
+
+def canvas_rgb(pixels: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """Ink intensity (0 = background) to the set's background and stroke colours, uint8 RGB."""
+    background, stroke = np.asarray(params["background_rgb"]), np.asarray(params["stroke_rgb"])
+    return (background + pixels[:, :, None] * (stroke - background)).round().clip(0, 255).astype(np.uint8)
+
+
 def _render_split(
     split: str, digit_images: np.ndarray, digit_labels: np.ndarray, count: int, params: dict[str, Any], root: Path, rng: np.random.Generator
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -164,25 +193,14 @@ def _render_split(
         image_id = image_index + 1
         pixels = rng.normal(0.04, 0.03, size=(canvas, canvas)).clip(0, 1)  # ink intensity, 0 = background
         placed: list[tuple[int, int, int, int]] = []
-        wanted = int(rng.integers(params["digits_per_image"][0], params["digits_per_image"][1] + 1))
-        attempts = 0
-        while len(placed) < wanted and attempts < 200:
-            attempts += 1
-            scale = int(rng.choice(params["scales"]))
-            size = 8 * scale
-            left, top = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
-            if any(left < x1 + 2 and x0 < left + size + 2 and top < y1 + 2 and y0 < top + size + 2 for x0, y0, x1, y1 in placed):
-                continue
+        for scale, size, left, top in digit_spots(rng, params, placed):
             which = int(rng.integers(0, len(digit_images)))
             digit = digit_images[which]
             instance = _digit_instance(digit, scale, left, top)
             if instance is None:
                 continue
             placed.append((left, top, left + size, top + size))
-            brightness = rng.uniform(0.8, 1.0)
-            pixels[top : top + size, left : left + size] = np.maximum(
-                pixels[top : top + size, left : left + size], _upscale(digit / 16.0, size) * brightness
-            )
+            paint_digit(pixels, digit, left, top, size, rng.uniform(0.8, 1.0))
             rles = mask_utils.frPyObjects(instance["segmentation"], canvas, canvas)
             area = float(mask_utils.area(mask_utils.merge(rles)))
             common = {"image_id": image_id, "bbox": instance["bbox"], "area": area, "iscrowd": 0, "segmentation": instance["segmentation"]}
@@ -192,9 +210,7 @@ def _render_split(
             )
             ann_id += 1
         file_name = f"{image_id:06d}.png"
-        background, stroke = np.asarray(params["background_rgb"]), np.asarray(params["stroke_rgb"])
-        rgb = (background + pixels[:, :, None] * (stroke - background)).round().clip(0, 255).astype(np.uint8)
-        Image.fromarray(rgb).save(image_dir / file_name)
+        Image.fromarray(canvas_rgb(pixels, params)).save(image_dir / file_name)
         images.append({"id": image_id, "file_name": file_name, "height": canvas, "width": canvas})
     info = {"description": f"RingBench embedded digits COCO ({split})", "version": str(EMBEDDED_VERSION)}
     instances_json = {

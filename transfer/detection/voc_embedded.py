@@ -75,24 +75,15 @@ def _render_set(year_root: Path, ids: list[str], digit_images: np.ndarray, digit
                 params: dict[str, Any], rng: np.random.Generator) -> None:
     from PIL import Image
 
-    from transfer.detection.embedded import INK_THRESHOLD, _upscale
+    from transfer.detection.embedded import INK_THRESHOLD, canvas_rgb, digit_spots, paint_digit
 
     canvas = params["canvas"]
-    background, stroke = np.asarray(params["background_rgb"]), np.asarray(params["stroke_rgb"])
     next_class, easy = 0, set()
     for image_id in ids:
         pixels = rng.normal(0.04, 0.03, size=(canvas, canvas)).clip(0, 1)
         placed: list[tuple[int, int, int, int]] = []
         objects: list[dict[str, Any]] = []
-        wanted = int(rng.integers(params["digits_per_image"][0], params["digits_per_image"][1] + 1))
-        attempts = 0
-        while len(placed) < wanted and attempts < 200:
-            attempts += 1
-            scale = int(rng.choice(params["scales"]))
-            size = 8 * scale
-            left, top = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
-            if any(left < x1 + 2 and x0 < left + size + 2 and top < y1 + 2 and y0 < top + size + 2 for x0, y0, x1, y1 in placed):
-                continue
+        for scale, size, left, top in digit_spots(rng, params, placed):
             # classes in turn (a random image of each), so every class occurs in every set
             label = next_class % len(params["classes"])
             which = int(rng.choice(np.flatnonzero(digit_labels == label)))
@@ -106,15 +97,12 @@ def _render_set(year_root: Path, ids: list[str], digit_images: np.ndarray, digit
             difficult = bool(rng.random() < params["difficult_fraction"]) and label in easy
             if not difficult:
                 easy.add(label)
-            brightness = rng.uniform(0.30, 0.45) if difficult else rng.uniform(0.8, 1.0)
-            pixels[top : top + size, left : left + size] = np.maximum(
-                pixels[top : top + size, left : left + size], _upscale(digit / 16.0, size) * brightness)
+            paint_digit(pixels, digit, left, top, size, rng.uniform(0.30, 0.45) if difficult else rng.uniform(0.8, 1.0))
             # VOC boxes: 1-based inclusive pixel indices of the ink's cells
             box = (left + cols.min() * scale + 1, top + rows.min() * scale + 1,
                    left + (cols.max() + 1) * scale, top + (rows.max() + 1) * scale)
             objects.append({"name": params["classes"][label], "box": box, "difficult": difficult})
-        rgb = (background + pixels[:, :, None] * (stroke - background)).round().clip(0, 255).astype(np.uint8)
-        Image.fromarray(rgb).save(year_root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        Image.fromarray(canvas_rgb(pixels, params)).save(year_root / "JPEGImages" / f"{image_id}.jpg", quality=95)
         xml = annotation_xml(year_root.name, f"{image_id}.jpg", canvas, canvas, objects)
         (year_root / "Annotations" / f"{image_id}.xml").write_text(xml)
 
